@@ -1,0 +1,52 @@
+# The interface to the project: setup, demo, test, lint, bench.
+# `make demo` and `make test` run `setup` first, so each is one command on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+EXTRAS ?= dev
+# setup is redone only when what it installs from changes
+STAMP  := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(EXTRAS)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export BENTOML_DO_NOT_TRACK := True
+export METAFLOW_USER ?= llmops
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing torch==2.13.0 (CPU wheel) first, then everything under constraints.txt"
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+	@echo "==> setup done ($(VENV))"
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/serve_classifier.py
+
+clean:
+	rm -rf .metaflow .llmops .pytest_cache

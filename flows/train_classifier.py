@@ -1,0 +1,231 @@
+"""Train, evaluate, gate and promote a tabular classifier.
+
+    python flows/train_classifier.py run
+    python flows/train_classifier.py run --data my.csv --target label --group-column region
+    python flows/train_classifier.py --config policy my_policy.yaml run
+
+load → validate → version → split → train (foreach candidate) → select → evaluate + @gate
+→ promote → end. The gate policy (thresholds, regression vs champion, fairness, drift)
+is a Metaflow Config read from evals/classifier.yaml by default and stored with the run.
+Cards: python flows/train_classifier.py card view validate|evaluate [--id gate]
+"""
+
+from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, step
+
+from llmops.data import DEFAULT_DATASET
+
+
+class TrainClassifierFlow(FlowSpec):
+    policy = Config(
+        "policy",
+        default="evals/classifier.yaml",
+        parser="llmops.gates.parse_policy_config",
+        help="Gate policy YAML: data rules, metric thresholds, regression, fairness, drift.",
+    )
+    data = Parameter(
+        "data",
+        default=DEFAULT_DATASET,
+        help="CSV or Parquet file, or a bundled dataset 'sklearn:breast_cancer|iris|wine'.",
+    )
+    target = Parameter("target", default="target", help="Label column.")
+    group_column = Parameter(
+        "group-column",
+        default="",
+        help="Column to compute per-group (fairness) metrics on; optional.",
+    )
+    model_name = Parameter(
+        "model-name",
+        default="",
+        help="Registry name (default: the policy's `model`, e.g. 'classifier').",
+    )
+    model_families = Parameter(
+        "models",
+        default="logistic_regression,random_forest,gradient_boosting",
+        help="Comma-separated candidate families, each trained on a small grid.",
+    )
+    selection_metric = Parameter(
+        "selection-metric",
+        default="roc_auc",
+        help="Validation metric that picks the best candidate.",
+    )
+    seed = Parameter("seed", default=0, type=int, help="Random seed for splits and models.")
+
+    @step
+    def start(self):
+        from llmops.data import infer_schema, load_table, normalize
+        from llmops.registry import check_name
+
+        self.registry_name = check_name(self.model_name or self.policy.model, "--model-name")
+        raw = load_table(self.data)
+        schema = infer_schema(raw, self.target)
+        if self.group_column and self.group_column not in raw.columns:
+            raise ValueError(f"--group-column: column {self.group_column!r} is not in the data")
+        self.schema = schema.model_dump()
+        self.dataset = normalize(raw, schema)
+        print(f"Loaded {len(self.dataset)} rows, {len(schema.features)} features from {self.data}")
+        self.next(self.validate)
+
+    @card(type="llmops_data_profile")
+    @step
+    def validate(self):
+        from llmops.data import TableSchema
+        from llmops.validation import DataRules, DataValidationFailed, validate_table
+
+        report = validate_table(
+            self.dataset,
+            TableSchema(**self.schema),
+            DataRules.model_validate(dict(self.policy.data)),
+        )
+        self.validation_report = report.model_dump()
+        if not report.passed:
+            raise DataValidationFailed(report)
+        print(f"Validation passed: {len(report.checks)} checks")
+        self.next(self.version)
+
+    @card(type="llmops_data_profile")
+    @step
+    def version(self):
+        from llmops.data import TableSchema, dataset_version
+        from llmops.drift import compare_to_profile
+        from llmops.profile import Profile, build_profile
+        from llmops.registry import Registry
+
+        schema = TableSchema(**self.schema)
+        self.dataset_version = dataset_version(self.dataset, schema)
+        self.data_profile = build_profile(self.dataset, schema).model_dump()
+        champion = Registry().find(self.registry_name)
+        self.training_drift = None
+        if champion is not None and self.policy.drift:
+            reference = Profile.model_validate(champion.read_json("reference_profile.json"))
+            report = compare_to_profile(reference, self.dataset, self.policy.drift.max_psi)
+            self.training_drift = report.model_dump()
+            print(f"Drift vs champion {champion.version}: {report.drifted_columns or 'none'}")
+        print(f"Dataset version {self.dataset_version}")
+        self.next(self.split)
+
+    @step
+    def split(self):
+        from sklearn.model_selection import train_test_split
+
+        from llmops.classifier import candidates
+
+        labels = self.dataset[self.target]
+        rest, self.test_set = train_test_split(
+            self.dataset, test_size=0.2, stratify=labels, random_state=self.seed
+        )
+        self.train_set, self.validation_set = train_test_split(
+            rest, test_size=0.25, stratify=rest[self.target], random_state=self.seed
+        )
+        families = [f.strip() for f in self.model_families.split(",") if f.strip()]
+        self.candidate_grid = [c.model_dump() for c in candidates(families)]
+        print(
+            f"train/validation/test = {len(self.train_set)}/{len(self.validation_set)}/"
+            f"{len(self.test_set)} rows; {len(self.candidate_grid)} candidates"
+        )
+        self.next(self.train, foreach="candidate_grid")
+
+    @step
+    def train(self):
+        from llmops.classifier import Candidate, build_pipeline, classification_metrics, features
+        from llmops.data import TableSchema
+
+        schema = TableSchema(**self.schema)
+        self.candidate = Candidate(**self.input)
+        self.fitted_model = build_pipeline(schema, self.candidate, self.seed).fit(
+            features(self.train_set, schema), self.train_set[self.target]
+        )
+        proba = self.fitted_model.predict_proba(features(self.validation_set, schema))
+        self.validation_scores = classification_metrics(
+            self.validation_set[self.target], proba, list(self.fitted_model.classes_)
+        )
+        print(f"{self.candidate.label}: {self.validation_scores}")
+        self.next(self.select)
+
+    @step
+    def select(self, inputs):
+        metric = self.selection_metric
+        self.leaderboard = {i.candidate.label: i.validation_scores[metric] for i in inputs}
+        best = max(inputs, key=lambda i: i.validation_scores[metric])
+        self.best_candidate = best.candidate.label
+        self.model = best.fitted_model
+        self.merge_artifacts(
+            inputs,
+            include=[
+                "schema",
+                "dataset_version",
+                "data_profile",
+                "training_drift",
+                "test_set",
+                "registry_name",
+            ],
+        )
+        print(
+            f"Best on validation {metric}: {self.best_candidate} ({self.leaderboard[self.best_candidate]:.4f})"
+        )
+        self.next(self.evaluate)
+
+    @card(type="llmops_eval", id="eval")
+    @card(type="llmops_gate", id="gate")
+    @gate(policy=config_expr("policy"))
+    @step
+    def evaluate(self):
+        from sklearn.metrics import confusion_matrix
+
+        from llmops.classifier import classification_metrics, features, group_metrics
+        from llmops.data import TableSchema
+
+        schema = TableSchema(**self.schema)
+        classes = list(self.model.classes_)
+        proba = self.model.predict_proba(features(self.test_set, schema))
+        truth = self.test_set[self.target]
+        self.eval_scores = classification_metrics(truth, proba, classes)
+        predicted = [classes[i] for i in proba.argmax(axis=1)]
+        self.confusion = {
+            "classes": classes,
+            "matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
+        }
+        self.group_scores, self.group_sizes = None, None
+        if self.group_column:
+            self.group_scores, self.group_sizes = group_metrics(
+                self.test_set, truth, proba, classes, self.group_column
+            )
+        print(f"Test metrics: {self.eval_scores}")
+        self.next(self.promote)
+
+    @step
+    def promote(self):
+        from llmops.promotion import register_classifier
+
+        self.promoted, self.model_version, self.promotion_note = False, None, ""
+        if not self.gate_decision["passed"]:
+            failed = [r["rule"] for r in self.gate_decision["rules"] if not r["passed"]]
+            self.promotion_note = f"not promoted: gate failed on {', '.join(failed)}"
+        else:
+            self.model_version, self.promoted, self.promotion_note = register_classifier(
+                name=self.registry_name,
+                model=self.model,
+                schema=self.schema,
+                reference_profile=self.data_profile,
+                metrics=self.eval_scores,
+                gate_decision=self.gate_decision,
+                dataset_version=self.dataset_version,
+                run_pathspec=current.pathspec,
+                candidate=self.best_candidate,
+            )
+        print(self.promotion_note)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        name = self.registry_name
+        print(f"\nDataset {self.dataset_version}; best {self.best_candidate}")
+        print(f"Test metrics: {self.eval_scores}")
+        print(f"Gate: {'PASSED' if self.gate_decision['passed'] else 'FAILED'}; {self.promotion_note}")
+        print("Cards:  python flows/train_classifier.py card view evaluate --id gate")
+        if self.promoted:
+            print(f"Models: llmops models show {name}")
+            print(f"Serve:  LLMOPS_MODEL={name} bentoml serve services.classifier:Classifier")
+
+
+if __name__ == "__main__":
+    TrainClassifierFlow()

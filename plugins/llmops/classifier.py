@@ -1,0 +1,146 @@
+"""Classic ML building blocks: candidate models, training, metrics, safe model files.
+
+Every candidate is a scikit-learn ``Pipeline`` (impute + scale numeric, impute + one-hot
+categorical, then the estimator), so one file holds all the preprocessing a service needs.
+Model files use skops, loaded against an allowlist: no pickle, no arbitrary code.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+from sklearn import metrics as skm
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from llmops.data import TableSchema
+
+MODEL_FILE = "model.skops"
+# The only non-default types a model file may contain (trees of the ensembles, numpy dtypes).
+TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+
+ESTIMATORS: dict[str, type] = {
+    "logistic_regression": LogisticRegression,
+    "random_forest": RandomForestClassifier,
+    "gradient_boosting": HistGradientBoostingClassifier,
+}
+# small grids: the point is a fair comparison in parallel, not an exhaustive search
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "logistic_regression": {"C": [0.1, 1.0, 10.0], "max_iter": [2000]},
+    "random_forest": {"n_estimators": [100], "max_depth": [None, 8], "min_samples_leaf": [1, 3]},
+    "gradient_boosting": {"learning_rate": [0.05, 0.1], "max_iter": [150], "max_depth": [3, None]},
+}
+
+
+class Candidate(BaseModel):
+    family: str
+    params: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.family + "(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+
+def candidates(families: list[str] | None = None) -> list[Candidate]:
+    """Every grid point of the chosen families (all by default)."""
+    chosen = families or list(ESTIMATORS)
+    unknown = sorted(set(chosen) - set(ESTIMATORS))
+    if unknown:
+        raise ValueError(f"--models: unknown model family {unknown} (choose from {list(ESTIMATORS)})")
+    result = []
+    for family in chosen:
+        grid = GRIDS[family]
+        for values in itertools.product(*grid.values()):
+            result.append(Candidate(family=family, params=dict(zip(grid, values, strict=True))))
+    return result
+
+
+def build_pipeline(schema: TableSchema, candidate: Candidate, seed: int = 0) -> Pipeline:
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+    categorical = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="most_frequent")),
+            ("onehot", OneHotEncoder(handle_unknown="ignore")),
+        ]
+    )
+    preprocess = ColumnTransformer(
+        [("numeric", numeric, schema.numeric), ("categorical", categorical, schema.categorical)],
+        remainder="drop",
+    )
+    estimator_cls = ESTIMATORS[candidate.family]
+    params = dict(candidate.params)
+    if "random_state" in estimator_cls().get_params():
+        params["random_state"] = seed
+    return Pipeline([("preprocess", preprocess), ("model", estimator_cls(**params))])
+
+
+def features(frame: pd.DataFrame, schema: TableSchema) -> pd.DataFrame:
+    return frame[list(schema.features)]
+
+
+def classification_metrics(y_true: pd.Series, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """accuracy, precision, recall, f1, roc_auc (binary: of the second class; else macro/ovr)."""
+    y_true = np.asarray(y_true, dtype=object)
+    y_pred = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    binary = len(classes) == 2
+    average = "binary" if binary else "macro"
+    extra = {"pos_label": classes[1]} if binary else {}
+    scores = {
+        "accuracy": skm.accuracy_score(y_true, y_pred),
+        "precision": skm.precision_score(y_true, y_pred, average=average, zero_division=0, **extra),
+        "recall": skm.recall_score(y_true, y_pred, average=average, zero_division=0, **extra),
+        "f1": skm.f1_score(y_true, y_pred, average=average, zero_division=0, **extra),
+    }
+    present = set(y_true)
+    if len(present) < 2:
+        scores["roc_auc"] = float("nan")
+    elif binary:
+        scores["roc_auc"] = skm.roc_auc_score(y_true == classes[1], proba[:, 1])
+    else:
+        scores["roc_auc"] = skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)
+    return {k: round(float(v), 6) for k, v in scores.items()}
+
+
+def group_metrics(
+    frame: pd.DataFrame, y_true: pd.Series, proba: np.ndarray, classes: list[str], group_column: str
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Metrics per value of ``group_column`` and the row count of each group."""
+    groups = frame[group_column].astype(str).to_numpy()
+    scores, sizes = {}, {}
+    for group in sorted(set(groups)):
+        mask = groups == group
+        scores[group] = classification_metrics(y_true[mask], proba[mask], classes)
+        sizes[group] = int(mask.sum())
+    return scores, sizes
+
+
+def save_model(model: Pipeline, folder: Path) -> Path:
+    import skops.io as sio
+
+    path = Path(folder) / MODEL_FILE
+    sio.dump(model, path)
+    return path
+
+
+def load_model(folder: Path) -> Pipeline:
+    """Load a model file written by :func:`save_model`; refuses any type outside the allowlist."""
+    import skops.io as sio
+
+    path = Path(folder) / MODEL_FILE
+    untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
+    if untrusted:
+        raise ValueError(f"{path}: refusing to load untrusted types {sorted(untrusted)}")
+    return sio.load(path, trusted=TRUSTED_TYPES)

@@ -1,0 +1,267 @@
+"""The promotion gate: policy as code, one decision with every rule and its measured value.
+
+A policy (``evals/<model>.yaml``) holds absolute metric thresholds, the regression allowed
+against the current champion, a fairness limit across groups, drift limits for the
+training data against the champion's reference, and the data validation rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmops.drift import DEFAULT_MAX_PSI, DriftReport
+from llmops.validation import DataRules
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file and the field."""
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("give 'min' or 'max'")
+        return self
+
+
+class FairnessRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "recall"
+    max_gap: float = Field(default=0.1, ge=0)
+    min_group_size: int = Field(default=20, ge=1)
+
+
+class DriftRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_psi: float = Field(default=DEFAULT_MAX_PSI, gt=0)
+    max_drifted_share: float = Field(default=0.3, ge=0, le=1)
+
+
+class GatePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    data: DataRules = Field(default_factory=DataRules)
+    metrics: dict[str, Threshold] = Field(default_factory=dict)
+    regression: dict[str, float] = Field(default_factory=dict)  # allowed drop vs champion
+    fairness: FairnessRule | None = None
+    drift: DriftRule | None = None
+
+    def version(self) -> str:
+        body = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return "policy-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+def parse_policy(text: str, source: str = "policy") -> GatePolicy:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{source}: expected a mapping at the top level")
+    try:
+        return GatePolicy.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise PolicyError(f"{source}: {problems}") from exc
+
+
+def load_policy(path: str | Path) -> GatePolicy:
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"policy file not found: {path}")
+    return parse_policy(path.read_text(), source=str(path))
+
+
+def parse_policy_config(text: str) -> dict[str, Any]:
+    """Parser for a Metaflow ``Config``: validates, then hands Metaflow a plain dict."""
+    return parse_policy(text).model_dump(mode="json")
+
+
+class RuleResult(BaseModel):
+    rule: str  # e.g. "metrics.f1.min", "regression.accuracy", "fairness.recall.gap"
+    value: float | None
+    limit: float | None
+    passed: bool
+    detail: str = ""
+
+
+class GateDecision(BaseModel):
+    model: str
+    passed: bool
+    rules: list[RuleResult]
+    policy_version: str
+    champion_version: str | None = None
+
+    @property
+    def failed_rules(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"gate PASSED for {self.model!r}: {len(self.rules)} rules held"
+        failed = ", ".join(
+            f"{r.rule} (measured {_fmt(r.value)}, limit {_fmt(r.limit)})" for r in self.failed_rules
+        )
+        return f"gate FAILED for {self.model!r}: {failed}"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def evaluate_gate(
+    policy: GatePolicy,
+    scores: dict[str, float],
+    *,
+    champion_scores: dict[str, float] | None = None,
+    champion_version: str | None = None,
+    group_scores: dict[str, dict[str, float]] | None = None,
+    group_sizes: dict[str, int] | None = None,
+    drift: DriftReport | None = None,
+) -> GateDecision:
+    """Apply every rule of ``policy``; a rule whose input is missing fails (never silently passes)."""
+    rules: list[RuleResult] = []
+
+    for metric, threshold in policy.metrics.items():
+        value = scores.get(metric)
+        for bound, limit in (("min", threshold.min), ("max", threshold.max)):
+            if limit is None:
+                continue
+            if value is None or math.isnan(value):
+                rules.append(
+                    RuleResult(
+                        rule=f"metrics.{metric}.{bound}",
+                        value=None,
+                        limit=limit,
+                        passed=False,
+                        detail=f"metric {metric!r} was not measured",
+                    )
+                )
+                continue
+            ok = value >= limit if bound == "min" else value <= limit
+            rules.append(RuleResult(rule=f"metrics.{metric}.{bound}", value=value, limit=limit, passed=ok))
+
+    for metric, allowed_drop in policy.regression.items():
+        if not champion_scores:
+            rules.append(
+                RuleResult(
+                    rule=f"regression.{metric}",
+                    value=None,
+                    limit=allowed_drop,
+                    passed=True,
+                    detail="no champion yet: nothing to regress from",
+                )
+            )
+            continue
+        new, old = scores.get(metric), champion_scores.get(metric)
+        if new is None or old is None:
+            rules.append(
+                RuleResult(
+                    rule=f"regression.{metric}",
+                    value=None,
+                    limit=allowed_drop,
+                    passed=False,
+                    detail=f"metric {metric!r} missing for a side",
+                )
+            )
+            continue
+        drop = old - new
+        rules.append(
+            RuleResult(
+                rule=f"regression.{metric}",
+                value=round(drop, 6),
+                limit=allowed_drop,
+                passed=drop <= allowed_drop,
+                detail=f"champion {champion_version}: {old:.4f} -> candidate {new:.4f}",
+            )
+        )
+
+    if policy.fairness is not None:
+        rules.append(_fairness_rule(policy.fairness, group_scores, group_sizes))
+
+    if policy.drift is not None:
+        if drift is None:
+            rules.append(
+                RuleResult(
+                    rule="drift.drifted_share",
+                    value=None,
+                    limit=policy.drift.max_drifted_share,
+                    passed=True,
+                    detail="no champion reference: drift not measured",
+                )
+            )
+        else:
+            rules.append(
+                RuleResult(
+                    rule="drift.drifted_share",
+                    value=drift.drifted_share,
+                    limit=policy.drift.max_drifted_share,
+                    passed=drift.drifted_share <= policy.drift.max_drifted_share,
+                    detail="drifted columns: " + (", ".join(drift.drifted_columns) or "none"),
+                )
+            )
+
+    return GateDecision(
+        model=policy.model,
+        passed=all(r.passed for r in rules),
+        rules=rules,
+        policy_version=policy.version(),
+        champion_version=champion_version,
+    )
+
+
+def _fairness_rule(
+    rule: FairnessRule,
+    group_scores: dict[str, dict[str, float]] | None,
+    group_sizes: dict[str, int] | None,
+) -> RuleResult:
+    name = f"fairness.{rule.metric}.gap"
+    if not group_scores:
+        return RuleResult(
+            rule=name,
+            value=None,
+            limit=rule.max_gap,
+            passed=True,
+            detail="no group column given: fairness not measured",
+        )
+    sizes = group_sizes or {}
+    values = {
+        group: metrics[rule.metric]
+        for group, metrics in group_scores.items()
+        if sizes.get(group, rule.min_group_size) >= rule.min_group_size and rule.metric in metrics
+    }
+    if len(values) < 2:
+        return RuleResult(
+            rule=name,
+            value=None,
+            limit=rule.max_gap,
+            passed=True,
+            detail=f"fewer than 2 groups with >= {rule.min_group_size} rows",
+        )
+    worst, best = min(values, key=values.get), max(values, key=values.get)
+    gap = values[best] - values[worst]
+    return RuleResult(
+        rule=name,
+        value=round(gap, 6),
+        limit=rule.max_gap,
+        passed=gap <= rule.max_gap,
+        detail=f"lowest {worst!r} {values[worst]:.4f}, highest {best!r} {values[best]:.4f}",
+    )

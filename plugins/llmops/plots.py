@@ -1,0 +1,88 @@
+"""Matplotlib figures for cards and reports (Agg backend; nothing opens a window)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from llmops.profile import Profile
+
+
+def profile_figure(profile: Profile, max_columns: int = 12) -> Figure:
+    """One small bar chart per column: reference bins (numeric) or value counts (categorical)."""
+    names = list(profile.columns)[:max_columns]
+    cols = 4
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        column = profile.columns[name]
+        if column.kind == "numeric":
+            counts = column.bin_counts or []
+            ax.bar(range(len(counts)), counts, color="#4c72b0")
+            ax.set_xlabel(
+                f"deciles ({column.min:.3g} … {column.max:.3g})" if column.min is not None else "no values",
+                fontsize=7,
+            )
+        else:
+            items = sorted((column.value_counts or {}).items(), key=lambda kv: -kv[1])[:10]
+            ax.bar([k[:10] for k, _ in items], [v for _, v in items], color="#55a868")
+            ax.tick_params(axis="x", labelrotation=45, labelsize=6)
+        ax.set_title(name[:28], fontsize=8)
+        ax.tick_params(axis="y", labelsize=6)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def candidates_figure(scores: dict[str, float], metric: str) -> Figure:
+    """Validation score of every candidate, best on top."""
+    items = sorted(scores.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(items) + 1))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+    low = min(v for _, v in items)
+    ax.set_xlim(max(0.0, low - 0.05), 1.0)
+    ax.set_xlabel(f"validation {metric}")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str]) -> Figure:
+    data = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(data, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), value in np.ndenumerate(data):
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > data.max() / 2 else "black",
+        )
+    fig.tight_layout()
+    return fig
+
+
+def gate_figure(rules: list[dict]) -> Figure:
+    """Each rule with a value and a limit: measured value against the limit, red when failed."""
+    shown = [r for r in rules if r.get("value") is not None and r.get("limit") is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * max(1, len(shown)) + 1))
+    for i, rule in enumerate(shown):
+        ax.barh(i, rule["value"], color="#55a868" if rule["passed"] else "#c44e52")
+        ax.plot([rule["limit"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
+    ax.set_yticks(range(len(shown)), [r["rule"] for r in shown], fontsize=7)
+    ax.set_xlabel("measured value (bar) and limit (black line)")
+    fig.tight_layout()
+    return fig

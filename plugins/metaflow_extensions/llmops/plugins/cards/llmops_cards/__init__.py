@@ -1,0 +1,169 @@
+"""Card types of the llmops extension: data profile, evaluation, gate decision.
+
+Each renders from the task's artifacts, so a card can be re-rendered later with
+``python flows/<flow>.py card view <step>`` or ``card create``.
+"""
+
+from metaflow.plugins.cards.card_modules.basic import BlankCard
+
+
+def _figure(fig):
+    import matplotlib.pyplot as plt
+    from metaflow.cards import Image
+
+    image = Image.from_matplotlib(fig)
+    plt.close(fig)
+    return image
+
+
+def _artifact(task, name, default=None):
+    return task[name].data if name in task else default
+
+
+class _ArtifactCard(BlankCard):
+    """A blank card whose components are built from the task's artifacts."""
+
+    title = ""
+
+    def __init__(self, options=None, components=None, graph=None, **kwargs):
+        super().__init__(options={"title": self.title}, components=[], graph=graph, **kwargs)
+
+    def render(self, task, components=None, runtime=False):
+        return super().render(task, components=self.components(task), runtime=runtime)
+
+    def components(self, task):
+        raise NotImplementedError
+
+
+class DataProfileCard(_ArtifactCard):
+    type = "llmops_data_profile"
+    title = "Data profile"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        from llmops.plots import profile_figure
+        from llmops.profile import Profile
+
+        out = [Markdown("## Dataset `{}`".format(_artifact(task, "dataset_version", "?")))]
+        report = _artifact(task, "validation_report")
+        if report:
+            out.append(
+                Markdown(
+                    "### Validation: %s"
+                    % ("passed" if all(c["passed"] for c in report["checks"]) else "FAILED")
+                )
+            )
+            failed = [c for c in report["checks"] if not c["passed"]]
+            rows = failed or report["checks"][:15]
+            out.append(
+                Table(
+                    [
+                        [
+                            c["rule"],
+                            c["column"] or "",
+                            str(c["value"]),
+                            str(c["limit"]),
+                            "ok" if c["passed"] else "FAIL",
+                        ]
+                        for c in rows
+                    ],
+                    headers=["rule", "column", "value", "limit", "result"],
+                )
+            )
+        profile = _artifact(task, "data_profile")
+        if profile:
+            profile = Profile.model_validate(profile)
+            out.append(Markdown("### %d rows, %d columns" % (profile.rows, len(profile.columns))))
+            out.append(_figure(profile_figure(profile)))
+        drift = _artifact(task, "training_drift")
+        if drift:
+            out.append(Markdown("### Drift against the champion's reference (PSI)"))
+            out.append(
+                Table(
+                    [
+                        [c["column"], c["value"], c["threshold"], "DRIFT" if c["drifted"] else ""]
+                        for c in drift["columns"]
+                    ],
+                    headers=["column", "psi", "threshold", ""],
+                )
+            )
+        return out
+
+
+class EvalCard(_ArtifactCard):
+    type = "llmops_eval"
+    title = "Evaluation"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        from llmops.plots import candidates_figure, confusion_figure
+
+        out = [Markdown("## Best model: `{}`".format(_artifact(task, "best_candidate", "?")))]
+        scores = _artifact(task, "eval_scores") or {}
+        out.append(Table([[k, f"{v:.4f}"] for k, v in scores.items()], headers=["test metric", "value"]))
+        groups = _artifact(task, "group_scores")
+        if groups:
+            sizes = _artifact(task, "group_sizes") or {}
+            metrics = list(next(iter(groups.values())))
+            out.append(Markdown("### Per group"))
+            out.append(
+                Table(
+                    [[g, sizes.get(g, "")] + [f"{groups[g][m]:.4f}" for m in metrics] for g in groups],
+                    headers=["group", "rows", *metrics],
+                )
+            )
+        confusion = _artifact(task, "confusion")
+        if confusion:
+            out.append(Markdown("### Confusion matrix (test set)"))
+            out.append(_figure(confusion_figure(confusion["matrix"], confusion["classes"])))
+        leaderboard = _artifact(task, "leaderboard")
+        if leaderboard:
+            out.append(
+                Markdown("### Candidates (validation {})".format(_artifact(task, "selection_metric", "")))
+            )
+            out.append(_figure(candidates_figure(leaderboard, _artifact(task, "selection_metric", ""))))
+        return out
+
+
+class GateCard(_ArtifactCard):
+    type = "llmops_gate"
+    title = "Gate decision"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        from llmops.plots import gate_figure
+
+        decision = _artifact(task, "gate_decision")
+        if not decision:
+            return [Markdown("No `gate_decision` artifact: is `@gate` on this step?")]
+        verdict = "PASSED" if decision["passed"] else "FAILED"
+        out = [
+            Markdown("## Gate {} for `{}`".format(verdict, decision["model"])),
+            Markdown(
+                "Policy `{}`; champion at gate time: `{}`".format(
+                    decision["policy_version"], decision.get("champion_version") or "none"
+                )
+            ),
+            Table(
+                [
+                    [
+                        r["rule"],
+                        "" if r["value"] is None else r["value"],
+                        "" if r["limit"] is None else r["limit"],
+                        "ok" if r["passed"] else "FAIL",
+                        r["detail"],
+                    ]
+                    for r in decision["rules"]
+                ],
+                headers=["rule", "measured", "limit", "result", "detail"],
+            ),
+        ]
+        if any(r["value"] is not None for r in decision["rules"]):
+            out.append(_figure(gate_figure(decision["rules"])))
+        return out
+
+
+CARDS = [DataProfileCard, EvalCard, GateCard]

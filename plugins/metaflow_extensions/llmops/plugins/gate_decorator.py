@@ -1,0 +1,108 @@
+from metaflow.decorators import StepDecorator
+from metaflow.exception import MetaflowException
+
+
+class GateException(MetaflowException):
+    headline = "@gate"
+
+
+class GateDecorator(StepDecorator):
+    """
+    Decide, right after the step, whether its model may be promoted.
+
+    The step computes the candidate's metrics; this decorator applies the gate policy
+    (absolute thresholds, regression against the current champion, fairness across
+    groups, training-data drift) and saves the decision as the artifact
+    ``gate_decision`` (pass/fail and every rule with its measured value and limit), as
+    the run tag ``gate:passed`` or ``gate:failed``, and in the task log. Render it with
+    ``@card(type="llmops_gate")``. A later step promotes only if
+    ``self.gate_decision["passed"]``.
+
+    Parameters
+    ----------
+    policy : Union[str, Dict]
+        The policy: a flow ``Config`` passed as ``config_expr("policy")`` (parse it with
+        ``parser="llmops.gates.parse_policy_config"``; the policy is then stored with the
+        run and travels to remote steps), or a path to a policy YAML file.
+    scores : str, default "eval_scores"
+        Artifact with the candidate's metrics, a dict of metric name to float.
+    group_scores : str, default "group_scores"
+        Artifact with per-group metrics (dict group -> dict metric -> float); optional.
+    group_sizes : str, default "group_sizes"
+        Artifact with the row count per group; optional.
+    drift : str, default "training_drift"
+        Artifact with the training data's drift report against the champion's
+        reference profile (``DriftReport.model_dump()``); optional.
+    """
+
+    name = "gate"
+    defaults = {
+        "policy": None,
+        "scores": "eval_scores",
+        "group_scores": "group_scores",
+        "group_sizes": "group_sizes",
+        "drift": "training_drift",
+    }
+
+    def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
+        from llmops.gates import PolicyError
+
+        if not self.attributes["policy"]:
+            raise GateException(
+                f'@gate on step *{step_name}* needs a policy: @gate(policy=config_expr("policy")) '
+                'with a flow Config, or @gate(policy="evals/<model>.yaml").'
+            )
+        try:
+            self._policy = self._load_policy(flow)
+        except PolicyError as exc:
+            raise GateException(f"@gate on step *{step_name}*: {exc}") from None
+
+    def _load_policy(self, flow):
+        from llmops.gates import GatePolicy, PolicyError, load_policy
+
+        source = self.attributes["policy"]
+        if isinstance(source, str):
+            return load_policy(source)
+        try:
+            return GatePolicy.model_validate(dict(source))
+        except ValueError as exc:
+            raise PolicyError(f"policy Config: {exc}") from None
+
+    def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        from llmops.drift import DriftReport
+        from llmops.gates import evaluate_gate
+        from llmops.registry import Registry
+
+        policy = self._load_policy(flow)
+        scores = getattr(flow, self.attributes["scores"], None)
+        if not isinstance(scores, dict):
+            raise GateException(
+                "@gate on step *{}*: the step must set self.{} to a dict of metric -> value".format(
+                    step_name, self.attributes["scores"]
+                )
+            )
+        champion = Registry().find(policy.model)
+        drift = getattr(flow, self.attributes["drift"], None)
+        decision = evaluate_gate(
+            policy,
+            scores,
+            champion_scores=(champion.metadata.get("metrics") if champion else None),
+            champion_version=(champion.version if champion else None),
+            group_scores=getattr(flow, self.attributes["group_scores"], None),
+            group_sizes=getattr(flow, self.attributes["group_sizes"], None),
+            drift=DriftReport.model_validate(drift) if drift else None,
+        )
+        flow.gate_decision = decision.model_dump(mode="json")
+        for rule in decision.rules:
+            print(
+                "[gate] %-4s %-28s value=%s limit=%s %s"
+                % ("ok" if rule.passed else "FAIL", rule.rule, rule.value, rule.limit, rule.detail)
+            )
+        print("[gate] " + decision.summary())
+        self._tag_run(flow, "gate:passed" if decision.passed else "gate:failed")
+
+    @staticmethod
+    def _tag_run(flow, tag):
+        from metaflow import Run, current
+
+        Run(f"{current.flow_name}/{current.run_id}", _namespace_check=False).add_tag(tag)
