@@ -209,7 +209,7 @@ class TrainClassifierFlow(FlowSpec):
                 metrics=self.eval_scores,
                 gate_decision=self.gate_decision,
                 dataset_version=self.dataset_version,
-                run_pathspec=current.pathspec,
+                run_pathspec=f"{current.flow_name}/{current.run_id}",
                 candidate=self.best_candidate,
             )
         print(self.promotion_note)

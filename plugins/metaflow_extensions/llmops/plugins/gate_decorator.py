@@ -30,6 +30,9 @@ class GateDecorator(StepDecorator):
         Artifact with per-group metrics (dict group -> dict metric -> float); optional.
     group_sizes : str, default "group_sizes"
         Artifact with the row count per group; optional.
+    model : str, default "registry_name"
+        Artifact with the registry name whose champion the candidate is compared with;
+        when the step has no such artifact, the policy's ``model`` is used.
     drift : str, default "training_drift"
         Artifact with the training data's drift report against the champion's
         reference profile (``DriftReport.model_dump()``); optional.
@@ -42,6 +45,7 @@ class GateDecorator(StepDecorator):
         "group_scores": "group_scores",
         "group_sizes": "group_sizes",
         "drift": "training_drift",
+        "model": "registry_name",
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
@@ -81,10 +85,11 @@ class GateDecorator(StepDecorator):
                     step_name, self.attributes["scores"]
                 )
             )
-        champion = Registry().find(policy.model)
+        registry_name = getattr(flow, self.attributes["model"], None) or policy.model
+        champion = Registry().find(registry_name)
         drift = getattr(flow, self.attributes["drift"], None)
         decision = evaluate_gate(
-            policy,
+            policy.model_copy(update={"model": registry_name}),
             scores,
             champion_scores=(champion.metadata.get("metrics") if champion else None),
             champion_version=(champion.version if champion else None),

@@ -1,0 +1,129 @@
+"""``llmops``: the command line of metaflow-llmops.
+
+llmops models list [NAME]
+llmops models show NAME[:VERSION|:ALIAS]
+llmops models promote NAME:VERSION [--alias champion]
+llmops models rollback NAME [--alias champion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from llmops.registry import CHAMPION, Registry, RegistryError
+
+console = Console()
+
+
+def _split(ref: str, *, need_version: bool) -> tuple[str, str]:
+    name, _, version = ref.partition(":")
+    if need_version and not version:
+        raise RegistryError(f"{ref!r}: give NAME:VERSION (see: llmops models list {name})")
+    return name, version or CHAMPION
+
+
+def models_list(args: argparse.Namespace) -> None:
+    registry = Registry()
+    versions = registry.versions(args.name)
+    if not versions:
+        console.print("No models registered" + (f" under {args.name!r}" if args.name else "") + ".")
+        return
+    table = Table(title="Registered models")
+    for column in ("name", "version", "created (UTC)", "aliases", "dataset", "metrics", "run"):
+        table.add_column(column, no_wrap=column in ("name", "version", "aliases"))
+    aliases: dict[str, dict[str, str]] = {}
+    for v in versions:
+        by_version = aliases.setdefault(v.name, {})
+        if not by_version:
+            for alias, version in registry.aliases(v.name).items():
+                by_version.setdefault(version, "")
+                by_version[version] += ("," if by_version[version] else "") + alias
+        metrics = v.metadata.get("metrics") or {}
+        shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("accuracy", "f1", "roc_auc") if k in metrics)
+        table.add_row(
+            v.name,
+            v.version,
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            by_version.get(v.version, ""),
+            str(v.metadata.get("dataset_version", "")),
+            shown,
+            str(v.metadata.get("run", "")),
+        )
+    console.print(table)
+
+
+def models_show(args: argparse.Namespace) -> None:
+    registry = Registry()
+    name, ref = _split(args.ref, need_version=False)
+    version = registry.get(name, ref)
+    aliases = [a for a, v in registry.aliases(name).items() if v == version.version]
+    table = Table(title=f"{version.tag}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("aliases", ", ".join(aliases) or "-")
+    table.add_row("created (UTC)", version.created_at.isoformat(timespec="seconds"))
+    table.add_row("path", str(version.path))
+    for key, value in version.labels.items():
+        table.add_row(f"label {key}", value)
+    for key, value in version.metadata.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    console.print(table)
+
+
+def models_promote(args: argparse.Namespace) -> None:
+    name, version = _split(args.ref, need_version=True)
+    previous = Registry().promote(name, version, alias=args.alias)
+    console.print(f"{name}@{args.alias}: {previous or '(unset)'} -> {version}")
+
+
+def models_rollback(args: argparse.Namespace) -> None:
+    registry = Registry()
+    current = registry.aliases(args.name).get(args.alias)
+    target = registry.rollback(args.name, alias=args.alias)
+    console.print(f"{args.name}@{args.alias}: {current} -> {target} (rolled back)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmops", description="metaflow-llmops command line")
+    groups = parser.add_subparsers(dest="group", required=True)
+    models = groups.add_parser("models", help="the model registry (BentoML model store + aliases)")
+    cmds = models.add_subparsers(dest="command", required=True)
+
+    p = cmds.add_parser("list", help="registered versions with their aliases and metrics")
+    p.add_argument("name", nargs="?", help="only this model")
+    p.set_defaults(func=models_list)
+
+    p = cmds.add_parser("show", help="one version with its lineage (default: the champion)")
+    p.add_argument("ref", metavar="NAME[:VERSION|:ALIAS]")
+    p.set_defaults(func=models_show)
+
+    p = cmds.add_parser("promote", help="point an alias (default: champion) at a version")
+    p.add_argument("ref", metavar="NAME:VERSION")
+    p.add_argument("--alias", default=CHAMPION, help="alias to move (default: %(default)s)")
+    p.set_defaults(func=models_promote)
+
+    p = cmds.add_parser("rollback", help="move an alias back to where it pointed before")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--alias", default=CHAMPION, help="alias to move back (default: %(default)s)")
+    p.set_defaults(func=models_rollback)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

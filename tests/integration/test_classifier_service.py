@@ -1,0 +1,246 @@
+"""The classifier service run for real: `bentoml serve` on a free port, spoken to over HTTP."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmops.classifier import build_pipeline, candidates, load_model
+from llmops.data import infer_schema, load_table, normalize
+from llmops.inference_log import read_log
+from llmops.promotion import register_classifier
+from llmops.registry import Registry
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+HELD_OUT = 40  # rows never trained on; the requests use them
+API_KEY = "test-key-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def champion():
+    """A small logistic regression on the bundled data, registered and promoted."""
+    raw = load_table()
+    schema = infer_schema(raw, "target")
+    data = normalize(raw, schema)
+    train = data.iloc[:-HELD_OUT]
+    model = build_pipeline(schema, candidates(["logistic_regression"])[0])
+    model.fit(train[list(schema.features)], train[schema.target])
+    name = "svc-" + uuid.uuid4().hex[:8]
+    version, promoted, note = register_classifier(
+        name=name,
+        model=model,
+        schema=schema.model_dump(),
+        reference_profile={},
+        metrics={},
+        gate_decision={"passed": True, "policy_version": "test", "champion_version": None, "rules": []},
+        dataset_version="ds-test",
+        run_pathspec="TestFlow/1",
+        candidate="logistic_regression",
+    )
+    assert promoted, note
+    held_out = raw.iloc[-HELD_OUT:].drop(columns="target").reset_index(drop=True)
+    return Registry().get(name, version), held_out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(model_name: str, log_dir: Path, **env: str):
+    """`bentoml serve` the service; yields an httpx client once /readyz answers 200."""
+    port = _free_port()
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_API")}
+    server_env |= {
+        "LLMOPS_MODEL": model_name,
+        "LLMOPS_INFERENCE_LOG_DIR": str(log_dir),
+        "LLMOPS_INFERENCE_LOG_FLUSH_S": "0.1",
+        **env,
+    }
+    output = log_dir / f"server-{port}.log"
+    with open(output, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "services.classifier:Classifier",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=server_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"bentoml serve exited {process.returncode}:\n{output.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve not ready after 60 s:\n{output.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get("/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        client.server_log = output
+        yield client
+    finally:
+        client.close()
+        process.terminate()  # the arbiter stops its workers on SIGTERM
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the session this test started
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("inference-log")
+
+
+@pytest.fixture(scope="module")
+def server(champion, log_dir):
+    version, _ = champion
+    with serve(version.name, log_dir) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def secured_server(champion, tmp_path_factory):
+    version, _ = champion
+    with serve(version.name, tmp_path_factory.mktemp("secured-log"), LLMOPS_API_KEY=API_KEY) as client:
+        yield client
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready rows; NaN becomes null."""
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def expected(version, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from llmops.data import TableSchema
+
+    model = load_model(version.path)
+    inputs = normalize(frame, TableSchema.model_validate(version.read_json("schema.json")))
+    return model.predict(inputs), model.predict_proba(inputs), [str(c) for c in model.classes_]
+
+
+def assert_matches(answer: list[dict], version, frame: pd.DataFrame) -> None:
+    labels, proba, classes = expected(version, frame)
+    assert [a["prediction"] for a in answer] == list(labels)
+    got = np.array([[a["probabilities"][c] for c in classes] for a in answer])
+    np.testing.assert_allclose(got, proba, rtol=0, atol=1e-9)
+    assert {(a["model"], a["model_version"]) for a in answer} == {(version.name, version.version)}
+
+
+def test_predictions_equal_the_registered_model(server, champion):
+    version, held_out = champion
+    rows = held_out.iloc[:20].copy()
+    rows.loc[0, "mean radius"] = np.nan  # a missing value is sent as null and imputed
+    response = server.post("/predict", json={"records": records(rows)})
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 20
+    assert_matches(response.json(), version, rows)
+
+
+@pytest.mark.parametrize(
+    ("change", "column"),
+    [
+        (lambda r: r.pop("mean radius"), "mean radius"),
+        (lambda r: r.update({"shoe size": 42.0}), "shoe size"),
+        (lambda r: r.update({"worst area": "abc"}), "worst area"),
+        (lambda r: r.update({"mean texture": True}), "mean texture"),
+    ],
+    ids=["missing", "unknown", "wrong-type", "bool-for-number"],
+)
+def test_a_bad_column_is_a_400_naming_it(server, champion, change, column):
+    _, held_out = champion
+    good, bad = records(held_out.iloc[:2])
+    change(bad)
+    response = server.post("/predict", json={"records": [good, bad]})
+    assert response.status_code == 400, response.text
+    assert [e["loc"] for e in response.json()["detail"]] == [["records", 1, column]]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (b'{"records": []}', "application/json", 400, "at least 1 item"),
+        (b'{"rows": [{"mean radius": 1}]}', "application/json", 400, "Field required"),
+        (b"mean radius=1", "application/json", 400, "Invalid JSON"),
+        (b"{", None, 400, "Invalid JSON"),
+        (b"mean radius=1", "application/x-www-form-urlencoded", 415, "application/json"),
+        (b"--x\r\n", "multipart/form-data", 415, "application/json"),
+    ],
+    ids=["empty-batch", "no-records", "not-json", "truncated", "form", "multipart-no-boundary"],
+)
+def test_malformed_requests_are_4xx_with_a_message(server, body, content_type, status, message):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = server.post("/predict", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_every_prediction_reaches_the_inference_log(server, champion, log_dir):
+    version, held_out = champion
+    rows = held_out.iloc[20:23]
+    answer = server.post("/predict", json={"records": records(rows)}).json()
+    request_id = answer[0]["request_id"]
+    deadline = time.monotonic() + 10
+    while (logged := _logged(log_dir, version.name, request_id)).empty and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(logged["row"]) == [0, 1, 2]
+    assert set(logged["model_version"]) == {version.version}
+    assert list(logged["prediction"]) == [a["prediction"] for a in answer]
+    assert list(logged["probability"]) == [a["probabilities"][a["prediction"]] for a in answer]
+    pd.testing.assert_frame_equal(
+        logged[list(rows.columns)].reset_index(drop=True), rows.reset_index(drop=True), check_dtype=False
+    )
+
+
+def _logged(log_dir: Path, model_name: str, request_id: str) -> pd.DataFrame:
+    frame = read_log(log_dir, model_name)
+    return frame[frame["request_id"] == request_id] if not frame.empty else frame
+
+
+def test_concurrent_requests_all_get_their_own_answers(server, champion):
+    version, held_out = champion
+    # 64 requests of 1-3 rows each, 16 at a time: the server batches rows across requests
+    slices = [held_out.iloc[i % 38 : i % 38 + 1 + i % 3] for i in range(64)]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(
+            pool.map(lambda rows: server.post("/predict", json={"records": records(rows)}), slices)
+        )
+    assert [r.status_code for r in responses] == [200] * 64
+    for rows, response in zip(slices, responses, strict=True):
+        assert_matches(response.json(), version, rows)
+    assert len({r.json()[0]["request_id"] for r in responses}) == 64
+
+
+def test_api_key_guards_predict_but_not_the_probes(secured_server, champion):
+    _, held_out = champion
+    body = {"records": records(held_out.iloc[:1])}
+    assert secured_server.post("/predict", json=body).status_code == 401
+    wrong = secured_server.post("/predict", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert "API key" in wrong.json()["error"]
+    right = secured_server.post("/predict", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert right.status_code == 200, right.text
+    for probe in ("/readyz", "/livez", "/metrics"):
+        assert secured_server.get(probe).status_code == 200, probe
+    assert API_KEY not in secured_server.server_log.read_text()
+
+
+def test_metrics_count_predictions(server):
+    metrics = server.get("/metrics").text
+    assert 'endpoint="/predict"' in metrics
+    assert "adaptive_batch_size" in metrics
