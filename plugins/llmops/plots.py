@@ -22,13 +22,14 @@ def profile_figure(profile: Profile, max_columns: int = 12) -> Figure:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         column = profile.columns[name]
-        if column.kind == "numeric":
-            counts = column.bin_counts or []
-            ax.bar(range(len(counts)), counts, color="#4c72b0")
-            ax.set_xlabel(
-                f"deciles ({column.min:.3g} … {column.max:.3g})" if column.min is not None else "no values",
-                fontsize=7,
-            )
+        if column.kind == "numeric" and column.min is not None:
+            # decile bins hold equal counts by construction: density over their widths shows the shape
+            bounds = np.array([column.min, *(column.edges or []), column.max], dtype="float64")
+            widths = np.maximum(np.diff(bounds), 1e-12)
+            counts = np.asarray(column.bin_counts or [], dtype="float64")[: len(widths)]
+            ax.stairs(counts / widths, bounds, fill=True, color="#4c72b0")
+            ax.set_xlabel(f"{column.min:.3g} … {column.max:.3g}", fontsize=7)
+            ax.set_yticks([])
         else:
             items = sorted((column.value_counts or {}).items(), key=lambda kv: -kv[1])[:10]
             ax.bar([k[:10] for k, _ in items], [v for _, v in items], color="#55a868")
