@@ -159,9 +159,8 @@ class TrainClassifierFlow(FlowSpec):
                 "registry_name",
             ],
         )
-        print(
-            f"Best on validation {metric}: {self.best_candidate} ({self.leaderboard[self.best_candidate]:.4f})"
-        )
+        score = self.leaderboard[self.best_candidate]
+        print(f"Best on validation {metric}: {self.best_candidate} ({score:.4f})")
         self.next(self.evaluate)
 
     @card(type="llmops_eval", id="eval")

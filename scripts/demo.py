@@ -40,9 +40,19 @@ def train() -> None:
 def serve(port: int) -> subprocess.Popen:
     banner(f"Serving the champion: bentoml serve services.classifier:Classifier on 127.0.0.1:{port}")
     server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "services.classifier:Classifier",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=dict(os.environ, LLMOPS_MODEL=os.environ.get("LLMOPS_MODEL", "classifier")),
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "services.classifier:Classifier",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, LLMOPS_MODEL=os.environ.get("LLMOPS_MODEL", "classifier")),
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -78,7 +88,9 @@ def ask(port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--skip-train", action="store_true", help="serve the current champion as it is")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args()

@@ -33,11 +33,16 @@ def model_name() -> str:
     return "clf-" + uuid.uuid4().hex[:8]
 
 
-@pytest.fixture
-def free_port() -> int:
+def find_free_port() -> int:
+    """A port on 127.0.0.1 that the OS says is free now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    return find_free_port()
 
 
 def run_flow(flow: str, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:

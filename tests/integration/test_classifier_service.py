@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from llmops.data import infer_schema, load_table, normalize
 from llmops.inference_log import read_log
 from llmops.promotion import register_classifier
 from llmops.registry import Registry
-from tests.conftest import REPO
+from tests.conftest import REPO, find_free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 HELD_OUT = 40  # rows never trained on; the requests use them
@@ -54,16 +53,10 @@ def champion():
     return Registry().get(name, version), held_out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(model_name: str, log_dir: Path, **env: str):
     """`bentoml serve` the service; yields an httpx client once /readyz answers 200."""
-    port = _free_port()
+    port = find_free_port()
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_API")}
     server_env |= {
         "LLMOPS_MODEL": model_name,
@@ -90,7 +83,6 @@ def serve(model_name: str, log_dir: Path, **env: str):
                 if client.get("/readyz", timeout=2).status_code == 200:
                     break
             time.sleep(0.3)
-        client.server_log = output
         yield client
     finally:
         client.close()
@@ -115,9 +107,14 @@ def server(champion, log_dir):
 
 
 @pytest.fixture(scope="module")
-def secured_server(champion, tmp_path_factory):
+def secured_log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("secured-log")
+
+
+@pytest.fixture(scope="module")
+def secured_server(champion, secured_log_dir):
     version, _ = champion
-    with serve(version.name, tmp_path_factory.mktemp("secured-log"), LLMOPS_API_KEY=API_KEY) as client:
+    with serve(version.name, secured_log_dir, LLMOPS_API_KEY=API_KEY) as client:
         yield client
 
 
@@ -226,7 +223,7 @@ def test_concurrent_requests_all_get_their_own_answers(server, champion):
     assert len({r.json()[0]["request_id"] for r in responses}) == 64
 
 
-def test_api_key_guards_predict_but_not_the_probes(secured_server, champion):
+def test_api_key_guards_predict_but_not_the_probes(secured_server, secured_log_dir, champion):
     _, held_out = champion
     body = {"records": records(held_out.iloc[:1])}
     assert secured_server.post("/predict", json=body).status_code == 401
@@ -237,7 +234,9 @@ def test_api_key_guards_predict_but_not_the_probes(secured_server, champion):
     assert right.status_code == 200, right.text
     for probe in ("/readyz", "/livez", "/metrics"):
         assert secured_server.get(probe).status_code == 200, probe
-    assert API_KEY not in secured_server.server_log.read_text()
+    server_log = "".join(path.read_text() for path in secured_log_dir.glob("server-*.log"))
+    assert "Service Classifier initialized" in server_log
+    assert API_KEY not in server_log
 
 
 def test_metrics_count_predictions(server):

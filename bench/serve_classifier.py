@@ -1,0 +1,279 @@
+"""Throughput and latency of the classifier service against a bare Starlette endpoint.
+
+    python bench/serve_classifier.py                      # 15 s each, 32 clients, 1 row/request
+    python bench/serve_classifier.py --duration 30 --rows-per-request 8
+
+Both servers run on 127.0.0.1, one process each, serving the same registered model:
+(a) `bentoml serve services.classifier:Classifier` (validation, adaptive batching,
+inference log, metrics), and (b) a bare uvicorn + Starlette app doing only the per-request
+work: parse JSON, build a DataFrame, predict_proba, return JSON; no batching. One asyncio
+client with N concurrent workers hits each in turn. Without --bentoml-home the run uses a
+throwaway BentoML home and trains a small model into it when there is no champion.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="Seconds measured per server.")
+    parser.add_argument("--warmup", type=float, default=3.0, help="Seconds of unmeasured load first.")
+    parser.add_argument("--concurrency", type=int, default=32, help="Concurrent clients.")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="Stop a run after this many.")
+    parser.add_argument("--rows-per-request", type=int, default=1, help="Records in each request.")
+    parser.add_argument("--model", default="classifier", help="Registry name to serve.")
+    parser.add_argument(
+        "--bentoml-home",
+        type=Path,
+        default=None,
+        help="BentoML home with the model (default: a temporary one, with a model trained into it).",
+    )
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ---- the model ------------------------------------------------------------------------------
+
+
+def ensure_champion(name: str) -> None:
+    """Train and promote a logistic regression on the bundled data if ``name`` has no champion."""
+    from llmops.classifier import build_pipeline, candidates
+    from llmops.data import infer_schema, load_table, normalize
+    from llmops.promotion import register_classifier
+    from llmops.registry import Registry
+
+    if Registry().find(name) is not None:
+        return
+    raw = load_table()
+    schema = infer_schema(raw, "target")
+    data = normalize(raw, schema)
+    model = build_pipeline(schema, candidates(["logistic_regression"])[0])
+    model.fit(data[list(schema.features)], data[schema.target])
+    _, _, note = register_classifier(
+        name=name,
+        model=model,
+        schema=schema.model_dump(),
+        reference_profile={},
+        metrics={},
+        gate_decision={"passed": True, "policy_version": "bench", "champion_version": None, "rules": []},
+        dataset_version="bench",
+        run_pathspec="bench/serve_classifier",
+        candidate="logistic_regression",
+    )
+    print(note)
+
+
+def request_bodies(name: str, rows_per_request: int, count: int = 200) -> list[dict]:
+    from llmops.data import load_table
+    from llmops.registry import Registry
+
+    columns = list(Registry().get(name).read_json("schema.json")["features"])
+    frame = load_table()[columns]
+    records = frame.to_dict("records")
+    return [
+        {"records": [records[(i * rows_per_request + j) % len(records)] for j in range(rows_per_request)]}
+        for i in range(count)
+    ]
+
+
+# ---- (b) the bare endpoint --------------------------------------------------------------------
+
+
+def run_bare_server(port: int, name: str) -> None:
+    import pandas as pd
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from llmops.classifier import load_model
+    from llmops.data import TableSchema, normalize
+    from llmops.registry import Registry
+
+    version = Registry().get(name)
+    schema = TableSchema.model_validate(version.read_json("schema.json"))
+    model = load_model(version.path)
+    classes = [str(c) for c in model.classes_]
+
+    async def predict(request: Request) -> JSONResponse:
+        body = await request.json()
+        frame = normalize(pd.DataFrame(body["records"], columns=list(schema.features)), schema)
+        proba = model.predict_proba(frame)
+        return JSONResponse(
+            [
+                {
+                    "prediction": classes[row.argmax()],
+                    "probabilities": dict(zip(classes, row.tolist(), strict=True)),
+                    "model": version.name,
+                    "model_version": version.version,
+                }
+                for row in proba
+            ]
+        )
+
+    async def ready(_: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", ready)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ---- servers and load ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def started(command: list[str], port: int, log: Path, env: dict[str, str]):
+    import httpx
+
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{command[:4]} did not become ready; see {log}:\n{log.read_text()[-3000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def load(url: str, bodies: list[dict], seconds: float, concurrency: int, max_requests: int):
+    """Latencies (s) of successful requests and the error count, from `concurrency` workers."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors, sent
+            i = offset
+            while time.perf_counter() < stop_at and sent < max_requests:
+                sent += 1
+                started_at = time.perf_counter()
+                try:
+                    response = await client.post("/predict", json=bodies[i % len(bodies)])
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - started_at)
+                else:
+                    errors += 1
+                i += concurrency
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return latencies, errors, elapsed
+
+
+def measure(label: str, url: str, bodies: list[dict], args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    asyncio.run(load(url, bodies, args.warmup, args.concurrency, args.max_requests))
+    latencies, errors, elapsed = asyncio.run(
+        load(url, bodies, args.duration, args.concurrency, args.max_requests)
+    )
+    ms = np.asarray(latencies) * 1000
+    return {
+        "server": label,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+    }
+
+
+def same_answers(service_url: str, bare_url: str, body: dict) -> bool:
+    import httpx
+
+    service = httpx.post(f"{service_url}/predict", json=body).json()
+    bare = httpx.post(f"{bare_url}/predict", json=body).json()
+    return [(a["prediction"], a["probabilities"]) for a in service] == [
+        (b["prediction"], b["probabilities"]) for b in bare
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.bare_server:
+        return run_bare_server(args.bare_server, args.model)
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    os.environ["BENTOML_HOME"] = str(args.bentoml_home or scratch / "bentoml")  # before bentoml loads
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    try:
+        ensure_champion(args.model)
+        bodies = request_bodies(args.model, args.rows_per_request)
+        env = os.environ | {"LLMOPS_MODEL": args.model, "LLMOPS_INFERENCE_LOG_DIR": str(scratch / "log")}
+        env.pop("LLMOPS_API_KEY", None)
+        env.pop("LLMOPS_MODEL_VERSION", None)
+        service_port, bare_port = free_port(), free_port()
+        service_cmd = [sys.executable, "-m", "bentoml", "serve", "services.classifier:Classifier",
+                       "--host", "127.0.0.1", "--port", str(service_port)]  # fmt: skip
+        bare_cmd = [sys.executable, __file__, "--model", args.model, "--bare-server", str(bare_port)]
+        with (
+            started(service_cmd, service_port, scratch / "service.log", env) as service_url,
+            started(bare_cmd, bare_port, scratch / "bare.log", env) as bare_url,
+        ):
+            if not same_answers(service_url, bare_url, bodies[0]):
+                print("warning: the two servers disagree on the first request")
+            results = [
+                measure("bentoml service", service_url, bodies, args),
+                measure("bare starlette", bare_url, bodies, args),
+            ]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print(
+        f"\n{args.concurrency} clients, {args.rows_per_request} row(s)/request, "
+        f"{args.duration:g} s each after {args.warmup:g} s warm-up, model {args.model}"
+    )
+    print(f"{'server':<18}{'requests':>10}{'errors':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for r in results:
+        print(
+            f"{r['server']:<18}{r['requests']:>10}{r['errors']:>8}{r['rps']:>10.1f}{r['p50']:>10.1f}{r['p99']:>10.1f}"
+        )
+    ratio = results[0]["rps"] / results[1]["rps"] if results[1]["rps"] else float("nan")
+    print(f"service / bare throughput: {ratio:.2f}x (target >= 0.7x)")
+
+
+if __name__ == "__main__":
+    main()

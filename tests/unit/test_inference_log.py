@@ -1,0 +1,157 @@
+import json
+import multiprocessing as mp
+import os
+import threading
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from llmops.inference_log import InferenceLogger, default_log_root, read_log, utc_now
+
+
+def rows(request_id, n=2, timestamp=None, **features):
+    return [
+        {
+            "request_id": request_id,
+            "row": i,
+            "timestamp": timestamp or utc_now(),
+            "model": "clf",
+            "model_version": "v1",
+            "features": {"mean radius": 10.0 + i, "colour": "red", **features},
+            "prediction": "benign",
+            "probability": 0.75,
+        }
+        for i in range(n)
+    ]
+
+
+def test_rows_land_in_an_hourly_file_per_process(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", flush_interval=60)
+    logger.log(rows("a", 3))
+    assert logger.flush()
+    (file,) = tmp_path.glob("clf/*/*.jsonl")
+    now = datetime.now(timezone.utc)
+    assert file.parent.name == now.strftime("%Y-%m-%d")
+    assert file.name == f"{now:%H}-{os.getpid()}.jsonl"
+    written = [json.loads(line) for line in file.read_text().splitlines()]
+    assert [r["row"] for r in written] == [0, 1, 2]
+    assert written[0]["features"] == {"mean radius": 10.0, "colour": "red"}
+    logger.close()
+
+
+def test_rows_are_written_without_an_explicit_flush(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", flush_interval=0.05)
+    logger.log(rows("a"))
+    deadline = time.monotonic() + 5
+    while read_log(tmp_path, "clf").empty and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(read_log(tmp_path, "clf")) == 2
+    logger.close()
+
+
+def test_the_row_timestamp_picks_the_file(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf")
+    logger.log(rows("old", timestamp="2024-03-01T23:59:59.500000+00:00"))
+    logger.log(rows("new", timestamp="2024-03-02T00:00:00+00:00"))
+    logger.close()
+    files = {str(p.relative_to(tmp_path / "clf")) for p in tmp_path.glob("clf/*/*")}
+    assert files == {f"2024-03-01/23-{os.getpid()}.jsonl", f"2024-03-02/00-{os.getpid()}.jsonl"}
+
+
+def _log_in_child(root, request_id):
+    logger = InferenceLogger(root, "clf")
+    logger.log(rows(request_id, 5))
+    # no close(): the atexit hook must write the rows when the process ends
+
+
+def test_each_process_writes_its_own_file_and_exit_flushes(tmp_path):
+    ctx = mp.get_context("spawn")
+    children = [ctx.Process(target=_log_in_child, args=(tmp_path, f"p{i}")) for i in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+        assert child.exitcode == 0
+    assert len(list(tmp_path.glob("clf/*/*.jsonl"))) == 3
+    frame = read_log(tmp_path, "clf")
+    assert frame.groupby("request_id")["row"].apply(list).to_dict() == {
+        f"p{i}": [0, 1, 2, 3, 4] for i in range(3)
+    }
+
+
+def test_read_log_round_trip_and_window(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf")
+    logger.log(rows("a", timestamp="2024-03-01T10:00:00+00:00"))
+    logger.log(rows("b", timestamp="2024-03-01T11:30:00+00:00", prediction="x"))
+    logger.log(rows("c", timestamp="2024-03-03T09:00:00+00:00"))
+    logger.close()
+
+    frame = read_log(tmp_path, "clf")
+    assert list(frame["request_id"]) == ["a", "a", "b", "b", "c", "c"]
+    assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert list(frame["mean radius"]) == [10.0, 11.0] * 3
+    # a feature named like a row field does not overwrite it
+    assert list(frame["prediction"]) == ["benign"] * 6
+    assert frame["features.prediction"].tolist()[2:4] == ["x", "x"]
+
+    window = read_log(tmp_path, "clf", since="2024-03-01T11:00:00", until=datetime(2024, 3, 3, 9, 0))
+    assert list(window["request_id"]) == ["b", "b"]  # since inclusive, until exclusive
+
+
+def test_read_log_skips_a_torn_last_line(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf")
+    logger.log(rows("a", timestamp="2024-03-01T10:00:00+00:00"))
+    logger.close()
+    (file,) = tmp_path.glob("clf/*/*.jsonl")
+    with open(file, "a") as handle:
+        handle.write('{"request_id": "torn", "ro')
+    assert list(read_log(tmp_path, "clf")["request_id"]) == ["a", "a"]
+
+
+def test_close_writes_everything_and_later_rows_are_ignored(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", flush_interval=60)
+    for i in range(100):
+        logger.log(rows(f"r{i}"))
+    logger.close()
+    assert not logger.alive
+    logger.log(rows("late"))  # after close: dropped silently, never raises
+    logger.close()  # idempotent
+    assert len(read_log(tmp_path, "clf")) == 200
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", max_pending=1)
+    disk_is_slow, write = threading.Event(), logger._write
+    logger._write = lambda *args: (disk_is_slow.wait(), write(*args))[1]
+    logger.log(rows("taken by the writer"))
+    while not logger._queue.empty():
+        time.sleep(0.01)
+    logger.log(rows("waits in the queue"))
+    started = time.monotonic()
+    logger.log(rows("dropped", n=3))
+    assert time.monotonic() - started < 0.5
+    assert logger.dropped == 3
+    disk_is_slow.set()
+    logger.close()
+    assert set(read_log(tmp_path, "clf")["request_id"]) == {"taken by the writer", "waits in the queue"}
+
+
+def test_empty_log_has_the_row_columns(tmp_path):
+    frame = read_log(tmp_path, "nothing-yet")
+    assert frame.empty
+    assert {"request_id", "row", "timestamp", "prediction", "probability"} <= set(frame.columns)
+
+
+def test_default_root_and_bad_names(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMOPS_INFERENCE_LOG_DIR", str(tmp_path / "x"))
+    assert default_log_root() == tmp_path / "x"
+    monkeypatch.delenv("LLMOPS_INFERENCE_LOG_DIR")
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    assert default_log_root() == tmp_path / "home" / "inference-log"
+    monkeypatch.delenv("LLMOPS_HOME")
+    assert str(default_log_root()) == ".llmops/inference-log"
+    with pytest.raises(ValueError, match="model_name"):
+        InferenceLogger(tmp_path, "../escape")
+    assert isinstance(read_log(tmp_path, "clf"), pd.DataFrame)
