@@ -1,0 +1,62 @@
+"""The `llmops models` command, run as a user runs it (a subprocess of the installed script)."""
+
+import os
+import subprocess
+import sys
+
+from llmops.registry import Registry
+
+
+def llmops(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llmops.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+
+
+def register(name: str, accuracy: float) -> str:
+    return (
+        Registry()
+        .register(
+            name,
+            lambda folder: (folder / "w").write_text("w"),
+            metadata={"metrics": {"accuracy": accuracy}, "dataset_version": "ds-abc", "run": "F/1"},
+        )
+        .version
+    )
+
+
+def test_list_show_promote_rollback(model_name):
+    v1, v2 = register(model_name, 0.91), register(model_name, 0.93)
+
+    promoted = llmops("models", "promote", f"{model_name}:{v1}")
+    assert promoted.returncode == 0 and f"(unset) -> {v1}" in promoted.stdout
+    assert llmops("models", "promote", f"{model_name}:{v2}").returncode == 0
+
+    listing = llmops("models", "list", model_name)
+    assert listing.returncode == 0
+    assert v1 in listing.stdout and v2 in listing.stdout and "champion" in listing.stdout
+    assert "accuracy=0.930" in listing.stdout
+
+    shown = llmops("models", "show", model_name)
+    assert shown.returncode == 0 and f"{model_name}:{v2}" in shown.stdout and "ds-abc" in shown.stdout
+
+    rolled = llmops("models", "rollback", model_name)
+    assert rolled.returncode == 0 and f"{v2} -> {v1}" in rolled.stdout
+    assert Registry().get(model_name).version == v1
+
+
+def test_errors_are_messages_not_tracebacks(model_name):
+    register(model_name, 0.9)
+    for args, message in [
+        (("models", "promote", model_name), "give NAME:VERSION"),
+        (("models", "promote", f"{model_name}:nope"), "not found"),
+        (("models", "show", model_name), "has no champion yet"),
+        (("models", "rollback", model_name), "nothing to roll back"),
+    ]:
+        result = llmops(*args)
+        assert result.returncode == 2, result
+        assert message in result.stdout and "Traceback" not in result.stderr
