@@ -2,6 +2,7 @@
 
 import importlib
 
+import metaflow  # noqa: F401  (Metaflow loads its extensions on import, as in a real run)
 from metaflow.plugins.cards.card_modules.card import MetaflowCard
 
 
