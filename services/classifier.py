@@ -5,23 +5,45 @@
         -d '{"records": [{"mean radius": 14.1, "mean texture": 19.3, ...}]}'
 
 Environment: LLMOPS_MODEL (registry name), LLMOPS_MODEL_VERSION (a version or alias;
-default the champion), LLMOPS_API_KEY (optional bearer key for /predict),
+default the champion), LLMOPS_API_KEY (optional bearer key for /predict and /reload),
 LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_BATCH_SIZE, LLMOPS_MAX_LATENCY_MS,
-LLMOPS_MAX_RECORDS (per request), LLMOPS_TIMEOUT_S.
+LLMOPS_MAX_RECORDS (per request), LLMOPS_TIMEOUT_S, LLMOPS_RELOAD_POLL_S (0: off).
 
 The request model is built at import from the served version's ``schema.json``, so BentoML
 validates every request (missing, unknown or mistyped column → 400 naming it) *before*
 the request joins a batch: one bad request can never fail the batch it would have shared.
 ``/predict`` itself is the batchable API, because BentoML batches only HTTP calls to a
 ``batchable=True`` method. /livez, /readyz and /metrics are BentoML's and stay open.
+
+Hot reload, without a restart and without failing a request:
+
+    curl -s -X POST localhost:3000/reload -H "Authorization: Bearer $LLMOPS_API_KEY"
+    {"model": "classifier", "previous": "<v1>", "current": "<v2>", "reloaded": true, "error": null}
+
+``POST /reload`` resolves LLMOPS_MODEL_VERSION (default: the champion alias) again. If it moved,
+the new version is loaded in full off the batching thread (batches keep being served), then one
+attribute holding an immutable ``Served`` (version, schema, model) is replaced. ``predict`` reads
+it once per batch: a batch in flight ends on the model it began with, and each answer and
+inference-log row names the version that produced it. ``reloaded`` is false when nothing moved
+(always, for a pinned version). A version whose features or classes differ from the served ones
+is refused with 409 and the reason: requests are validated against the schema built at import,
+so it takes a restart. A ref that no longer resolves is a 404. Either way the old version keeps
+serving. With LLMOPS_RELOAD_POLL_S > 0 a background thread also does this every that many
+seconds. Each worker process holds its own model and ``/reload`` reaches only the worker that
+takes the call, so with ``workers > 1`` rely on the poll (this service runs one worker).
 """
 
+import asyncio
 import hmac
 import logging
 import os
+import threading
 import uuid
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 from pydantic import (
@@ -38,6 +60,9 @@ from starlette.responses import JSONResponse
 
 from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
 
+if TYPE_CHECKING:
+    from llmops.data import TableSchema
+
 logger = logging.getLogger("bentoml.service.classifier")
 
 
@@ -52,6 +77,7 @@ class Settings(BaseModel):
     max_latency_ms: int = Field(1000, gt=0)  # a request queued longer than this is shed (503)
     max_records: int = Field(1000, ge=1)
     timeout_s: float = Field(30.0, gt=0)
+    reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -107,6 +133,58 @@ def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]
         for i, (column, kind) in enumerate(schema.features.items())
     }
     return version, create_model("Record", __base__=RecordBase, **fields)
+
+
+class Reload(BaseModel):
+    """The answer of ``POST /reload``."""
+
+    model: str
+    previous: str  # the version served when the reload began
+    current: str  # the version served now
+    reloaded: bool  # whether the served version changed
+    error: str | None = None  # why not, on a 404 or 409; the previous version keeps serving
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded version. Swapped as a whole, so a batch never mixes two versions."""
+
+    version: ModelVersion
+    schema: "TableSchema"
+    model: Any  # a fitted scikit-learn pipeline
+    classes: tuple[str, ...]  # model.classes_, the column order of predict_proba
+
+
+def _load(version: ModelVersion) -> Served:
+    from llmops.classifier import load_model
+    from llmops.data import TableSchema
+
+    model = load_model(version.path)
+    schema = TableSchema.model_validate(version.read_json("schema.json"))
+    return Served(version, schema, model, tuple(str(c) for c in model.classes_))
+
+
+def _schema_change(old: Served, new: Served) -> str | None:
+    """Why ``new`` cannot replace ``old`` without a restart; None when it can."""
+    before, after = old.schema.features, new.schema.features
+    changes = []
+    if list(after.items()) != list(before.items()):  # exact: names, kinds and order
+        diff = {
+            "added": [c for c in after if c not in before],
+            "removed": [c for c in before if c not in after],
+            "retyped": [c for c in after if c in before and after[c] != before[c]],
+        }
+        found = "; ".join(f"{what} {columns}" for what, columns in diff.items() if columns)
+        changes.append(f"features {found or 'reordered'}")
+    if (new.schema.classes, new.classes) != (old.schema.classes, old.classes):
+        changes.append(f"classes {list(old.classes)} -> {list(new.classes)}")
+    if not changes:
+        return None
+    return (
+        f"{new.version.tag} has another schema than the served {old.version.tag} "
+        f"({', '.join(changes)}): requests are validated against the schema built at start, "
+        f"so restart the service to serve it"
+    )
 
 
 def _stamp_request(records: list[RecordBase]) -> list[RecordBase]:
@@ -190,8 +268,6 @@ class Classifier:
     """Predicts the class of tabular records with the registered model (champion by default)."""
 
     def __init__(self) -> None:
-        from llmops.classifier import load_model
-        from llmops.data import TableSchema
         from llmops.inference_log import InferenceLogger
 
         if SERVED is None:
@@ -200,13 +276,24 @@ class Classifier:
                 f"{version.tag} appeared after this worker imported the service: "
                 f"restart it so requests are validated against that version's schema"
             )
-        self.version = SERVED
-        self.schema = TableSchema.model_validate(SERVED.read_json("schema.json"))
-        self.model = load_model(SERVED.path)
-        self.classes = [str(c) for c in self.model.classes_]
-        self.columns = list(self.schema.features)
+        self.served = _load(SERVED)  # replaced, never mutated: see _reload
         self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, SERVED.name)
-        logger.info("serving %s (%d features, classes %s)", SERVED.tag, len(self.columns), self.classes)
+        self._reload_lock = threading.Lock()
+        self._refused: dict[str, str] = {}  # version -> why; versions are immutable, so it stays refused
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
+        if SETTINGS.reload_poll_s > 0:
+            self._poller = threading.Thread(
+                target=self._poll, args=(SETTINGS.reload_poll_s,), name="reload-poll", daemon=True
+            )
+            self._poller.start()
+        logger.info(
+            "serving %s (%d features, classes %s; reload poll %s)",
+            SERVED.tag,
+            len(self.served.schema.features),
+            list(self.served.classes),
+            f"every {SETTINGS.reload_poll_s:g} s" if self._poller else "off",
+        )
 
     def __is_ready__(self) -> bool:
         return self.inference_log.alive
@@ -224,18 +311,20 @@ class Classifier:
         from llmops.data import normalize
         from llmops.inference_log import utc_now
 
+        served = self.served  # read once: a reload during this batch must not mix two versions
+        columns = list(served.schema.features)  # the Record's field order (a reload keeps the schema)
         values = [tuple(record.__dict__.values()) for record in records]  # (n, features), schema order
-        frame = normalize(pd.DataFrame(values, columns=self.columns), self.schema)
-        proba = self.model.predict_proba(frame)  # (n, classes), columns in model.classes_ order
+        frame = normalize(pd.DataFrame(values, columns=columns), served.schema)
+        proba = served.model.predict_proba(frame)  # (n, classes), columns in served.classes order
         best = proba.argmax(axis=1)
-        name, version, now = self.version.name, self.version.version, utc_now()
+        name, version, now = served.version.name, served.version.version, utc_now()
         results, log_rows = [], []
         for record, row_values, probs, k in zip(records, values, proba.tolist(), best, strict=True):
-            label = self.classes[k]
+            label = served.classes[k]
             results.append(
                 Prediction(
                     prediction=label,
-                    probabilities=dict(zip(self.classes, probs, strict=True)),
+                    probabilities=dict(zip(served.classes, probs, strict=True)),
                     model=name,
                     model_version=version,
                     request_id=record._request_id,
@@ -248,7 +337,7 @@ class Classifier:
                     "timestamp": now,
                     "model": name,
                     "model_version": version,
-                    "features": dict(zip(self.columns, row_values, strict=True)),
+                    "features": dict(zip(columns, row_values, strict=True)),
                     "prediction": label,
                     "probability": probs[k],
                 }
@@ -256,8 +345,58 @@ class Classifier:
         self.inference_log.log(log_rows)
         return results
 
+    @bentoml.api(route="/reload")
+    async def reload(self, ctx: bentoml.Context) -> Reload:
+        """Serve the version the alias points at now, if it moved and has the same schema."""
+        # not BentoML's thread for sync APIs (one): the batches of /predict need it while we load
+        status, answer = await asyncio.to_thread(self._reload)
+        ctx.response.status_code = status
+        return answer
+
+    def _reload(self) -> tuple[HTTPStatus, Reload]:
+        with self._reload_lock:  # /reload and the poll: one load at a time
+            old = self.served
+            answer = partial(Reload, model=old.version.name, previous=old.version.version)
+            try:
+                version = Registry().get(SETTINGS.model, SETTINGS.model_version or CHAMPION)
+            except RegistryError as exc:
+                return HTTPStatus.NOT_FOUND, answer(
+                    current=old.version.version, reloaded=False, error=str(exc)
+                )
+            if version.version == old.version.version:
+                return HTTPStatus.OK, answer(current=old.version.version, reloaded=False)
+            if version.version not in self._refused:
+                new = _load(version)  # completely, before any batch can see it
+                if problem := _schema_change(old, new):
+                    self._refused[version.version] = problem
+                    logger.warning("not reloaded, still serving %s: %s", old.version.tag, problem)
+                else:
+                    self.served = new  # one reference store: the swap is atomic
+                    logger.info("reloaded: serving %s (was %s)", version.tag, old.version.tag)
+                    return HTTPStatus.OK, answer(current=version.version, reloaded=True)
+            error = self._refused[version.version]
+            return HTTPStatus.CONFLICT, answer(current=old.version.version, reloaded=False, error=error)
+
+    def _poll(self, every_s: float) -> None:
+        """Background thread of each worker: reload whenever the alias moved."""
+        last_problem = None
+        while not self._stop_polling.wait(every_s):
+            problem = None
+            try:
+                status, answer = self._reload()
+                if status == HTTPStatus.NOT_FOUND:
+                    problem = answer.error
+            except Exception as exc:  # e.g. an unloadable version: keep serving and polling
+                problem = f"reload failed, still serving {self.served.version.tag}: {exc!r}"
+            if problem and problem != last_problem:  # log a lasting problem once, not every poll
+                logger.warning(problem)
+            last_problem = problem
+
     @bentoml.on_shutdown
-    def close_inference_log(self) -> None:
+    def shut_down(self) -> None:
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
         self.inference_log.close()
 
 

@@ -223,15 +223,20 @@ def test_concurrent_requests_all_get_their_own_answers(server, champion):
     assert len({r.json()[0]["request_id"] for r in responses}) == 64
 
 
-def test_api_key_guards_predict_but_not_the_probes(secured_server, secured_log_dir, champion):
-    _, held_out = champion
+def test_api_key_guards_predict_and_reload_but_not_the_probes(secured_server, secured_log_dir, champion):
+    version, held_out = champion
     body = {"records": records(held_out.iloc[:1])}
+    key = {"Authorization": f"Bearer {API_KEY}"}
     assert secured_server.post("/predict", json=body).status_code == 401
     wrong = secured_server.post("/predict", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert "API key" in wrong.json()["error"]
-    right = secured_server.post("/predict", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    right = secured_server.post("/predict", json=body, headers=key)
     assert right.status_code == 200, right.text
+    assert secured_server.post("/reload").status_code == 401
+    reload = secured_server.post("/reload", headers=key)
+    assert reload.status_code == 200, reload.text
+    assert reload.json()["current"] == version.version and reload.json()["reloaded"] is False
     for probe in ("/readyz", "/livez", "/metrics"):
         assert secured_server.get(probe).status_code == 200, probe
     server_log = "".join(path.read_text() for path in secured_log_dir.glob("server-*.log"))
