@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := True
 export METAFLOW_USER ?= llmops
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo demo-loop test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ $(STAMP):
 demo: setup
 	$(PY) scripts/demo.py
 
+demo-loop: setup
+	$(PY) scripts/demo_loop.py
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -46,7 +49,9 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS),bench]"   # evidently, the drift baseline
 	$(PY) bench/serve_classifier.py
+	$(PY) bench/drift.py
 
 clean:
 	rm -rf .metaflow .llmops .pytest_cache

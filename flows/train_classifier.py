@@ -86,7 +86,7 @@ class TrainClassifierFlow(FlowSpec):
     @step
     def version(self):
         from llmops.data import TableSchema, dataset_version
-        from llmops.drift import compare_to_profile
+        from llmops.drift import DriftRule, detect_drift
         from llmops.profile import Profile, build_profile
         from llmops.registry import Registry
 
@@ -97,7 +97,7 @@ class TrainClassifierFlow(FlowSpec):
         self.training_drift = None
         if champion is not None and self.policy.drift:
             reference = Profile.model_validate(champion.read_json("reference_profile.json"))
-            report = compare_to_profile(reference, self.dataset, self.policy.drift.max_psi)
+            report = detect_drift(reference, self.dataset, DriftRule.model_validate(dict(self.policy.drift)))
             self.training_drift = report.model_dump()
             print(f"Drift vs champion {champion.version}: {report.drifted_columns or 'none'}")
         print(f"Dataset version {self.dataset_version}")

@@ -61,7 +61,7 @@ def test_good_data_passes_the_gate_and_becomes_champion(champion_run):
         "metrics.f1.min",
         "regression.accuracy",
         "fairness.recall.gap",
-        "drift.drifted_share",
+        "drift.training_drifted_share",
     }
     assert "gate:passed" in run.user_tags
     end = run["end"].task

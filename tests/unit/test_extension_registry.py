@@ -2,7 +2,7 @@
 
 import importlib
 
-import metaflow  # noqa: F401  (Metaflow loads its extensions on import, as in a real run)
+import metaflow
 from metaflow.plugins.cards.card_modules.card import MetaflowCard
 
 
@@ -20,12 +20,11 @@ def test_card_types_are_cards_with_llmops_names():
     from metaflow_extensions.llmops.plugins.cards import llmops_cards
 
     types = {card.type for card in llmops_cards.CARDS}
-    assert types == {"llmops_data_profile", "llmops_eval", "llmops_gate"}
+    assert types == {"llmops_data_profile", "llmops_eval", "llmops_gate", "llmops_drift"}
     assert all(issubclass(card, MetaflowCard) for card in llmops_cards.CARDS)
 
 
 def test_metaflow_exposes_the_decorator_and_cards():
-    import metaflow
     from metaflow.plugins import CARDS
 
     assert callable(metaflow.gate)

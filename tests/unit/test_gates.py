@@ -8,7 +8,7 @@ model: clf
 metrics: {accuracy: {min: 0.9}, log_loss: {max: 0.4}}
 regression: {accuracy: 0.02}
 fairness: {metric: recall, max_gap: 0.1, min_group_size: 10}
-drift: {max_psi: 0.2, max_drifted_share: 0.25}
+drift: {max_psi: 0.2, max_drifted_share: 0.1, max_training_drifted_share: 0.25}
 """
 GOOD = {"accuracy": 0.95, "log_loss": 0.2, "recall": 0.9}
 
@@ -94,7 +94,7 @@ def test_drift_share_limit():
     decision = evaluate_gate(
         parse_policy(POLICY), GOOD, drift=DriftReport(columns=columns, drifted_share=1 / 3)
     )
-    rule = by_rule(decision)["drift.drifted_share"]
+    rule = by_rule(decision)["drift.training_drifted_share"]
     assert not rule.passed and "x" in rule.detail
 
 

@@ -20,6 +20,27 @@ def _artifact(task, name, default=None):
     return task[name].data if name in task else default
 
 
+def _drift_table(report):
+    """One row per column: the test used, its value (p-value or distance) and threshold."""
+    from metaflow.cards import Table
+
+    def fmt(value):
+        return "n/a" if value is None else "%.4g" % value
+
+    rows = [
+        [
+            c["column"],
+            c.get("statistic", ""),
+            fmt(c["value"]),
+            fmt(c["threshold"]),
+            "DRIFT" if c["drifted"] else "",
+            c.get("detail", ""),
+        ]
+        for c in report["columns"]
+    ]
+    return Table(rows, headers=["column", "test", "value", "threshold", "", "detail"])
+
+
 class _ArtifactCard(BlankCard):
     """A blank card whose components are built from the task's artifacts."""
 
@@ -78,16 +99,8 @@ class DataProfileCard(_ArtifactCard):
             out.append(_figure(profile_figure(profile)))
         drift = _artifact(task, "training_drift")
         if drift:
-            out.append(Markdown("### Drift against the champion's reference (PSI)"))
-            out.append(
-                Table(
-                    [
-                        [c["column"], c["value"], c["threshold"], "DRIFT" if c["drifted"] else ""]
-                        for c in drift["columns"]
-                    ],
-                    headers=["column", "psi", "threshold", ""],
-                )
-            )
+            out.append(Markdown("### Drift against the champion's reference"))
+            out.append(_drift_table(drift))
         return out
 
 
@@ -166,4 +179,52 @@ class GateCard(_ArtifactCard):
         return out
 
 
-CARDS = [DataProfileCard, EvalCard, GateCard]
+class DriftCard(_ArtifactCard):
+    type = "llmops_drift"
+    title = "Drift monitor"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        from llmops.plots import drift_figure
+        from llmops.profile import Profile
+
+        out = [
+            Markdown("## %s: %s" % (_artifact(task, "monitored_model", "?"), _artifact(task, "verdict", "")))
+        ]
+        out.append(
+            Markdown(
+                "Window `%s` .. `%s`, %d rows; champion `%s`"
+                % (
+                    _artifact(task, "window_since") or "beginning",
+                    _artifact(task, "window_until"),
+                    len(_artifact(task, "window", [])),
+                    _artifact(task, "champion_version"),
+                )
+            )
+        )
+        report = _artifact(task, "drift_report")
+        if not report:
+            return out
+        out.append(_drift_table(report))
+        live = _artifact(task, "live_scores")
+        if live:
+            out.append(Markdown("### Live metrics on labelled traffic"))
+            out.append(Table([[k, v] for k, v in live.items()], headers=["metric", "value"]))
+        drifted = {c["column"] for c in report["columns"] if c["drifted"]}
+        shown = sorted(drifted) + [c["column"] for c in report["columns"] if c["column"] not in drifted]
+        out.append(Markdown("### Reference vs current (drifted columns first)"))
+        out.append(
+            _figure(
+                drift_figure(
+                    Profile.model_validate(_artifact(task, "reference_profile")),
+                    _artifact(task, "window"),
+                    shown[:12],
+                    drifted,
+                )
+            )
+        )
+        return out
+
+
+CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard]

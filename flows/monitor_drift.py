@@ -1,0 +1,199 @@
+"""Watch the served model: drift of live traffic, live performance, and retraining when needed.
+
+    python flows/monitor_drift.py run
+    python flows/monitor_drift.py run --feedback labels.csv            # labels by request_id,row
+    python flows/monitor_drift.py run --since 2026-11-01T00:00 --until 2026-11-02T00:00 --no-retrain
+
+start (window of the inference log: by default from where the last monitor run of this model
+stopped, until now) → detect (drift of the window against the champion's reference profile;
+live metrics when --feedback labels are given; a drift card) → retrain (when the policy says
+so: runs flows/train_classifier.py on the champion's training data plus the labelled window,
+through the same gate; the champion moves only if it passes) → end.
+
+Locally the retraining run is started with metaflow.Runner. On Argo Workflows, deploy the
+training flow with @trigger_on_finish(flow="MonitorDriftFlow") instead (see README).
+"""
+
+from metaflow import Config, FlowSpec, Parameter, card, current, step
+
+from llmops.data import DataError
+
+
+class MonitorDriftFlow(FlowSpec):
+    policy = Config(
+        "policy",
+        default="evals/classifier.yaml",
+        parser="llmops.gates.parse_policy_config",
+        help="Policy YAML: drift test and limits, metric minimums (live and for the gate).",
+    )
+    model_name = Parameter("model-name", default="", help="Registry name (default: the policy's model).")
+    since = Parameter(
+        "since",
+        default="",
+        help="Window start, ISO-8601 UTC (default: the end of the last monitor run's window).",
+    )
+    until = Parameter("until", default="", help="Window end, ISO-8601 UTC (default: now).")
+    log_dir = Parameter(
+        "log-dir",
+        default="",
+        help="Inference log root (default: $LLMOPS_INFERENCE_LOG_DIR or .llmops/inference-log).",
+    )
+    feedback = Parameter(
+        "feedback", default="", help="CSV/Parquet of labels: request_id, row and the target column; optional."
+    )
+    retrain = Parameter(
+        "retrain",
+        default=True,
+        type=bool,
+        help="Start the training flow when drift or live metrics cross the policy.",
+    )
+    retrain_data = Parameter(
+        "retrain-data",
+        default="",
+        help="Labelled data to retrain on (default: champion's data + labelled window).",
+    )
+    retrain_models = Parameter(
+        "retrain-models",
+        default="",
+        help="Candidate families for the retraining run (default: the training flow's).",
+    )
+    min_rows = Parameter(
+        "min-rows", default=50, type=int, help="Fewer logged rows than this in the window: no verdict."
+    )
+
+    @step
+    def start(self):
+        from datetime import datetime, timezone
+
+        from llmops.inference_log import read_log
+        from llmops.registry import Registry, check_name
+
+        self.monitored_model = check_name(self.model_name or self.policy.model, "--model-name")
+        champion = Registry().get(self.monitored_model)
+        self.champion_version = champion.version
+        self.window_until = self.until or datetime.now(timezone.utc).isoformat()
+        self.window_since = self.since or self._last_window_end()
+        window = read_log(self.log_dir or None, self.monitored_model, self.window_since, self.window_until)
+        self.window = window
+        print(
+            f"Window {self.window_since or 'beginning'} .. {self.window_until}: {len(window)} rows logged "
+            f"for {self.monitored_model}; champion {champion.version}"
+        )
+        self.next(self.detect)
+
+    def _last_window_end(self):
+        from metaflow import Flow
+        from metaflow.exception import MetaflowNotFound
+
+        try:
+            for run in Flow(current.flow_name).runs():
+                if run.successful and run.data.monitored_model == self.monitored_model:
+                    return run.data.window_until
+        except MetaflowNotFound:
+            pass
+        return ""
+
+    @card(type="llmops_drift")
+    @step
+    def detect(self):
+        from llmops.data import TableSchema
+        from llmops.drift import detect_drift
+        from llmops.gates import GatePolicy
+        from llmops.monitoring import decide_retrain, join_feedback, live_metrics, load_feedback
+        from llmops.profile import Profile
+        from llmops.registry import Registry
+
+        policy = GatePolicy.model_validate(dict(self.policy))
+        champion = Registry().get(self.monitored_model, self.champion_version)
+        schema = TableSchema.model_validate(champion.read_json("schema.json"))
+        self.schema = schema.model_dump()
+        self.reference_profile = champion.read_json("reference_profile.json")
+        self.drift_report, self.live_scores, self.labelled = None, None, None
+        if len(self.window) < self.min_rows:
+            self.verdict = f"not enough traffic: {len(self.window)} rows < --min-rows {self.min_rows}"
+            self.decision = {"retrain": False, "reasons": []}
+        else:
+            current_features = self.window.reindex(columns=list(schema.features))
+            report = detect_drift(
+                Profile.model_validate(self.reference_profile), current_features, policy.drift
+            )
+            self.drift_report = report.model_dump()
+            if self.feedback:
+                labelled = join_feedback(self.window, load_feedback(self.feedback, schema.target))
+                self.labelled = labelled
+                if len(labelled):
+                    self.live_scores = live_metrics(labelled, schema)
+            decision = decide_retrain(policy, report, self.live_scores)
+            self.decision = decision.model_dump()
+            self.verdict = "; ".join(decision.reasons) or "no drift, live metrics within the policy"
+            print(
+                f"Drifted columns: {report.drifted_columns or 'none'} "
+                f"({report.drifted_share:.0%} of {len(report.columns)})"
+            )
+            if self.live_scores:
+                print(f"Live metrics on {len(self.labelled)} labelled rows: {self.live_scores}")
+        print(f"Verdict: {self.verdict}")
+        self.next(self.retrain_model)
+
+    @step
+    def retrain_model(self):
+        self.retrain_run, self.retrain_outcome = None, "not needed"
+        if self.decision["retrain"] and not self.retrain:
+            self.retrain_outcome = "needed, but --no-retrain was given"
+        elif self.decision["retrain"]:
+            data_path = self.retrain_data or self._write_retraining_set()
+            if data_path:
+                self.retrain_run, self.retrain_outcome = self._run_training(data_path)
+        print(f"Retraining: {self.retrain_outcome}")
+        self.next(self.end)
+
+    def _write_retraining_set(self):
+        from pathlib import Path
+
+        from metaflow import Run
+
+        from llmops.data import TableSchema
+        from llmops.monitoring import retraining_set
+        from llmops.registry import Registry
+
+        if self.labelled is None or not len(self.labelled):
+            self.retrain_outcome = "needed, but there are no labels: pass --feedback or --retrain-data"
+            return ""
+        lineage = Registry().get(self.monitored_model, self.champion_version).metadata
+        training = Run(lineage["run"], _namespace_check=False)["start"].task["dataset"].data
+        combined = retraining_set(training, self.labelled, TableSchema(**self.schema))
+        path = Path(".llmops") / "retraining" / f"{self.monitored_model}-{current.run_id}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        combined.to_parquet(path, index=False)
+        print(
+            f"Retraining set: {len(training)} champion training rows + {len(self.labelled)} labelled "
+            f"production rows -> {path}"
+        )
+        return str(path)
+
+    def _run_training(self, data_path):
+        from pathlib import Path
+
+        from metaflow import Runner
+
+        flow_file = Path(__file__).resolve().parent / "train_classifier.py"
+        options = {"data": data_path, "model_name": self.monitored_model, "target": self.schema["target"]}
+        if self.retrain_models:
+            options["models"] = self.retrain_models
+        with Runner(str(flow_file), show_output=True).run(**options) as running:
+            run = running.run
+            if run is None or not run.successful:
+                raise DataError(f"the retraining run failed: {running.stderr[-2000:]}")
+            promoted = run["end"].task["promoted"].data
+            note = run["end"].task["promotion_note"].data
+        return run.pathspec, f"{run.pathspec}: {note}" if note else f"{run.pathspec}: promoted={promoted}"
+
+    @step
+    def end(self):
+        print(f"\n{self.monitored_model}: {len(self.window)} rows in the window; {self.verdict}")
+        print(f"Retraining: {self.retrain_outcome}")
+        print("Drift card: python flows/monitor_drift.py card view detect")
+
+
+if __name__ == "__main__":
+    MonitorDriftFlow()
