@@ -2,7 +2,7 @@
 
     python flows/monitor_drift.py run
     python flows/monitor_drift.py run --feedback labels.csv            # labels by request_id,row
-    python flows/monitor_drift.py run --since 2026-11-01T00:00 --until 2026-11-02T00:00 --no-retrain
+    python flows/monitor_drift.py run --since 2026-11-01T00:00 --until 2026-11-02T00:00 --retrain false
 
 start (window of the inference log: by default from where the last monitor run of this model
 stopped, until now) → detect (drift of the window against the champion's reference profile;
@@ -66,13 +66,14 @@ class MonitorDriftFlow(FlowSpec):
         from datetime import datetime, timezone
 
         from llmops.inference_log import read_log
+        from llmops.monitoring import parse_instant
         from llmops.registry import Registry, check_name
 
         self.monitored_model = check_name(self.model_name or self.policy.model, "--model-name")
         champion = Registry().get(self.monitored_model)
         self.champion_version = champion.version
-        self.window_until = self.until or datetime.now(timezone.utc).isoformat()
-        self.window_since = self.since or self._last_window_end()
+        self.window_until = parse_instant(self.until, "--until") or datetime.now(timezone.utc).isoformat()
+        self.window_since = parse_instant(self.since, "--since") or self._last_window_end()
         window = read_log(self.log_dir or None, self.monitored_model, self.window_since, self.window_until)
         self.window = window
         print(
@@ -91,7 +92,7 @@ class MonitorDriftFlow(FlowSpec):
                     return run.data.window_until
         except MetaflowNotFound:
             pass
-        return ""
+        return None
 
     @card(type="llmops_drift")
     @step
@@ -139,7 +140,7 @@ class MonitorDriftFlow(FlowSpec):
     def retrain_model(self):
         self.retrain_run, self.retrain_outcome = None, "not needed"
         if self.decision["retrain"] and not self.retrain:
-            self.retrain_outcome = "needed, but --no-retrain was given"
+            self.retrain_outcome = "needed, but --retrain false was given"
         elif self.decision["retrain"]:
             data_path = self.retrain_data or self._write_retraining_set()
             if data_path:

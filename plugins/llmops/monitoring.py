@@ -20,6 +20,23 @@ from llmops.gates import GatePolicy
 FEEDBACK_KEYS = ("request_id", "row")
 
 
+def parse_instant(value: str, field: str) -> str | None:
+    """An ISO-8601 instant as a UTC ISO string (naive means UTC); empty means unset."""
+    from datetime import datetime, timezone
+
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise DataError(
+            f"{field}: {value!r} is not an ISO-8601 time (e.g. 2026-11-01T00:00:00+00:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat()
+
+
 class RetrainDecision(BaseModel):
     retrain: bool
     reasons: list[str]

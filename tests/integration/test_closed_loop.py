@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 from metaflow import Run, namespace
+from metaflow.cards import get_cards
 
 from llmops.data import load_table
 from llmops.inference_log import read_log
@@ -19,6 +20,7 @@ from llmops.registry import Registry
 from llmops.simulate import send, shift
 from tests.conftest import run_flow
 from tests.integration.test_classifier_service import serve
+from tests.integration.test_train_flow import card_content
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 FAST = "logistic_regression"
@@ -110,6 +112,8 @@ def test_drift_triggers_retrain_promotion_and_hot_reload(tmp_path, model_name, t
         assert detect["decision"].data["retrain"]
         assert len(drifted) >= 15 and drifted <= set(SHIFTED), drifted  # shifted columns, and only those
         assert detect["live_scores"].data["accuracy"] == pytest.approx(accuracy_before, abs=1e-6)
+        drift_card = card_content(get_cards(detect, type="llmops_drift")[0])
+        assert "DRIFT" in drift_card and "mean area" in drift_card
         after = Registry().get(model_name).version
         assert after != before and "promoted" in run["end"].task["retrain_outcome"].data
 
@@ -148,3 +152,29 @@ def test_retrain_that_fails_the_gate_changes_nothing(tmp_path, model_name):
         reload = client.post("/reload", json={}).json()
         assert not reload["reloaded"] and reload["current"] == before
         assert set(send(str(client.base_url), traffic.head(10), "target")["model_version"]) == {before}
+
+
+def test_default_window_starts_where_the_last_monitor_run_ended(tmp_path, model_name):
+    def quiet_monitor(*args):
+        run_id_file = tmp_path / "run-id"
+        result = run_flow(
+            "monitor_drift.py",
+            "--model-name",
+            model_name,
+            "--log-dir",
+            str(tmp_path),
+            "--retrain",
+            "false",
+            "--run-id-file",
+            str(run_id_file),
+            *args,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        namespace(None)
+        return Run(f"MonitorDriftFlow/{run_id_file.read_text().strip()}")
+
+    first = quiet_monitor("--until", "2026-01-02T00:00:00+00:00")
+    second = quiet_monitor()
+    assert first["end"].task["window_until"].data == "2026-01-02T00:00:00+00:00"
+    assert second["start"].task["window_since"].data == "2026-01-02T00:00:00+00:00"
+    assert "not enough traffic" in second["end"].task["verdict"].data

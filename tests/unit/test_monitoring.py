@@ -4,7 +4,14 @@ import pytest
 from llmops.data import DataError, TableSchema
 from llmops.drift import ColumnDrift, DriftReport
 from llmops.gates import parse_policy
-from llmops.monitoring import decide_retrain, join_feedback, live_metrics, load_feedback, retraining_set
+from llmops.monitoring import (
+    decide_retrain,
+    join_feedback,
+    live_metrics,
+    load_feedback,
+    parse_instant,
+    retraining_set,
+)
 
 SCHEMA = TableSchema(target="y", features={"x": "numeric"}, classes=["no", "yes"])
 WINDOW = pd.DataFrame(
@@ -59,3 +66,11 @@ def test_retraining_set_appends_labelled_rows_in_schema_columns():
     labelled = WINDOW.assign(y=["yes", "no", "yes", "no"])
     combined = retraining_set(training, labelled, SCHEMA)
     assert list(combined.columns) == ["x", "y"] and len(combined) == 6
+
+
+def test_window_bounds_are_checked_and_normalized_to_utc():
+    assert parse_instant("", "--since") is None
+    assert parse_instant("2026-11-01T00:00", "--since") == "2026-11-01T00:00:00+00:00"
+    assert parse_instant("2026-11-01T02:00+02:00", "--until") == "2026-11-01T00:00:00+00:00"
+    with pytest.raises(DataError, match="--since: 'yesterday' is not an ISO-8601 time"):
+        parse_instant("yesterday", "--since")
