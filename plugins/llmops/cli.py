@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from llmops.prompts import PromptError
 from llmops.registry import CHAMPION, Registry, RegistryError
 
 console = Console()
@@ -89,6 +90,56 @@ def models_rollback(args: argparse.Namespace) -> None:
     console.print(f"{args.name}@{args.alias}: {current} -> {target} (rolled back)")
 
 
+def prompts_list(args: argparse.Namespace) -> None:
+    from llmops.prompts import PromptStore, list_prompts
+
+    table = Table(title="Prompts")
+    for column in ("name", "version", "variables", "versions seen", "description"):
+        table.add_column(column, no_wrap=column in ("name", "version"))
+    store = PromptStore()
+    for prompt in list_prompts():
+        table.add_row(
+            prompt.name,
+            prompt.version,
+            ", ".join(prompt.input_variables),
+            str(len(store.versions(prompt.name))),
+            prompt.description,
+        )
+    console.print(table)
+
+
+def prompts_show(args: argparse.Namespace) -> None:
+    import yaml
+
+    from llmops.prompts import load_prompt
+
+    prompt = load_prompt(args.name)
+    console.print(f"[bold]{prompt.name}[/bold] {prompt.version}")
+    console.print(yaml.safe_dump(prompt.model_dump(), sort_keys=False, allow_unicode=True), markup=False)
+
+
+def _prompt_at(name: str, ref: str):
+    from llmops.prompts import PromptStore, load_prompt
+
+    return load_prompt(name) if ref == "current" else PromptStore().get(name, ref)
+
+
+def prompts_diff(args: argparse.Namespace) -> None:
+    import difflib
+
+    import yaml
+
+    old, new = _prompt_at(args.name, args.a), _prompt_at(args.name, args.b)
+    lines = difflib.unified_diff(
+        yaml.safe_dump(old.model_dump(), sort_keys=False).splitlines(),
+        yaml.safe_dump(new.model_dump(), sort_keys=False).splitlines(),
+        fromfile=f"{args.name}@{old.version}",
+        tofile=f"{args.name}@{new.version}",
+        lineterm="",
+    )
+    console.print("\n".join(lines) or f"{old.version} and {new.version} are the same prompt", markup=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmops", description="metaflow-llmops command line")
     groups = parser.add_subparsers(dest="group", required=True)
@@ -112,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--alias", default=CHAMPION, help="alias to move back (default: %(default)s)")
     p.set_defaults(func=models_rollback)
+
+    prompts = groups.add_parser("prompts", help="the prompt registry (prompts/*.yaml + versions seen)")
+    cmds = prompts.add_subparsers(dest="command", required=True)
+    p = cmds.add_parser("list", help="prompts with their current version")
+    p.set_defaults(func=prompts_list)
+    p = cmds.add_parser("show", help="one prompt as it is now")
+    p.add_argument("name")
+    p.set_defaults(func=prompts_show)
+    p = cmds.add_parser("diff", help="unified diff of two versions of a prompt")
+    p.add_argument("name")
+    p.add_argument("a", metavar="A", help="a version (prompt-…) seen before, or 'current'")
+    p.add_argument("b", metavar="B", help="a version (prompt-…) seen before, or 'current'")
+    p.set_defaults(func=prompts_diff)
     return parser
 
 
@@ -119,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except RegistryError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (RegistryError, PromptError) as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
     return 0
 
