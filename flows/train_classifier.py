@@ -52,10 +52,15 @@ class TrainClassifierFlow(FlowSpec):
 
     @step
     def start(self):
+        from llmops.classifier import METRICS, candidates
         from llmops.data import infer_schema, load_table, normalize
         from llmops.registry import check_name
 
         self.registry_name = check_name(self.model_name or self.policy.model, "--model-name")
+        self.families = [f.strip() for f in self.model_families.split(",") if f.strip()]
+        candidates(self.families)  # an unknown family fails here, naming --models
+        if self.selection_metric not in METRICS:
+            raise ValueError(f"--selection-metric: {self.selection_metric!r} is not one of {METRICS}")
         raw = load_table(self.data)
         schema = infer_schema(raw, self.target)
         if self.group_column and self.group_column not in raw.columns:
@@ -116,8 +121,7 @@ class TrainClassifierFlow(FlowSpec):
         self.train_set, self.validation_set = train_test_split(
             rest, test_size=0.25, stratify=rest[self.target], random_state=self.seed
         )
-        families = [f.strip() for f in self.model_families.split(",") if f.strip()]
-        self.candidate_grid = [c.model_dump() for c in candidates(families)]
+        self.candidate_grid = [c.model_dump() for c in candidates(self.families)]
         print(
             f"train/validation/test = {len(self.train_set)}/{len(self.validation_set)}/"
             f"{len(self.test_set)} rows; {len(self.candidate_grid)} candidates"

@@ -32,6 +32,8 @@ TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
 
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # what classification_metrics measures
+
 ESTIMATORS: dict[str, type] = {
     "logistic_regression": LogisticRegression,
     "random_forest": RandomForestClassifier,

@@ -126,6 +126,19 @@ def test_invalid_data_stops_the_run_naming_column_and_rule(tmp_path, model_name)
     assert Registry().find(model_name) is None
 
 
-def test_bad_parameters_are_named(tmp_path, model_name):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--selection-metric", "speed"), "--selection-metric: 'speed' is not one of"),
+        (("--models", "svm"), "--models: unknown model family ['svm']"),
+    ],
+)
+def test_bad_parameters_are_named_before_any_work(tmp_path, model_name, cancer_csv, extra, message):
+    result, run = train(tmp_path, cancer_csv, model_name, *extra)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+    assert [step.id for step in run] == ["start"]  # failed in start, nothing else ran
+
+
+def test_missing_data_file_is_named(tmp_path, model_name):
     result, _ = train(tmp_path, tmp_path / "nope.csv", model_name)
     assert result.returncode != 0 and "--data: no such file" in result.stdout + result.stderr
