@@ -121,9 +121,11 @@ class MonitorDriftFlow(FlowSpec):
             self.drift_report = report.model_dump()
             if self.feedback:
                 labelled = join_feedback(self.window, load_feedback(self.feedback, schema.target))
-                self.labelled = labelled
-                if len(labelled):
-                    self.live_scores = live_metrics(labelled, schema)
+                self.labelled = labelled  # every labelled row is training data for a retrain
+                # live performance is the champion's own: rows answered by older versions are left out
+                own = labelled[labelled["model_version"] == self.champion_version]
+                if len(own):
+                    self.live_scores = live_metrics(own, schema)
             decision = decide_retrain(policy, report, self.live_scores)
             self.decision = decision.model_dump()
             self.verdict = "; ".join(decision.reasons) or "no drift, live metrics within the policy"
@@ -181,7 +183,9 @@ class MonitorDriftFlow(FlowSpec):
         options = {"data": data_path, "model_name": self.monitored_model, "target": self.schema["target"]}
         if self.retrain_models:
             options["models"] = self.retrain_models
-        with Runner(str(flow_file), show_output=True).run(**options) as running:
+        # the retraining run is gated by the same policy the monitor judged with
+        runner = Runner(str(flow_file), show_output=True, config_value=[("policy", self.policy)])
+        with runner.run(**options) as running:
             run = running.run
             if run is None or not run.successful:
                 raise DataError(f"the retraining run failed: {running.stderr[-2000:]}")

@@ -59,6 +59,14 @@ class TrainClassifierFlow(FlowSpec):
         self.registry_name = check_name(self.model_name or self.policy.model, "--model-name")
         self.families = [f.strip() for f in self.model_families.split(",") if f.strip()]
         candidates(self.families)  # an unknown family fails here, naming --models
+        named = [f"metrics.{m}" for m in self.policy.metrics] + [
+            f"regression.{m}" for m in self.policy.regression
+        ]
+        if self.policy.fairness:
+            named.append(f"fairness.{self.policy.fairness.metric}")
+        unknown = [n for n in named if n.split(".", 1)[1] not in METRICS]
+        if unknown:
+            raise ValueError(f"policy: unknown metric(s) {unknown} (measured: {METRICS})")
         if self.selection_metric not in METRICS:
             raise ValueError(f"--selection-metric: {self.selection_metric!r} is not one of {METRICS}")
         raw = load_table(self.data)
@@ -174,7 +182,7 @@ class TrainClassifierFlow(FlowSpec):
     def evaluate(self):
         from sklearn.metrics import confusion_matrix
 
-        from llmops.classifier import classification_metrics, features, group_metrics
+        from llmops.classifier import classification_metrics, features, group_metrics, score_champion
         from llmops.data import TableSchema
 
         schema = TableSchema(**self.schema)
@@ -192,7 +200,13 @@ class TrainClassifierFlow(FlowSpec):
             self.group_scores, self.group_sizes = group_metrics(
                 self.test_set, truth, proba, classes, self.group_column
             )
+        self.champion_scored = score_champion(self.registry_name, self.schema, self.test_set, self.target)
         print(f"Test metrics: {self.eval_scores}")
+        if self.champion_scored:
+            print(
+                f"Champion {self.champion_scored['version']} on the same test set: "
+                f"{self.champion_scored['scores']}"
+            )
         self.next(self.promote)
 
     @step

@@ -45,10 +45,13 @@ def free_port() -> int:
     return find_free_port()
 
 
-def run_flow(flow: str, *args: str, timeout: int = 420) -> subprocess.CompletedProcess:
-    """``python flows/<flow> run <args>`` from the repo root, as a user would."""
+def run_flow(
+    flow: str, *args: str, timeout: int = 420, top: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``python flows/<flow> <top> run <args>`` from the repo root, as a user would; ``top``
+    holds options that come before ``run`` (e.g. ``--config policy FILE``)."""
     return subprocess.run(
-        [sys.executable, str(REPO / "flows" / flow), "--no-pylint", "run", *args],
+        [sys.executable, str(REPO / "flows" / flow), "--no-pylint", *top, "run", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -146,3 +146,22 @@ def load_model(folder: Path) -> Pipeline:
     if untrusted:
         raise ValueError(f"{path}: refusing to load untrusted types {sorted(untrusted)}")
     return sio.load(path, trusted=TRUSTED_TYPES)
+
+
+def score_champion(
+    name: str, schema: dict[str, Any], test_set: pd.DataFrame, target: str
+) -> dict[str, Any] | None:
+    """The champion's metrics on the candidate's test set, so the regression rule compares like
+    with like; None when there is no champion or it was trained on other features or classes."""
+    from llmops.registry import Registry
+
+    champion = Registry().find(name)
+    if champion is None or champion.read_json("schema.json") != schema:
+        return None
+    model = load_model(champion.path)
+    table = TableSchema(**schema)
+    proba = model.predict_proba(features(test_set, table))
+    return {
+        "version": champion.version,
+        "scores": classification_metrics(test_set[target], proba, list(model.classes_)),
+    }

@@ -13,11 +13,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from filelock import Timeout
 from rich.console import Console
 from rich.table import Table
 
 from llmops.prompts import PromptError
-from llmops.registry import CHAMPION, Registry, RegistryError
+from llmops.registry import CHAMPION, Registry, RegistryError, check_name
 
 console = Console()
 
@@ -31,6 +32,8 @@ def _split(ref: str, *, need_version: bool) -> tuple[str, str]:
 
 def models_list(args: argparse.Namespace) -> None:
     registry = Registry()
+    if args.name:
+        check_name(args.name)
     versions = registry.versions(args.name)
     if not versions:
         console.print("No models registered" + (f" under {args.name!r}" if args.name else "") + ".")
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (RegistryError, PromptError) as exc:
+    except (RegistryError, PromptError, Timeout, json.JSONDecodeError) as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
     return 0

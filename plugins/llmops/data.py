@@ -40,13 +40,15 @@ class TableSchema(BaseModel):
         return [c for c, k in self.features.items() if k == "categorical"]
 
 
-def load_table(source: str = DEFAULT_DATASET) -> pd.DataFrame:
-    """Load a CSV or Parquet file, or a bundled scikit-learn dataset named ``sklearn:<name>``."""
+def load_table(source: str = DEFAULT_DATASET, field: str = "--data") -> pd.DataFrame:
+    """Load a CSV or Parquet file, or a bundled scikit-learn dataset named ``sklearn:<name>``.
+
+    Errors name ``field``, the parameter the path came from."""
     if source.startswith("sklearn:"):
         return _load_sklearn(source.removeprefix("sklearn:"))
     path = Path(source)
     if not path.is_file():
-        raise DataError(f"--data: no such file: {source}")
+        raise DataError(f"{field}: no such file: {source}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -54,8 +56,8 @@ def load_table(source: str = DEFAULT_DATASET) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"--data: cannot read {source}: {exc}") from exc
-    raise DataError(f"--data: unsupported file type {suffix!r} (use .csv or .parquet)")
+        raise DataError(f"{field}: cannot read {source}: {exc}") from exc
+    raise DataError(f"{field}: unsupported file type {suffix!r} (use .csv or .parquet)")
 
 
 def _load_sklearn(name: str) -> pd.DataFrame:

@@ -132,6 +132,9 @@ def evaluate_gate(
 ) -> GateDecision:
     """Apply every rule of ``policy``; a rule whose input is missing fails (never silently passes)."""
     rules: list[RuleResult] = []
+    bad = [k for k, v in scores.items() if not isinstance(v, int | float)]
+    if bad:
+        raise PolicyError(f"eval_scores.{bad[0]}: expected a number, got {scores[bad[0]]!r}")
 
     for metric, threshold in policy.metrics.items():
         value = scores.get(metric)
@@ -235,6 +238,14 @@ def _fairness_rule(
             limit=rule.max_gap,
             passed=True,
             detail="no group column given: fairness not measured",
+        )
+    if not any(rule.metric in metrics for metrics in group_scores.values()):
+        return RuleResult(
+            rule=name,
+            value=None,
+            limit=rule.max_gap,
+            passed=False,
+            detail=f"metric {rule.metric!r} was not measured for any group",
         )
     sizes = group_sizes or {}
     values = {

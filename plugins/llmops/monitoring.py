@@ -44,7 +44,7 @@ class RetrainDecision(BaseModel):
 
 def load_feedback(path: str | Path, target: str) -> pd.DataFrame:
     """Labels for logged predictions: columns ``request_id``, ``row`` and the target (or ``label``)."""
-    frame = load_table(str(path))
+    frame = load_table(str(path), field="--feedback")
     if target not in frame.columns and "label" in frame.columns:
         frame = frame.rename(columns={"label": target})
     missing = [c for c in (*FEEDBACK_KEYS, target) if c not in frame.columns]
@@ -52,7 +52,10 @@ def load_feedback(path: str | Path, target: str) -> pd.DataFrame:
         raise DataError(f"--feedback: {path} lacks column(s) {missing} (need request_id, row, {target!r})")
     frame = frame[[*FEEDBACK_KEYS, target]].copy()
     frame["request_id"] = frame["request_id"].astype(str)
-    frame["row"] = frame["row"].astype(int)
+    rows = pd.to_numeric(frame["row"], errors="coerce")
+    if rows.isna().any() or (rows % 1 != 0).any():
+        raise DataError("--feedback: column 'row' must hold whole numbers (some are missing or not integers)")
+    frame["row"] = rows.astype(int)
     frame[target] = frame[target].astype(str)
     return frame.drop_duplicates(subset=list(FEEDBACK_KEYS), keep="last")
 

@@ -88,7 +88,11 @@ class PromptTemplate(BaseModel):
 
 def _placeholders(text: str) -> list[str]:
     names = []
-    for _, field, spec, conversion in string.Formatter().parse(text):
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise PromptError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
+    for _, field, spec, conversion in parsed:
         if field is None:
             continue
         if not field.isidentifier() or spec or conversion:

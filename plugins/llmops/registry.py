@@ -95,14 +95,17 @@ class Registry:
     def get(self, name: str, ref: str = CHAMPION) -> ModelVersion:
         """A version by alias, by version id, or ``latest``."""
         check_name(name)
-        version = self.aliases(name).get(ref, ref)
+        aliases = self.aliases(name)
+        version = aliases.get(ref, ref)
         try:
             return self._version(bentoml.models.get(f"{name}:{version}"))
         except bentoml.exceptions.NotFound:
+            if ref in aliases:
+                raise RegistryError(f"{name}@{ref} points at {version}, which is not in the store") from None
             if ref == CHAMPION:
                 raise RegistryError(
-                    f"model {name!r} has no champion yet: train and promote one "
-                    f"(python flows/train_classifier.py run)"
+                    f"{name!r} has no champion yet: its training or evaluation flow promotes one "
+                    f"(e.g. python flows/train_classifier.py run, python flows/evaluate_rag.py run)"
                 ) from None
             raise RegistryError(f"model {name}:{ref} not found (see: llmops models list)") from None
 
@@ -161,7 +164,7 @@ class Registry:
         (``None``: only if it is unset); otherwise :class:`AliasConflict`.
         """
         check_name(alias, "alias")
-        self.get(name, version)  # the version must exist
+        version = self.get(name, version).version  # an alias or "latest" resolves to the id it means now
         path = self._alias_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=60):

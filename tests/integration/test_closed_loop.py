@@ -18,7 +18,7 @@ from llmops.data import load_table
 from llmops.inference_log import read_log
 from llmops.registry import Registry
 from llmops.simulate import send, shift
-from tests.conftest import run_flow
+from tests.conftest import REPO, run_flow
 from tests.integration.test_classifier_service import serve
 from tests.integration.test_train_flow import card_content
 
@@ -58,7 +58,7 @@ class SteadyTraffic(threading.Thread):
                 self.failures.append(repr(exc))
 
 
-def monitor(tmp_path, name, since, log_dir, feedback):
+def monitor(tmp_path, name, since, log_dir, feedback, top=()):
     run_id_file = tmp_path / "monitor-run-id"
     result = run_flow(
         "monitor_drift.py",
@@ -74,6 +74,7 @@ def monitor(tmp_path, name, since, log_dir, feedback):
         FAST,
         "--run-id-file",
         str(run_id_file),
+        top=top,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     namespace(None)
@@ -145,9 +146,16 @@ def test_retrain_that_fails_the_gate_changes_nothing(tmp_path, model_name):
         _, feedback = send_and_label(
             str(client.base_url), traffic, log_dir, model_name, tmp_path, labels=random_labels
         )
-        run = monitor(tmp_path, model_name, since, log_dir, feedback)
+        # a policy of the monitor's own: the retraining run must be gated by it, not the default
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(
+            (REPO / "evals/classifier.yaml").read_text().replace("min_group_size: 20", "min_group_size: 21")
+        )
+        run = monitor(tmp_path, model_name, since, log_dir, feedback, top=("--config", "policy", str(policy)))
         outcome = run["end"].task["retrain_outcome"].data
-        assert "not promoted: gate failed" in outcome and "regression.accuracy" in outcome
+        assert "not promoted: gate failed" in outcome and "metrics.accuracy.min" in outcome
+        retrain = Run(run["retrain_model"].task["retrain_run"].data)
+        assert retrain["start"].task["policy"].data["fairness"]["min_group_size"] == 21
         assert Registry().get(model_name).version == before
         reload = client.post("/reload", json={}).json()
         assert not reload["reloaded"] and reload["current"] == before

@@ -101,3 +101,15 @@ def test_drift_share_limit():
 def test_policy_version_is_content_addressed():
     assert parse_policy(POLICY).version() == parse_policy(POLICY).version()
     assert parse_policy(POLICY).version() != parse_policy(POLICY.replace("0.9}", "0.8}")).version()
+
+
+def test_fairness_on_a_metric_no_group_has_fails():
+    groups = {"a": {"recall": 0.9}, "b": {"recall": 0.9}}
+    policy = parse_policy(POLICY.replace("metric: recall", "metric: recal"))
+    decision = evaluate_gate(policy, GOOD, group_scores=groups, group_sizes={"a": 50, "b": 50})
+    assert [r.rule for r in decision.failed_rules] == ["fairness.recal.gap"]
+
+
+def test_non_numeric_scores_are_named():
+    with pytest.raises(PolicyError, match=r"eval_scores.accuracy: expected a number"):
+        evaluate_gate(parse_policy(POLICY), dict(GOOD, accuracy="high"))

@@ -74,3 +74,12 @@ def test_window_bounds_are_checked_and_normalized_to_utc():
     assert parse_instant("2026-11-01T02:00+02:00", "--until") == "2026-11-01T00:00:00+00:00"
     with pytest.raises(DataError, match="--since: 'yesterday' is not an ISO-8601 time"):
         parse_instant("yesterday", "--since")
+
+
+def test_feedback_rows_must_be_whole_numbers(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": ["a", "b"], "row": [0, None], "y": ["no", "yes"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="--feedback: column 'row' must hold whole numbers"):
+        load_feedback(path, "y")
+    with pytest.raises(DataError, match="--feedback: no such file"):
+        load_feedback(tmp_path / "nope.csv", "y")

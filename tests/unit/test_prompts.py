@@ -101,3 +101,8 @@ def test_cli_diff_between_two_versions(tmp_path):
     assert listing.returncode == 0 and new in listing.stdout
     missing = llmops("diff", "qa", "prompt-000000000000", "current")
     assert missing.returncode == 2 and "has no version" in missing.stdout
+
+
+def test_a_lone_brace_is_a_prompt_error_with_a_hint():
+    with pytest.raises(PromptError, match=r"qa.yaml: .*Single '}'.*literal brace"):
+        parse_prompt(GOOD.replace("Answer from the context.", "Answer } now."), "qa.yaml")

@@ -80,3 +80,13 @@ def test_two_processes_promoting_at_once_leave_a_valid_alias(model_name):
     assert len(state["history"]) == 80  # no lost update
     assert (registry.get(model_name, v1).path / "weights.txt").read_text() == "one"
     assert (registry.get(model_name, v2).path / "weights.txt").read_text() == "two"
+
+
+def test_promoting_a_ref_stores_the_version_it_means_now(model_name):
+    registry = Registry()
+    v1 = register(model_name)
+    registry.promote(model_name, "latest")
+    registry.promote(model_name, "champion", alias="challenger")
+    assert registry.aliases(model_name) == {"champion": v1, "challenger": v1}
+    register(model_name)  # a later registration must not move either alias
+    assert registry.get(model_name).version == v1

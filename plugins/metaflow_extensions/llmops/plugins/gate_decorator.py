@@ -30,6 +30,10 @@ class GateDecorator(StepDecorator):
         Artifact with per-group metrics (dict group -> dict metric -> float); optional.
     group_sizes : str, default "group_sizes"
         Artifact with the row count per group; optional.
+    champion_scored : str, default "champion_scored"
+        Artifact ``{"version", "scores"}`` with the champion's metrics on this run's test
+        set; used for the regression rule when it names the current champion, otherwise the
+        champion's recorded metrics are used (and the decision says so).
     model : str, default "registry_name"
         Artifact with the registry name whose champion the candidate is compared with;
         when the step has no such artifact, the policy's ``model`` is used.
@@ -46,6 +50,7 @@ class GateDecorator(StepDecorator):
         "group_sizes": "group_sizes",
         "drift": "training_drift",
         "model": "registry_name",
+        "champion_scored": "champion_scored",
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
@@ -88,10 +93,16 @@ class GateDecorator(StepDecorator):
         registry_name = getattr(flow, self.attributes["model"], None) or policy.model
         champion = Registry().find(registry_name)
         drift = getattr(flow, self.attributes["drift"], None)
+        champion_scores = champion.metadata.get("metrics") if champion else None
+        scored = getattr(flow, self.attributes["champion_scored"], None)
+        if champion and scored and scored.get("version") == champion.version:
+            champion_scores = scored["scores"]
+        elif champion:
+            print("[gate] champion %s compared by its recorded metrics (other test set)" % champion.version)
         decision = evaluate_gate(
             policy.model_copy(update={"model": registry_name}),
             scores,
-            champion_scores=(champion.metadata.get("metrics") if champion else None),
+            champion_scores=champion_scores,
             champion_version=(champion.version if champion else None),
             group_scores=getattr(flow, self.attributes["group_scores"], None),
             group_sizes=getattr(flow, self.attributes["group_sizes"], None),
