@@ -6,12 +6,13 @@
 
 start (window of the inference log: by default from where the last monitor run of this model
 stopped, until now) → detect (drift of the window against the champion's reference profile;
-live metrics when --feedback labels are given; a drift card) → retrain (when the policy says
+live metrics when --feedback labels are given; a drift card) → retrain_model (when the policy says
 so: runs flows/train_classifier.py on the champion's training data plus the labelled window,
 through the same gate; the champion moves only if it passes) → end.
 
-Locally the retraining run is started with metaflow.Runner. On Argo Workflows, deploy the
-training flow with @trigger_on_finish(flow="MonitorDriftFlow") instead (see README).
+Locally the retraining run is started with metaflow.Runner. On Argo Workflows, the monitor
+publishes an event only when it decides to retrain and the training flow is deployed with
+@trigger(event=...) on it (see README: @trigger_on_finish would retrain after every run).
 """
 
 from metaflow import Config, FlowSpec, Parameter, card, current, step

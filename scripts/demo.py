@@ -1,9 +1,11 @@
 """The end-to-end demo behind `make demo`, on embedded defaults:
 
-train (data → validate → version → candidates → gate → promote), serve the champion
-with BentoML on 127.0.0.1, send a few requests (and one bad one), stop the server.
+1. classic ML: train (data → validate → version → candidates → gate → promote), serve the
+   champion with BentoML on 127.0.0.1, send a few requests (and one bad one), stop the server;
+2. RAG: index the project's docs/ into Chroma, evaluate on the golden set (gate), release,
+   serve services.rag:Rag, ask two questions and print the answers with their sources.
 
-    python scripts/demo.py [--skip-train] [--port PORT]
+    python scripts/demo.py [--skip-train] [--skip-rag] [--port PORT]
 """
 
 from __future__ import annotations
@@ -37,20 +39,10 @@ def train() -> None:
     subprocess.run([sys.executable, "flows/train_classifier.py", "--no-pylint", "run"], cwd=REPO, check=True)
 
 
-def serve(port: int) -> subprocess.Popen:
-    banner(f"Serving the champion: bentoml serve services.classifier:Classifier on 127.0.0.1:{port}")
+def serve(port: int, target: str = "services.classifier:Classifier") -> subprocess.Popen:
+    banner(f"Serving: bentoml serve {target} on 127.0.0.1:{port}")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "services.classifier:Classifier",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
         env=dict(os.environ, LLMOPS_MODEL=os.environ.get("LLMOPS_MODEL", "classifier")),
     )
@@ -87,11 +79,42 @@ def ask(port: int) -> None:
     print(bad.status_code, bad.text[:400])
 
 
+QUESTIONS = (
+    "How does the gate compare a new model with the champion?",
+    "Which drift test is used for a numeric column when the reference is small?",
+)
+
+
+def rag(port: int) -> None:
+    for flow in ("build_rag_index.py", "evaluate_rag.py"):
+        banner(f"RAG: python flows/{flow} run")
+        subprocess.run([sys.executable, f"flows/{flow}", "--no-pylint", "run"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "rag"], cwd=REPO, check=True)
+    server = serve(port, "services.rag:Rag")
+    try:
+        for question in QUESTIONS:
+            banner(f"POST /query  {question}")
+            reply = httpx.post(f"http://127.0.0.1:{port}/query", json={"question": question}, timeout=60)
+            reply.raise_for_status()
+            body = reply.json()
+            print(body["answer"])
+            for source in body["sources"]:
+                print(
+                    f"  [{source['number']}] {source['path']}#{source['chunk']}  score {source['score']:.3f}"
+                )
+        print("versions:", json.dumps(body["versions"]))
+    finally:
+        banner("Stopping the RAG server")
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--skip-train", action="store_true", help="serve the current champion as it is")
+    parser.add_argument("--skip-rag", action="store_true", help="only the classic ML part")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args()
     started = time.monotonic()
@@ -106,6 +129,8 @@ def main() -> None:
         banner("Stopping the server")
         server.terminate()
         server.wait(30)
+    if not args.skip_rag:
+        rag(args.port or free_port())
     banner(f"Demo done in {time.monotonic() - started:.0f} s")
 
 

@@ -4,13 +4,17 @@ imports bentoml, so tests never touch ~/bentoml; model names are unique per test
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,41 @@ def run_flow(
         timeout=timeout,
         env=os.environ.copy(),
     )
+
+
+@contextlib.contextmanager
+def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> Iterator:
+    """``bentoml serve <target>`` on a free port of 127.0.0.1; yields an httpx client once
+    /readyz answers 200, and stops the server (and its workers) afterwards."""
+    import httpx
+
+    port = find_free_port()
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_API")}
+    server_env |= {"LLMOPS_INFERENCE_LOG_DIR": str(log_dir), "LLMOPS_INFERENCE_LOG_FLUSH_S": "0.1", **env}
+    output = log_dir / f"server-{port}.log"
+    with open(output, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=server_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"bentoml serve exited {process.returncode}:\n{output.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve not ready after {ready_s} s:\n{output.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get("/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        yield client
+    finally:
+        client.close()
+        process.terminate()  # the arbiter stops its workers on SIGTERM
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the session this test started
+            process.wait()

@@ -1,16 +1,10 @@
 """The classifier service run for real: `bentoml serve` on a free port, spoken to over HTTP."""
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +14,7 @@ from llmops.data import infer_schema, load_table, normalize
 from llmops.inference_log import read_log
 from llmops.promotion import register_classifier
 from llmops.registry import Registry
-from tests.conftest import REPO, find_free_port
+from tests.conftest import serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 HELD_OUT = 40  # rows never trained on; the requests use them
@@ -53,50 +47,9 @@ def champion():
     return Registry().get(name, version), held_out
 
 
-@contextlib.contextmanager
 def serve(model_name: str, log_dir: Path, **env: str):
-    """`bentoml serve` the service; yields an httpx client once /readyz answers 200."""
-    port = find_free_port()
-    server_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_API")}
-    server_env |= {
-        "LLMOPS_MODEL": model_name,
-        "LLMOPS_INFERENCE_LOG_DIR": str(log_dir),
-        "LLMOPS_INFERENCE_LOG_FLUSH_S": "0.1",
-        **env,
-    }
-    output = log_dir / f"server-{port}.log"
-    with open(output, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "services.classifier:Classifier",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=server_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"bentoml serve exited {process.returncode}:\n{output.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve not ready after 60 s:\n{output.read_text()[-4000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if client.get("/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield client
-    finally:
-        client.close()
-        process.terminate()  # the arbiter stops its workers on SIGTERM
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the session this test started
-            process.wait()
-
-
-@pytest.fixture(scope="module")
-def log_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("inference-log")
+    """`bentoml serve` the classifier; yields an httpx client once /readyz answers 200."""
+    return serve_bento("services.classifier:Classifier", log_dir, LLMOPS_MODEL=model_name, **env)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,14 @@ def test_card_types_are_cards_with_llmops_names():
     from metaflow_extensions.llmops.plugins.cards import llmops_cards
 
     types = {card.type for card in llmops_cards.CARDS}
-    assert types == {"llmops_data_profile", "llmops_eval", "llmops_gate", "llmops_drift"}
+    assert types == {
+        "llmops_data_profile",
+        "llmops_eval",
+        "llmops_gate",
+        "llmops_drift",
+        "llmops_corpus",
+        "llmops_rag_eval",
+    }
     assert all(issubclass(card, MetaflowCard) for card in llmops_cards.CARDS)
 
 

@@ -1,4 +1,5 @@
-"""Card types of the llmops extension: data profile, evaluation, gate decision.
+"""Card types of the llmops extension: data profile, evaluation, gate decision, drift, RAG corpus
+and RAG evaluation.
 
 Each renders from the task's artifacts, so a card can be re-rendered later with
 ``python flows/<flow>.py card view <step>`` or ``card create``.
@@ -227,4 +228,85 @@ class DriftCard(_ArtifactCard):
         return out
 
 
-CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard]
+class CorpusCard(_ArtifactCard):
+    type = "llmops_corpus"
+    title = "RAG corpus and index"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        stats = _artifact(task, "corpus_stats") or {}
+        out = [
+            Markdown("## Index `%s`" % _artifact(task, "index_version", "?")),
+            Markdown(
+                "Corpus `%s` in `%s`; embedding model `%s`; chunking `%s`"
+                % (
+                    _artifact(task, "corpus_version"),
+                    _artifact(task, "chroma_location"),
+                    _artifact(task, "embedding_model_id"),
+                    _artifact(task, "chunking"),
+                )
+            ),
+            Table(
+                [
+                    ["files", stats.get("files")],
+                    ["chunks", stats.get("chunks")],
+                    ["characters", stats.get("characters")],
+                    ["tokens (embedding model)", stats.get("tokens")],
+                    ["chunks embedded in this run", _artifact(task, "embedded_chunks")],
+                    [
+                        "chunks reused from " + str(_artifact(task, "reused_from") or "-"),
+                        _artifact(task, "reused_chunks"),
+                    ],
+                ]
+                + [["files: " + kind, n] for kind, n in (stats.get("by_kind") or {}).items() if n],
+                headers=["", "count"],
+            ),
+        ]
+        skipped = stats.get("skipped") or []
+        out.append(Markdown("### Skipped files (%d)" % len(skipped)))
+        if skipped:
+            out.append(Table([[s["path"], s["reason"]] for s in skipped], headers=["file", "why"]))
+        return out
+
+
+class RagEvalCard(_ArtifactCard):
+    type = "llmops_rag_eval"
+    title = "RAG evaluation"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        scores = _artifact(task, "eval_scores") or {}
+        out = [
+            Markdown(
+                "## Index `%s`, prompt `%s`, generator `%s`"
+                % (
+                    _artifact(task, "index_version", "?"),
+                    _artifact(task, "prompt_ref", "?"),
+                    (_artifact(task, "generator_settings") or {}).get("backend", "?"),
+                )
+            ),
+            Table([[k, "%.4f" % v] for k, v in scores.items()], headers=["metric (mean)", "value"]),
+        ]
+        notes = _artifact(task, "eval_notes") or []
+        if notes:
+            out.append(Markdown("### Not scored\n" + "\n".join("- " + n for n in notes[:20])))
+        rows = _artifact(task, "eval_rows") or []
+        if rows:
+            metrics = [m for m in rows[0]["scores"]]
+            out.append(Markdown("### Per question"))
+            out.append(
+                Table(
+                    [
+                        [r["question"], r["answer"][:200], ", ".join(r["sources"][:3])]
+                        + ["" if r["scores"].get(m) is None else "%.2f" % r["scores"][m] for m in metrics]
+                        for r in rows
+                    ],
+                    headers=["question", "answer", "sources", *metrics],
+                )
+            )
+        return out
+
+
+CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard, CorpusCard, RagEvalCard]

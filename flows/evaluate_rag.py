@@ -1,0 +1,153 @@
+"""Evaluate a RAG configuration on the golden set, gate it, and release it.
+
+    python flows/evaluate_rag.py run                        # newest index, rag_answer prompt, extractive
+    python flows/evaluate_rag.py run --index idx-… --prompt rag_answer --k 5
+    python flows/evaluate_rag.py run --generator openai:http://127.0.0.1:3001/v1#llm
+    python flows/evaluate_rag.py run --judge-url http://127.0.0.1:3001/v1 --judge-model llm
+    python flows/evaluate_rag.py --config policy my_rag_policy.yaml run
+
+start (check golden set, prompt, index, generator) → evaluate (retrieve + generate per question;
+hit@k, MRR and ragas metrics; LLM-judged ones with a judge) + @gate → promote (register the
+release: index + embedding model + prompt + generator settings, move `champion`) → end.
+Cards: python flows/evaluate_rag.py card view evaluate [--id gate]
+"""
+
+from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, step
+
+
+class EvaluateRagFlow(FlowSpec):
+    policy = Config(
+        "policy",
+        default="evals/rag.yaml",
+        parser="llmops.gates.parse_policy_config",
+        help="Gate policy YAML: metric thresholds and regression vs the champion release.",
+    )
+    golden = Parameter("golden", default="evals/rag_golden.yaml", help="Golden set YAML.")
+    index_ref = Parameter("index", default="", help="Index version (default: the newest in the store).")
+    prompt = Parameter("prompt", default="rag_answer", help="Prompt name in prompts/, or a YAML path.")
+    generator = Parameter(
+        "generator",
+        default="extractive",
+        help="'extractive', 'transformers:/model/folder' or 'openai:http://host:port/v1#model'.",
+    )
+    k = Parameter("k", default=4, type=int, help="Chunks retrieved per question (1-50).")
+    judge_url = Parameter("judge-url", default="", help="OpenAI-compatible URL of an LLM judge (optional).")
+    judge_model = Parameter("judge-model", default="", help="The judge's model name.")
+    release_name = Parameter("release-name", default="", help="Registry name (default: the policy's).")
+    chroma = Parameter(
+        "chroma", default="", help="Chroma folder or http://host:port (default as the index flow)."
+    )
+
+    @step
+    def start(self):
+        from llmops.llm.generators import GeneratorError
+        from llmops.prompts import load_prompt
+        from llmops.rag.evaluation import load_golden
+        from llmops.rag.index import chroma_client, chroma_location, list_indexes, open_index
+        from llmops.rag.retriever import MAX_K
+        from llmops.registry import check_name
+
+        self.registry_name = check_name(self.release_name or self.policy.model, "--release-name")
+        if not 1 <= self.k <= MAX_K:
+            raise ValueError(f"--k: must be between 1 and {MAX_K}, got {self.k}")
+        if self.judge_url and not self.judge_model:
+            raise ValueError("--judge-model: required with --judge-url")
+        if not self.generator.startswith(("extractive", "transformers:", "openai:")):
+            raise GeneratorError(f"--generator: {self.generator!r} is not a generator spec (see --help)")
+        golden = load_golden(self.golden)
+        self.golden_version = golden.content_version
+        prompt = load_prompt(self.prompt)
+        self.prompt_ref = f"{prompt.name}@{prompt.version}"
+        self.chroma_location = chroma_location(self.chroma or None)
+        client = chroma_client(self.chroma_location)
+        indexes = list_indexes(client)
+        if not self.index_ref and not indexes:
+            raise ValueError(
+                f"--index: the store {self.chroma_location} has no index yet: "
+                "run python flows/build_rag_index.py run"
+            )
+        self.index_version = self.index_ref or indexes[0]["index_version"]
+        self.index_metadata = dict(open_index(client, self.index_version).metadata)
+        print(
+            f"Evaluating {self.index_version} with {self.prompt_ref} and {self.generator} on "
+            f"{len(golden.questions)} questions ({self.golden_version})"
+        )
+        self.next(self.evaluate)
+
+    @card(type="llmops_rag_eval", id="eval")
+    @card(type="llmops_gate", id="gate")
+    @gate(policy=config_expr("policy"))
+    @step
+    def evaluate(self):
+        from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden
+        from llmops.rag.release import open_pipeline
+
+        golden = load_golden(self.golden)
+        pipeline = open_pipeline(self.chroma_location, self.index_version, self.prompt, self.generator)
+        self.generator_settings = pipeline.generator.settings
+        self.embedding_model_path = str(pipeline.retriever.embedder.path)
+        judge = (
+            Judge(url=self.judge_url, model=self.judge_model, embedding_model_path=self.embedding_model_path)
+            if self.judge_url
+            else None
+        )
+        result = evaluate_pipeline(pipeline, golden, self.k, judge)
+        self.eval_scores, self.eval_rows, self.eval_notes = result.scores, result.rows, result.notes
+        self.champion_scored = self._champion_on_same_golden_set()
+        print(f"Scores: {self.eval_scores}")
+        self.next(self.promote)
+
+    def _champion_on_same_golden_set(self):
+        from llmops.registry import Registry
+
+        champion = Registry().find(self.registry_name)
+        if champion and champion.metadata.get("golden_version") == self.golden_version:
+            return {"version": champion.version, "scores": champion.metadata.get("metrics", {})}
+        return None
+
+    @step
+    def promote(self):
+        from llmops.prompts import PromptStore
+        from llmops.rag.index import IndexInfo
+        from llmops.rag.release import RagRelease, register_rag_release
+
+        self.release_version, self.promoted = None, False
+        if not self.gate_decision["passed"]:
+            failed = [r["rule"] for r in self.gate_decision["rules"] if not r["passed"]]
+            self.promotion_note = f"not promoted: gate failed on {failed}"
+        else:
+            release = RagRelease(
+                index=IndexInfo.from_metadata(self.index_metadata),
+                chroma=self.chroma_location,
+                embedding_model_path=self.embedding_model_path,
+                prompt_name=self.prompt_ref.split("@")[0],
+                prompt_version=self.prompt_ref.split("@")[1],
+                generator=self.generator_settings,
+                k=self.k,
+            )
+            self.release_version, self.promoted, self.promotion_note = register_rag_release(
+                name=self.registry_name,
+                release=release,
+                prompt=PromptStore().get(*self.prompt_ref.split("@")),  # the version evaluated
+                scores=self.eval_scores,
+                evaluation={"rows": self.eval_rows, "notes": self.eval_notes, "golden": self.golden},
+                gate_decision=self.gate_decision,
+                golden_version=self.golden_version,
+                run_pathspec=f"{current.flow_name}/{current.run_id}",
+            )
+        print(self.promotion_note)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print(f"\n{self.registry_name}: {self.promotion_note}")
+        print(f"Scores:   {self.eval_scores}")
+        cards = "python flows/evaluate_rag.py card view evaluate --id eval|gate"
+        print(f"Cards:    {cards} --run-id {current.run_id}")
+        if self.promoted:
+            print(f"Release:  llmops models show {self.registry_name}")
+            print("Serve it: bentoml serve services.rag:Rag --host 127.0.0.1 --port 3000")
+
+
+if __name__ == "__main__":
+    EvaluateRagFlow()

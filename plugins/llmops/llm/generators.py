@@ -1,0 +1,173 @@
+"""Answer generators behind one interface, chosen by a spec string:
+
+    extractive                         no LLM: the context sentences closest to the question
+    transformers:/path/to/model        a causal LM from a local folder (CPU, or CUDA if present)
+    openai:http://host:port/v1#model   any OpenAI-compatible endpoint (the project's LLM
+                                       service, vLLM, a hosted API); key from
+                                       $LLMOPS_GENERATOR_API_KEY or $OPENAI_API_KEY
+
+Each takes a ``GenerationRequest``: the rendered chat messages (for LLMs) plus the question and
+the retrieved contexts (for the extractive generator), and returns text. ``settings`` says what
+was used, for lineage; it never holds a key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])|\n+")
+
+
+class GeneratorError(ValueError):
+    """A generator spec or request that cannot be used; names the field."""
+
+
+class GenerationRequest(BaseModel):
+    messages: list[dict[str, str]]
+    question: str
+    contexts: list[str]
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+
+class Generator(Protocol):
+    settings: dict[str, Any]
+
+    def generate(self, request: GenerationRequest) -> str: ...
+
+
+class ExtractiveGenerator:
+    """Answers with the ``max_sentences`` context sentences most similar to the question, each
+    followed by the number of the context it came from (``[2]``). Needs no LLM, runs anywhere."""
+
+    def __init__(self, embedder: Any, max_sentences: int = 2):
+        self.embedder = embedder
+        self.max_sentences = max_sentences
+        self.settings = {"backend": "extractive", "max_sentences": max_sentences}
+
+    def generate(self, request: GenerationRequest) -> str:
+        sentences = [
+            (number, sentence)
+            for number, context in enumerate(request.contexts, start=1)
+            for sentence in split_sentences(context)
+        ]
+        if not sentences:
+            return "I do not know: nothing relevant was retrieved."
+        vectors = self.embedder.embed([request.question] + [s for _, s in sentences])
+        similarity = vectors[1:] @ vectors[0]  # unit vectors: cosine similarity
+        best = np.argsort(-similarity, kind="stable")[: self.max_sentences]
+        return " ".join(f"{sentences[i][1]} [{sentences[i][0]}]" for i in best)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Prose sentences of a chunk: headings, code fences, table rows and fragments dropped."""
+    keep = []
+    for piece in _SENTENCE_END.split(text):
+        piece = piece.strip().lstrip("-*> ").strip()
+        if len(piece) < 25 or piece.startswith(("#", "```", "|")):
+            continue
+        keep.append(" ".join(piece.split()))
+    return keep
+
+
+class TransformersGenerator:
+    """A causal LM loaded from a local folder with transformers (never downloaded)."""
+
+    def __init__(self, model_path: str, device: str | None = None):
+        path = Path(model_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise GeneratorError(f"generator: {model_path!r} is not a local model folder (no config.json)")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).to(self.device)
+        self.model.eval()
+        self.settings = {"backend": "transformers", "model_path": str(path.resolve())}
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+
+    def generate(self, request: GenerationRequest) -> str:
+        import torch
+
+        inputs = self.tokenizer(self.prompt_text(request.messages), return_tensors="pt").to(self.device)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and inputs["input_ids"].shape[1] + request.max_tokens > limit:
+            keep = max(1, limit - request.max_tokens)  # keep the end: the question comes last
+            inputs = {k: v[:, -keep:] for k, v in inputs.items()}
+        sampling = {"do_sample": request.temperature > 0}
+        if request.temperature > 0:
+            sampling["temperature"] = request.temperature
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=request.max_tokens,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                **sampling,
+            )
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+class OpenAIGenerator:
+    """Chat completions from any OpenAI-compatible endpoint."""
+
+    def __init__(self, base_url: str, model: str = "", timeout_s: float = 60.0):
+        from openai import OpenAI
+
+        if not base_url.startswith(("http://", "https://")):
+            raise GeneratorError(f"generator: {base_url!r} is not an http(s) URL")
+        key = os.environ.get("LLMOPS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "unused"
+        self.client = OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=1)
+        self.model = model or self.client.models.list().data[0].id
+        self.settings = {"backend": "openai", "base_url": base_url, "model": self.model}
+
+    def generate(self, request: GenerationRequest) -> str:
+        reply = self.client.chat.completions.create(
+            model=self.model,
+            messages=request.messages,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
+        return (reply.choices[0].message.content or "").strip()
+
+
+def make_generator(spec: str, embedder: Any = None, field: str = "--generator") -> Generator:
+    """The generator a spec names (see the module docstring)."""
+    backend, _, target = spec.partition(":")
+    if backend == "extractive" and not target:
+        if embedder is None:
+            raise GeneratorError(f"{field}: the extractive generator needs the index's embedder")
+        return ExtractiveGenerator(embedder)
+    if backend == "transformers" and target:
+        return TransformersGenerator(target)
+    if backend == "openai" and target:
+        url, _, model = target.partition("#")
+        return OpenAIGenerator(url, model)
+    raise GeneratorError(
+        f"{field}: {spec!r} is not a generator; use 'extractive', 'transformers:/model/folder' "
+        f"or 'openai:http://host:port/v1#model'"
+    )
+
+
+def generator_spec(settings: dict[str, Any]) -> str:
+    """The spec that rebuilds a generator from its recorded ``settings``."""
+    backend = settings.get("backend")
+    if backend == "extractive":
+        return "extractive"
+    if backend == "transformers":
+        return f"transformers:{settings['model_path']}"
+    if backend == "openai":
+        return f"openai:{settings['base_url']}#{settings['model']}"
+    raise GeneratorError(f"generator settings: unknown backend {backend!r}")

@@ -1,0 +1,238 @@
+"""Evaluate a RAG pipeline on a golden set: retrieval hit@k and MRR, plus ragas metrics.
+
+The golden set (``evals/rag_golden.yaml``) holds questions with a reference answer and the
+reference contexts (verbatim excerpts of the corpus). A retrieved chunk is relevant when it
+contains a reference context (fuzzy, so whitespace and a chunk boundary inside the excerpt
+do not matter). Metrics, each a mean over the questions:
+
+    hit_rate            at least one relevant chunk in the top k
+    mrr                 1 / rank of the first relevant chunk (0 when none)
+    context_precision   ragas NonLLMContextPrecisionWithReference
+    context_recall      ragas NonLLMContextRecall
+    string_similarity   ragas NonLLMStringSimilarity (answer vs reference)
+    rouge_l             ragas RougeScore (ROUGE-L F1, answer vs reference)
+    faithfulness        ragas Faithfulness, LLM-judged: only with a judge endpoint
+    answer_relevancy    ragas AnswerRelevancy, LLM-judged: only with a judge endpoint
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmops.rag.pipeline import RagAnswer
+
+NON_LLM_METRICS = ("context_precision", "context_recall", "string_similarity", "rouge_l")
+RETRIEVAL_METRICS = ("hit_rate", "mrr")
+JUDGED_METRICS = ("faithfulness", "answer_relevancy")
+METRICS = RETRIEVAL_METRICS + NON_LLM_METRICS + JUDGED_METRICS
+RELEVANCE_MIN_RATIO = 90  # rapidfuzz partial_ratio of a reference context inside a chunk
+
+
+class GoldenError(ValueError):
+    """A golden set that cannot be used; names the entry and the field."""
+
+
+class GoldenItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1)
+    reference: str = Field(min_length=1)
+    reference_contexts: list[str] = Field(min_length=1)
+    sources: list[str] = Field(default_factory=list)
+
+
+class GoldenSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    questions: list[GoldenItem] = Field(min_length=1)
+
+    @property
+    def content_version(self) -> str:
+        body = json.dumps(self.model_dump(), sort_keys=True)
+        return "golden-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+def load_golden(path: str | Path, field: str = "--golden") -> GoldenSet:
+    path = Path(path)
+    if not path.is_file():
+        raise GoldenError(f"{field}: no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GoldenError(f"{field}: {path} is not valid YAML: {exc}") from None
+    try:
+        return GoldenSet.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise GoldenError(f"{field}: {path}: {problems}") from None
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def is_relevant(chunk: str, reference_contexts: list[str]) -> bool:
+    from rapidfuzz import fuzz
+
+    chunk = _squash(chunk)
+    return any(fuzz.partial_ratio(_squash(ref), chunk) >= RELEVANCE_MIN_RATIO for ref in reference_contexts)
+
+
+def retrieval_scores(retrieved: list[list[str]], golden: GoldenSet) -> list[dict[str, float]]:
+    """Per question: hit (0/1) and reciprocal rank of the first relevant chunk."""
+    rows = []
+    for chunks, item in zip(retrieved, golden.questions, strict=True):
+        ranks = [r for r, chunk in enumerate(chunks, 1) if is_relevant(chunk, item.reference_contexts)]
+        rows.append({"hit_rate": float(bool(ranks)), "mrr": 1.0 / ranks[0] if ranks else 0.0})
+    return rows
+
+
+class Judge(BaseModel):
+    """An OpenAI-compatible endpoint that judges answers (faithfulness, answer relevancy)."""
+
+    url: str
+    model: str
+    embedding_model_path: str  # answer relevancy compares questions by embedding, locally
+
+
+def ragas_scores(
+    golden: GoldenSet, answers: list[RagAnswer], judge: Judge | None = None
+) -> tuple[list[dict[str, float | None]], list[str]]:
+    """Per question ragas metrics, and notes on anything that could not be scored."""
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas import EvaluationDataset, SingleTurnSample, evaluate
+        from ragas.metrics import (
+            NonLLMContextPrecisionWithReference,
+            NonLLMContextRecall,
+            NonLLMStringSimilarity,
+            RougeScore,
+        )
+
+    samples = [
+        SingleTurnSample(
+            user_input=item.question,
+            retrieved_contexts=[s.text for s in answer.sources] or [""],
+            reference_contexts=item.reference_contexts,
+            response=answer.answer,
+            reference=item.reference,
+        )
+        for item, answer in zip(golden.questions, answers, strict=True)
+    ]
+    metrics = {
+        "context_precision": NonLLMContextPrecisionWithReference(),
+        "context_recall": NonLLMContextRecall(),
+        "string_similarity": NonLLMStringSimilarity(),
+        "rouge_l": RougeScore(rouge_type="rougeL"),
+    }
+    result = evaluate(
+        EvaluationDataset(samples=samples), metrics=list(metrics.values()), show_progress=False
+    ).to_pandas()
+    # ragas names result columns after its metrics' settings (e.g. "rouge_score(mode=fmeasure)"):
+    # they follow the sample's own columns, in the order the metrics were given
+    columns = [c for c in result.columns if c not in SingleTurnSample.model_fields][: len(metrics)]
+    rows: list[dict[str, float | None]] = [
+        {name: _number(result.iloc[i][column]) for name, column in zip(metrics, columns, strict=True)}
+        for i in range(len(samples))
+    ]
+    notes: list[str] = []
+    if judge is not None:
+        judged, notes = _judged_scores(golden, answers, judge)
+        for row, extra in zip(rows, judged, strict=True):
+            row.update(extra)
+    return rows, notes
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number  # NaN: not scored
+
+
+def _judged_scores(golden: GoldenSet, answers: list[RagAnswer], judge: Judge):
+    from openai import AsyncOpenAI
+    from ragas.embeddings import HuggingFaceEmbeddings
+    from ragas.llms import llm_factory
+    from ragas.metrics.collections import AnswerRelevancy, Faithfulness
+
+    key = os.environ.get("LLMOPS_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "unused"
+    llm = llm_factory(judge.model, client=AsyncOpenAI(base_url=judge.url, api_key=key, max_retries=1))
+    faithfulness = Faithfulness(llm=llm)
+    relevancy = AnswerRelevancy(llm=llm, embeddings=HuggingFaceEmbeddings(model=judge.embedding_model_path))
+    notes: list[str] = []
+
+    async def one(item: GoldenItem, answer: RagAnswer) -> dict[str, float | None]:
+        scores: dict[str, float | None] = {}
+        contexts = [s.text for s in answer.sources]
+        calls = {
+            "faithfulness": faithfulness.ascore(
+                user_input=item.question, response=answer.answer, retrieved_contexts=contexts
+            ),
+            "answer_relevancy": relevancy.ascore(user_input=item.question, response=answer.answer),
+        }
+        for name, call in calls.items():
+            try:
+                scores[name] = _number((await call).value)
+            except Exception as exc:  # a judge that fails one question leaves that score unmeasured
+                scores[name] = None
+                notes.append(
+                    f"{name} not scored for {item.question[:60]!r}: {type(exc).__name__}: {exc}"[:300]
+                )
+        return scores
+
+    async def run_all():
+        return await asyncio.gather(*(one(i, a) for i, a in zip(golden.questions, answers, strict=True)))
+
+    return asyncio.run(run_all()), notes
+
+
+def mean_scores(rows: list[dict[str, float | None]]) -> dict[str, float]:
+    """Mean of each metric over the questions where it was measured; a metric measured for none
+    is left out (so a gate rule on it fails as missing, never passes by default)."""
+    names = [n for n in METRICS if any(n in row for row in rows)]
+    means = {}
+    for name in names:
+        values = [row[name] for row in rows if row.get(name) is not None]
+        if values:
+            means[name] = round(sum(values) / len(values), 4)
+    return means
+
+
+class EvalResult(BaseModel):
+    scores: dict[str, float]  # metric -> mean over the questions
+    rows: list[dict[str, Any]]  # per question: question, answer, sources, scores
+    notes: list[str]  # what could not be scored, and why
+
+
+def evaluate_pipeline(pipeline: Any, golden: GoldenSet, k: int, judge: Judge | None = None) -> EvalResult:
+    """Answer every golden question with ``pipeline`` (a RagPipeline) and score the answers."""
+    questions = [item.question for item in golden.questions]
+    hits = pipeline.retriever.retrieve_many(questions, k)  # one embedding batch for all questions
+    answers = [pipeline.answer_from(q, h) for q, h in zip(questions, hits, strict=True)]
+    retrieval = retrieval_scores([[hit.text for hit in h] for h in hits], golden)
+    judged, notes = ragas_scores(golden, answers, judge)
+    rows = [
+        {
+            "question": question,
+            "answer": answer.answer,
+            "sources": [f"{s.path}#{s.chunk}" for s in answer.sources],
+            "scores": {**r, **j},
+        }
+        for question, answer, r, j in zip(questions, answers, retrieval, judged, strict=True)
+    ]
+    return EvalResult(scores=mean_scores([row["scores"] for row in rows]), rows=rows, notes=notes)

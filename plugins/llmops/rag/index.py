@@ -1,0 +1,234 @@
+"""Chroma collections named by index version, written whole or not at all.
+
+An index version is a hash of (corpus version, chunking config, embedding model id): the same
+documents, split the same way and embedded by the same model, give the same version, so a
+build that finds its version already in the store has nothing to do.
+
+A build writes into a scratch collection and renames it to the version when every chunk is in:
+a failed or interrupted build never leaves a partial index under a real version. Embeddings are
+reused by chunk content hash from the newest earlier index of the same chunking and model.
+
+The store is a local persistent Chroma folder (``$LLMOPS_CHROMA_PATH``, default
+``$LLMOPS_HOME/chroma``) or a Chroma server when ``$LLMOPS_CHROMA_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+from pydantic import BaseModel
+
+from llmops.rag.chunking import Chunk, ChunkingConfig
+
+SCRATCH_PREFIX = "building-"
+
+
+class IndexNotFound(LookupError):
+    """An index that cannot be found or opened; says which versions exist."""
+
+
+class IndexInfo(BaseModel):
+    version: str
+    corpus_version: str
+    chunking: ChunkingConfig
+    embedding_model: str
+    embedding_model_id: str
+    chunks: int
+    created_at: str = ""
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> IndexInfo:
+        """The info a finished collection carries (see :meth:`collection_metadata`)."""
+        chunking = {k: v for k, v in json.loads(meta["chunking"]).items() if k != "splitter"}
+        return cls(
+            version=meta["index_version"],
+            corpus_version=meta["corpus_version"],
+            chunking=ChunkingConfig(**chunking),
+            embedding_model=meta["embedding_model"],
+            embedding_model_id=meta["embedding_model_id"],
+            chunks=int(meta["chunks"]),
+            created_at=meta.get("created_at", ""),
+        )
+
+    def collection_metadata(self) -> dict[str, Any]:
+        return {
+            "index_version": self.version,
+            "corpus_version": self.corpus_version,
+            "chunking": self.chunking.key(),
+            "embedding_model": self.embedding_model,
+            "embedding_model_id": self.embedding_model_id,
+            "chunks": self.chunks,
+            "created_at": self.created_at or datetime.now(timezone.utc).isoformat(),
+        }
+
+
+def index_version(corpus_version: str, chunking: ChunkingConfig, embedding_model_id: str) -> str:
+    key = "\0".join([corpus_version, chunking.key(), embedding_model_id])
+    return "idx-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def default_chroma_path() -> Path:
+    if os.environ.get("LLMOPS_CHROMA_PATH"):
+        return Path(os.environ["LLMOPS_CHROMA_PATH"]).expanduser()
+    return Path(os.environ.get("LLMOPS_HOME", ".llmops")) / "chroma"
+
+
+def chroma_location(path: str | None = None, url: str | None = None) -> str:
+    """Where the store is, as recorded in releases: a server URL or an absolute folder."""
+    url = url or os.environ.get("LLMOPS_CHROMA_URL") or None
+    if url:
+        return url
+    return str(Path(path).expanduser().resolve() if path else default_chroma_path().resolve())
+
+
+def chroma_client(location: str | None = None):
+    """A client for ``location`` (http(s)://host:port for a server, else a folder)."""
+    import chromadb
+
+    location = location or chroma_location()
+    settings = chromadb.Settings(anonymized_telemetry=False)
+    if location.startswith(("http://", "https://")):
+        parsed = urlparse(location)
+        return chromadb.HttpClient(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+            ssl=parsed.scheme == "https",
+            settings=settings,
+        )
+    Path(location).mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=location, settings=settings)
+
+
+def list_indexes(client) -> list[dict[str, Any]]:
+    """Metadata of every finished index in the store, newest first."""
+    found = []
+    for collection in client.list_collections():
+        meta = collection.metadata or {}
+        if meta.get("index_version") == collection.name:
+            found.append(dict(meta))
+    return sorted(found, key=lambda m: m.get("created_at", ""), reverse=True)
+
+
+def open_index(client, version: str):
+    """The finished collection of ``version``; an error lists the versions the store has."""
+    from chromadb.errors import NotFoundError
+
+    try:
+        collection = client.get_collection(version)
+    except (NotFoundError, ValueError):
+        known = ", ".join(m["index_version"] for m in list_indexes(client)) or "none"
+        raise IndexNotFound(f"index {version!r} is not in the Chroma store (it has: {known})") from None
+    return collection
+
+
+def previous_index(client, chunking: ChunkingConfig, embedding_model_id: str):
+    """The newest finished index built with the same chunking and model, or None."""
+    for meta in list_indexes(client):
+        if meta.get("chunking") == chunking.key() and meta.get("embedding_model_id") == embedding_model_id:
+            return client.get_collection(meta["index_version"])
+    return None
+
+
+def indexed_hashes(collection, page: int = 5000) -> set[str]:
+    """Content hashes of every chunk in ``collection`` (metadata only: no vectors read)."""
+    if collection is None:
+        return set()
+    hashes: set[str] = set()
+    for offset in range(0, collection.count(), page):
+        batch = collection.get(include=["metadatas"], limit=page, offset=offset)
+        hashes.update(str(m.get("content_hash")) for m in batch["metadatas"])
+    return hashes
+
+
+def reusable_embeddings(collection, content_hashes: set[str], page: int = 5000) -> dict[str, np.ndarray]:
+    """content hash -> embedding for the chunks of ``collection`` whose text is wanted again."""
+    found: dict[str, np.ndarray] = {}
+    if collection is None or not content_hashes:
+        return found
+    total = collection.count()
+    for offset in range(0, total, page):
+        batch = collection.get(include=["embeddings", "metadatas"], limit=page, offset=offset)
+        for meta, vector in zip(batch["metadatas"], batch["embeddings"], strict=True):
+            key = meta.get("content_hash")
+            if key in content_hashes and key not in found:
+                found[key] = np.asarray(vector, dtype=np.float32)
+    return found
+
+
+def assemble_vectors(
+    content_hashes: list[str],
+    embedded: list[tuple[list[int], np.ndarray]],
+    reused: dict[str, np.ndarray],
+) -> np.ndarray:
+    """One row per chunk: from the shard that embedded it, else reused by its content hash."""
+    rows: list[np.ndarray | None] = [None] * len(content_hashes)
+    for positions, vectors in embedded:
+        for position, vector in zip(positions, vectors, strict=True):
+            rows[position] = vector
+    for i, key in enumerate(content_hashes):
+        if rows[i] is None:
+            rows[i] = reused.get(key)
+    missing = sum(row is None for row in rows)
+    if missing:
+        raise LookupError(
+            f"{missing} chunks have no embedding: the index they were to be reused from changed "
+            f"during the build; run the build again"
+        )
+    return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def write_index(
+    client,
+    info: IndexInfo,
+    chunks: list[Chunk],
+    embeddings: np.ndarray,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """Store ``chunks`` with their ``embeddings`` (row i is chunk i) as collection ``info.version``."""
+    if len(chunks) != len(embeddings):
+        raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+    scratch = client.create_collection(
+        f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}",
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"building": info.version},
+        embedding_function=None,
+    )
+    try:
+        step = min(client.get_max_batch_size(), 5000)
+        for part in _batches(len(chunks), step):
+            batch = chunks[part]
+            scratch.add(
+                ids=[c.id for c in batch],
+                embeddings=embeddings[part],
+                documents=[c.text for c in batch],
+                metadatas=[c.metadata() for c in batch],
+            )
+            if progress:
+                progress(part.stop, len(chunks))
+        scratch.modify(name=info.version, metadata=info.collection_metadata())
+    except BaseException:
+        client.delete_collection(scratch.name)
+        raise
+    return client.get_collection(info.version)
+
+
+def drop_scratch(client) -> list[str]:
+    """Remove collections left by builds that died before finishing; returns their names."""
+    names = [c.name for c in client.list_collections() if c.name.startswith(SCRATCH_PREFIX)]
+    for name in names:
+        client.delete_collection(name)
+    return names

@@ -1,0 +1,76 @@
+"""Retrieve, render the prompt with the retrieved context as data, generate: one answer with
+its sources and the versions that produced it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmops.llm.generators import GenerationRequest, Generator
+from llmops.prompts import PromptTemplate
+from llmops.rag.retriever import Hit, Retriever
+
+
+class Source(BaseModel):
+    number: int  # the [n] the answer cites
+    path: str
+    chunk: int
+    score: float
+    text: str
+
+
+class RagAnswer(BaseModel):
+    answer: str
+    sources: list[Source]
+    versions: dict[str, str]
+
+
+def format_context(hits: list[Hit]) -> str:
+    """Numbered context blocks: ``[1] docs/drift.md#3`` then the chunk text."""
+    return "\n\n".join(f"[{n}] {hit.source}#{hit.position}\n{hit.text}" for n, hit in enumerate(hits, 1))
+
+
+class RagPipeline:
+    def __init__(
+        self,
+        retriever: Retriever,
+        prompt: PromptTemplate,
+        generator: Generator,
+        versions: dict[str, str] | None = None,
+    ):
+        missing = {"question", "context"} - set(prompt.input_variables)
+        if missing:
+            raise ValueError(f"prompt {prompt.name!r}: a RAG prompt needs the variables {sorted(missing)}")
+        self.retriever, self.prompt, self.generator = retriever, prompt, generator
+        self.versions = {
+            "index_version": retriever.index_version,
+            "embedding_model": retriever.embedder.model_id,
+            "prompt": f"{prompt.name}@{prompt.version}",
+            **(versions or {}),
+        }
+
+    def request(self, question: str, hits: list[Hit]) -> GenerationRequest:
+        params: dict[str, Any] = self.prompt.parameters
+        return GenerationRequest(
+            messages=self.prompt.render(question=question, context=format_context(hits)),
+            question=question,
+            contexts=[hit.text for hit in hits],
+            max_tokens=int(params.get("max_tokens", 256)),
+            temperature=float(params.get("temperature", 0.0)),
+        )
+
+    def answer(self, question: str, k: int = 4, filters: dict[str, Any] | None = None) -> RagAnswer:
+        hits = self.retriever.retrieve(question, k, filters)
+        return self.answer_from(question, hits)
+
+    def answer_from(self, question: str, hits: list[Hit]) -> RagAnswer:
+        text = self.generator.generate(self.request(question, hits)) if hits else ""
+        return RagAnswer(
+            answer=text or "I do not know: nothing relevant was retrieved.",
+            sources=[
+                Source(number=n, path=h.source, chunk=h.position, score=h.score, text=h.text)
+                for n, h in enumerate(hits, 1)
+            ],
+            versions=self.versions,
+        )

@@ -1,0 +1,112 @@
+"""A RAG release in the registry: what it takes to answer the same way again.
+
+A release is a registry version (BentoML model store) whose files are ``release.json`` (index
+version and where the index lives, embedding model and its id, chunking, corpus version,
+generator settings, default k), ``prompt.yaml`` (the exact prompt version, so the release never
+depends on the prompts/ folder staying the same), ``eval.json`` and ``gate_decision.json``.
+The index itself stays in its Chroma store; the service opens it by version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+
+from llmops.prompts import PromptTemplate, parse_prompt
+from llmops.rag.index import IndexInfo
+from llmops.rag.pipeline import RagPipeline
+from llmops.registry import ModelVersion
+
+DEFAULT_RELEASE_NAME = "rag"
+
+
+class RagRelease(BaseModel):
+    index: IndexInfo
+    chroma: str  # the store the index was evaluated in: a folder or a server URL
+    embedding_model_path: str
+    prompt_name: str
+    prompt_version: str
+    generator: dict[str, Any]  # the generator's settings (never a key)
+    k: int = Field(4, ge=1)
+
+
+def register_rag_release(
+    *,
+    name: str,
+    release: RagRelease,
+    prompt: PromptTemplate,
+    scores: dict[str, float],
+    evaluation: dict[str, Any],
+    gate_decision: dict[str, Any],
+    golden_version: str,
+    run_pathspec: str,
+) -> tuple[str, bool, str]:
+    """Register the release and move the champion if it is still the one the gate saw.
+
+    Returns (version, promoted, note); a failed gate decision is refused outright."""
+    from llmops.promotion import register_gated
+
+    def write(folder: Path) -> None:
+        (folder / "prompt.yaml").write_text(yaml.safe_dump(prompt.model_dump(), sort_keys=False))
+
+    return register_gated(
+        name,
+        write,
+        gate_decision=gate_decision,
+        labels={"framework": "rag"},
+        metadata={
+            "run": run_pathspec,
+            "index_version": release.index.version,
+            "corpus_version": release.index.corpus_version,
+            "embedding_model": release.index.embedding_model_id,
+            "prompt": f"{prompt.name}@{prompt.version}",
+            "generator": release.generator.get("backend", "?"),
+            "golden_version": golden_version,
+            "metrics": scores,
+        },
+        json_files={"release.json": release.model_dump(mode="json"), "eval.json": evaluation},
+    )
+
+
+def load_release(version: ModelVersion) -> tuple[RagRelease, PromptTemplate]:
+    """The release and its prompt, from a registry version."""
+    release = RagRelease.model_validate(version.read_json("release.json"))
+    prompt_file = version.path / "prompt.yaml"
+    prompt = parse_prompt(prompt_file.read_text(), str(prompt_file))
+    if prompt.version != release.prompt_version:
+        raise ValueError(
+            f"{version.tag}: prompt.yaml is {prompt.version}, the release says {release.prompt_version}"
+        )
+    return release, prompt
+
+
+def open_pipeline(
+    chroma: str | None,
+    index_version: str,
+    prompt: str | PromptTemplate,
+    generator: str,
+    *,
+    versions: dict[str, str] | None = None,
+) -> RagPipeline:
+    """A pipeline over a stored index, embedding questions with the model that built it."""
+    from llmops.llm.generators import make_generator
+    from llmops.prompts import load_prompt
+    from llmops.rag.embeddings import Embedder
+    from llmops.rag.index import chroma_client, open_index
+    from llmops.rag.retriever import Retriever
+
+    collection = open_index(chroma_client(chroma), index_version)
+    meta = collection.metadata or {}
+    embedder = Embedder(meta["embedding_model"])
+    if embedder.model_id != meta.get("embedding_model_id"):
+        raise ValueError(
+            f"index {index_version} was embedded with {meta.get('embedding_model_id')}, but "
+            f"{meta['embedding_model']!r} is now {embedder.model_id}: rebuild the index"
+        )
+    template = load_prompt(prompt) if isinstance(prompt, str) else prompt
+    return RagPipeline(
+        Retriever(collection, embedder), template, make_generator(generator, embedder), versions=versions
+    )

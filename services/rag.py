@@ -1,0 +1,184 @@
+"""Serve the promoted RAG release: answers with sources, or retrieval only.
+
+    bentoml serve services.rag:Rag --host 127.0.0.1 --port 3000
+    curl -s localhost:3000/query -H 'Content-Type: application/json' \\
+        -d '{"question": "How does the gate compare a candidate with the champion?", "k": 4}'
+    curl -s localhost:3000/retrieve -H 'Content-Type: application/json' \\
+        -d '{"question": "drift thresholds", "k": 3, "filters": {"source": "drift.md"}}'
+
+The release (``flows/evaluate_rag.py`` registers and promotes it) fixes the index version, the
+embedding model, the exact prompt version and the generator settings; the service opens that
+index in the Chroma store the release was evaluated in, or in $LLMOPS_CHROMA_PATH /
+$LLMOPS_CHROMA_URL when set. Every query is logged (question, k, top score, sources, answer)
+for monitoring.
+
+Environment: LLMOPS_RAG_RELEASE (registry name, default ``rag``), LLMOPS_RAG_RELEASE_VERSION
+(a version or alias; default the champion), LLMOPS_GENERATOR (override the release's generator:
+``extractive``, ``transformers:/folder``, ``openai:http://host:port/v1#model``), LLMOPS_API_KEY,
+LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S.
+"""
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
+
+from llmops.registry import CHAMPION
+from llmops.serving import protect, settings_from_env
+
+logger = logging.getLogger("bentoml.service.rag")
+
+
+class Settings(BaseModel):
+    """Service settings; each field is read from ``LLMOPS_<FIELD>`` (see the module docstring)."""
+
+    rag_release: str = "rag"
+    rag_release_version: str | None = None  # None: whatever the champion alias points at
+    generator: str | None = None  # None: the release's own generator
+    api_key: SecretStr | None = None
+    inference_log_dir: Path | None = None
+    max_question_chars: int = Field(2000, ge=1)
+    max_k: int = Field(20, ge=1, le=50)
+    timeout_s: float = Field(60.0, gt=0)
+
+
+SETTINGS = settings_from_env(Settings)
+
+
+def _question(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError("must not be empty or only whitespace")
+    return text
+
+
+def _filters(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    from llmops.rag.retriever import chroma_where
+
+    chroma_where(value)  # unknown keys or values fail here, as a 400 naming the filter
+    return value
+
+
+Question = Annotated[str, Field(max_length=SETTINGS.max_question_chars), AfterValidator(_question)]
+K = Annotated[int, Field(ge=1, le=SETTINGS.max_k)]
+Filters = Annotated[dict[str, str | list[str]] | None, AfterValidator(_filters)]
+
+
+class SourceOut(BaseModel):
+    number: int  # the [n] the answer cites
+    path: str
+    chunk: int
+    score: float
+    text: str
+
+
+class Answer(BaseModel):
+    answer: str
+    sources: list[SourceOut]
+    versions: dict[str, str]  # release, index, embedding model, prompt, generator
+    request_id: str
+
+
+class Retrieved(BaseModel):
+    sources: list[SourceOut]
+    versions: dict[str, str]
+    request_id: str
+
+
+@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources={"cpu": "2", "memory": "2Gi"}, workers=1)
+class Rag:
+    """Retrieval-augmented answers from the promoted release (champion by default)."""
+
+    def __init__(self) -> None:
+        from llmops.inference_log import InferenceLogger
+        from llmops.llm.generators import generator_spec
+        from llmops.rag.index import chroma_location
+        from llmops.rag.release import load_release, open_pipeline
+        from llmops.registry import Registry
+
+        version = Registry().get(SETTINGS.rag_release, SETTINGS.rag_release_version or CHAMPION)
+        release, prompt = load_release(version)
+        store = chroma_location() if _store_overridden() else release.chroma
+        spec = SETTINGS.generator or generator_spec(release.generator)
+        self.release = release
+        self.pipeline = open_pipeline(
+            store,
+            release.index.version,
+            prompt,
+            spec,
+            versions={"release": version.tag, "generator": spec.split("#")[0]},
+        )
+        self.pipeline.retriever.embedder.embed(["warm up"])  # load the model before the first request
+        self.version = version
+        self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, version.name)
+        logger.info(
+            "serving %s: index %s in %s, %s, generator %s",
+            version.tag,
+            release.index.version,
+            store,
+            self.pipeline.versions["prompt"],
+            spec,
+        )
+
+    def __is_ready__(self) -> bool:
+        return self.inference_log.alive
+
+    @bentoml.api
+    def query(self, question: Question, k: K | None = None, filters: Filters = None) -> Answer:
+        """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources."""
+        started = time.perf_counter()
+        result = self.pipeline.answer(question, k or self.release.k, filters)
+        request_id = uuid.uuid4().hex
+        sources = [SourceOut(**s.model_dump()) for s in result.sources]
+        self._log(request_id, question, k or self.release.k, sources, result.answer, started)
+        return Answer(answer=result.answer, sources=sources, versions=result.versions, request_id=request_id)
+
+    @bentoml.api
+    def retrieve(self, question: Question, k: K | None = None, filters: Filters = None) -> Retrieved:
+        """The ``k`` most similar chunks, without generating an answer."""
+        started = time.perf_counter()
+        hits = self.pipeline.retriever.retrieve(question, k or self.release.k, filters)
+        sources = [
+            SourceOut(number=n, path=h.source, chunk=h.position, score=h.score, text=h.text)
+            for n, h in enumerate(hits, 1)
+        ]
+        request_id = uuid.uuid4().hex
+        self._log(request_id, question, k or self.release.k, sources, None, started)
+        return Retrieved(sources=sources, versions=self.pipeline.versions, request_id=request_id)
+
+    def _log(self, request_id, question, k, sources, answer, started) -> None:
+        from llmops.inference_log import utc_now
+
+        self.inference_log.log(
+            [
+                {
+                    "request_id": request_id,
+                    "row": 0,
+                    "timestamp": utc_now(),
+                    "model": self.version.name,
+                    "model_version": self.version.version,
+                    "features": {"question": question, "question_chars": len(question), "k": k},
+                    "prediction": answer,
+                    "probability": sources[0].score if sources else None,  # top similarity
+                    "sources": [f"{s.path}#{s.chunk}" for s in sources],
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+            ]
+        )
+
+    @bentoml.on_shutdown
+    def shut_down(self) -> None:
+        self.inference_log.close()
+
+
+def _store_overridden() -> bool:
+    import os
+
+    return bool(os.environ.get("LLMOPS_CHROMA_PATH") or os.environ.get("LLMOPS_CHROMA_URL"))
+
+
+protect(Rag, SETTINGS.api_key)

@@ -1,0 +1,235 @@
+"""The RAG pipeline for real: the index flow over a copy of the shipped docs (then incremental
+re-indexing), the evaluation flow with its gate and release, and `bentoml serve services.rag:Rag`
+over HTTP. Real Chroma on disk, the real offline embedding model, the real registry."""
+
+import json
+import re
+import shutil
+import time
+import uuid
+
+import pytest
+from metaflow import Run, namespace
+from metaflow.cards import get_cards
+
+from llmops.inference_log import read_log
+from llmops.llm.tiny import build_tiny_causal_lm
+from llmops.registry import Registry
+from tests.conftest import REPO, run_flow, serve_bento
+from tests.integration.test_train_flow import card_content
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+API_KEY = "rag-key-" + uuid.uuid4().hex
+
+
+def flow_run(tmp_path, flow, *args):
+    """Run a flow; returns its Run (the run id comes back through --run-id-file)."""
+    run_id_file = tmp_path / f"run-id-{uuid.uuid4().hex[:6]}"
+    result = run_flow(flow, *args, "--run-id-file", str(run_id_file))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    namespace(None)
+    return Run(f"{_flow_class(flow)}/{run_id_file.read_text().strip()}")
+
+
+def _flow_class(flow):
+    return {"build_rag_index.py": "BuildRagIndexFlow", "evaluate_rag.py": "EvaluateRagFlow"}[flow]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A copy of docs/ (the tests change it) plus a file that cannot be read."""
+    folder = tmp_path_factory.mktemp("corpus") / "docs"
+    shutil.copytree(REPO / "docs", folder)
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a PDF")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chroma(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("chroma"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, corpus, chroma):
+    return flow_run(tmp_path_factory.mktemp("build"), "build_rag_index.py", "--docs", str(corpus),
+                    "--chroma", chroma)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory, built, chroma):
+    """The shipped golden set on the built index: the gate passes and the release is promoted."""
+    name = "rag-" + uuid.uuid4().hex[:8]
+    index = built["end"].task["index_version"].data
+    run = flow_run(tmp_path_factory.mktemp("eval"), "evaluate_rag.py", "--index", index, "--chroma", chroma,
+                   "--release-name", name)  # fmt: skip
+    return name, run
+
+
+def test_index_flow_reports_the_corpus_and_skips_what_it_cannot_read(built, corpus):
+    write = built["write"].task
+    stats = write["corpus_stats"].data
+    shipped = sorted(p.name for p in corpus.glob("*.md"))
+    assert stats["files"] == len(shipped) and stats["chunks"] == len(write["chunks"].data)
+    assert stats["tokens"] > stats["chunks"] > stats["files"]
+    assert [s["path"] for s in stats["skipped"]] == ["broken.pdf"]
+    assert "unreadable pdf" in stats["skipped"][0]["reason"]
+    assert write["embedded_chunks"].data == stats["chunks"] and write["reused_chunks"].data == 0
+    chunk = write["chunks"].data[0]
+    assert {"source", "position", "content_hash", "doc_hash"} <= set(chunk)
+    card = card_content(get_cards(write, type="llmops_corpus")[0])
+    assert "broken.pdf" in card and write["index_version"].data in card
+
+
+def test_reindex_embeds_only_changed_files_and_an_unchanged_corpus_is_not_rebuilt(
+    tmp_path, built, corpus, chroma
+):
+    before = built["end"].task["index_version"].data
+    (corpus / "serving.md").write_text(
+        "# Serving, rewritten\n\nEvery paragraph here is new text for the incremental index test.\n\n"
+        + "\n\n".join(
+            f"Paragraph {i} about a service that answers over HTTP on a loopback port." for i in range(30)
+        )
+    )
+    (corpus / "faq.md").write_text("# FAQ\n\nA new file: the index must embed it and reuse the rest.\n")
+    run = flow_run(tmp_path, "build_rag_index.py", "--docs", str(corpus), "--chroma", chroma)
+    write = run["write"].task
+    chunks = write["chunks"].data
+    changed = [c for c in chunks if c["source"] in ("serving.md", "faq.md")]
+    assert write["index_version"].data != before
+    assert write["embedded_chunks"].data == len(changed)  # the changed and the new file, nothing else
+    assert write["reused_chunks"].data == len(chunks) - len(changed) > 0
+    assert run["start"].task["reused_from"].data == before
+
+    again = flow_run(tmp_path, "build_rag_index.py", "--docs", str(corpus), "--chroma", chroma)
+    assert again["write"].task["already_built"].data
+    assert again["write"].task["embedded_chunks"].data == 0
+
+
+def test_evaluation_passes_the_gate_and_registers_a_release(release, built):
+    name, run = release
+    evaluate = run["evaluate"].task
+    scores = evaluate["eval_scores"].data
+    assert evaluate["gate_decision"].data["passed"], evaluate["gate_decision"].data
+    assert scores["hit_rate"] >= 0.8 and 0 < scores["mrr"] <= 1
+    assert {"context_precision", "context_recall", "rouge_l", "string_similarity"} <= set(scores)
+    assert "faithfulness" not in scores  # LLM-judged: only with --judge-url
+    champion = Registry().get(name)
+    assert champion.version == run["end"].task["release_version"].data
+    released = champion.read_json("release.json")
+    assert released["index"]["version"] == built["end"].task["index_version"].data
+    assert released["generator"] == {"backend": "extractive", "max_sentences": 2}
+    assert champion.metadata["prompt"] == evaluate["prompt_ref"].data
+    assert champion.metadata["metrics"] == scores
+    card = card_content(get_cards(evaluate, id="eval")[0])
+    assert "hit_rate" in card and "Per question" in card
+
+
+def test_a_release_that_fails_the_gate_is_not_promoted(tmp_path, release, chroma):
+    name, _ = release
+    champion = Registry().get(name).version
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    for topic in ("bread baking", "sailing knots", "tomato gardening"):
+        (unrelated / f"{topic.split()[0]}.md").write_text(
+            f"# {topic.title()}\n\n" + " ".join(f"A sentence about {topic}, number {i}." for i in range(40))
+        )
+    index = flow_run(tmp_path, "build_rag_index.py", "--docs", str(unrelated), "--chroma", chroma)
+    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index["end"].task["index_version"].data,
+                   "--chroma", chroma, "--release-name", name)  # fmt: skip
+    decision = run["evaluate"].task["gate_decision"].data
+    failed = {r["rule"] for r in decision["rules"] if not r["passed"]}
+    assert not decision["passed"] and "metrics.hit_rate.min" in failed and "regression.hit_rate" in failed
+    assert not run["end"].task["promoted"].data
+    assert Registry().get(name).version == champion  # the champion is untouched
+    assert "gate:failed" in run.tags
+
+
+def test_bad_evaluation_input_fails_before_any_work(tmp_path, chroma):
+    result = run_flow("evaluate_rag.py", "--chroma", chroma, "--index", "idx-000000000000")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "index 'idx-000000000000' is not in the Chroma store" in output
+    assert "it has: idx-" in output
+    result = run_flow("evaluate_rag.py", "--chroma", chroma, "--k", "0")
+    assert result.returncode != 0 and "--k: must be between 1 and 50" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("rag-log")
+
+
+@pytest.fixture(scope="module")
+def rag_server(release, log_dir):
+    name, _ = release
+    with serve_bento("services.rag:Rag", log_dir, LLMOPS_RAG_RELEASE=name) as client:
+        yield client
+
+
+def test_query_answers_with_sources_and_versions(rag_server, release, log_dir):
+    name, run = release
+    reply = rag_server.post("/query", json={"question": "How does the gate decide about a regression?"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["sources"] and [s["number"] for s in body["sources"]] == list(
+        range(1, len(body["sources"]) + 1)
+    )
+    scores = [s["score"] for s in body["sources"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "gate.md" in {s["path"] for s in body["sources"]}
+    # extractive: the answer is sentences of the sources, each followed by the [n] it came from
+    cited = re.findall(r"\s*(.+?) \[(\d+)\]", body["answer"])
+    assert cited
+    for sentence, number in cited:
+        assert sentence in " ".join(body["sources"][int(number) - 1]["text"].split())
+    versions = body["versions"]
+    assert versions["release"] == f"{name}:{run['end'].task['release_version'].data}"
+    assert versions["index_version"] == run["evaluate"].task["index_version"].data
+    assert versions["prompt"] == run["evaluate"].task["prompt_ref"].data
+
+    rows = []
+    for _ in range(50):  # the log writer flushes every 0.1 s
+        rows = read_log(log_dir, name)
+        if len(rows):
+            break
+        time.sleep(0.1)
+    row = rows.iloc[-1]
+    assert row["request_id"] == body["request_id"] and row["question"].startswith("How does the gate")
+    assert row["probability"] == pytest.approx(scores[0])
+
+
+def test_retrieve_with_filters(rag_server):
+    reply = rag_server.post("/retrieve", json={"question": "drift thresholds", "k": 3,
+                                              "filters": {"source": "drift.md"}})  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    sources = reply.json()["sources"]
+    assert len(sources) == 3 and {s["path"] for s in sources} == {"drift.md"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"question": "   "}, "question"),
+        ({"question": "x" * 5000}, "question"),
+        ({"question": "ok?", "k": 0}, "k"),
+        ({"question": "ok?", "k": 500}, "k"),
+        ({"question": "ok?", "filters": {"colour": "red"}}, "filters"),
+        ({"k": 3}, "question"),
+    ],
+)
+def test_bad_requests_get_400_naming_the_field(rag_server, payload, field):
+    reply = rag_server.post("/query", json=payload)
+    assert reply.status_code == 400, reply.text
+    assert field in json.dumps(reply.json()["detail"])
+
+
+def test_api_key_and_a_local_transformers_generator(release, log_dir, tmp_path):
+    name, _ = release
+    model = build_tiny_causal_lm(tmp_path / "tiny-lm")
+    env = {"LLMOPS_RAG_RELEASE": name, "LLMOPS_API_KEY": API_KEY, "LLMOPS_GENERATOR": f"transformers:{model}"}
+    with serve_bento("services.rag:Rag", log_dir, **env) as client:
+        assert client.post("/query", json={"question": "What is the gate?"}).status_code == 401
+        reply = client.post("/query", json={"question": "What is the gate?"},
+                            headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["versions"]["generator"] == f"transformers:{model}"
+        assert reply.json()["sources"]
