@@ -90,6 +90,7 @@ def build_llmops(corpus: Path, store: Path, embedder, previous: bool):
         chroma_client,
         index_version,
         indexed_hashes,
+        plan_embedding,
         previous_index,
         reusable_embeddings,
         write_index,
@@ -100,8 +101,9 @@ def build_llmops(corpus: Path, store: Path, embedder, previous: bool):
     chunks: list[Chunk] = split_documents(docs.documents, chunking)
     client = chroma_client(str(store))
     before = previous_index(client, chunking, embedder.model_id) if previous else None
-    known = indexed_hashes(before) & {c.content_hash for c in chunks}
-    missing = [i for i, c in enumerate(chunks) if c.content_hash not in known]
+    hashes = [c.content_hash for c in chunks]
+    known = indexed_hashes(before) & set(hashes)
+    missing = plan_embedding(hashes, known)
     embedded = embedder.embed([chunks[i].text for i in missing])
     vectors = assemble_vectors(
         [c.content_hash for c in chunks], [(missing, embedded)], reusable_embeddings(before, known)

@@ -77,17 +77,18 @@ class BuildRagIndexFlow(FlowSpec):
         self.next(self.embed, foreach="shard_plan")
 
     def _plan(self, client, chunking, model_id):
-        """Chunk positions to embed, and content hashes whose embeddings an earlier index has."""
-        from llmops.rag.index import indexed_hashes, previous_index
+        """Chunk positions to embed (one per new text), and the content hashes whose embeddings
+        an earlier index has."""
+        from llmops.rag.index import indexed_hashes, plan_embedding, previous_index
 
         self.reused_from = None
         if self.already_built:
             return [], []
         previous = previous_index(client, chunking, model_id)
         self.reused_from = previous.name if previous is not None else None
-        known = indexed_hashes(previous) & {c["content_hash"] for c in self.chunks}
-        missing = [i for i, c in enumerate(self.chunks) if c["content_hash"] not in known]
-        return missing, sorted(known)
+        hashes = [c["content_hash"] for c in self.chunks]
+        known = indexed_hashes(previous) & set(hashes)
+        return plan_embedding(hashes, known), sorted(known)
 
     @resources(cpu=2, memory=4096)
     @step
@@ -117,6 +118,8 @@ class BuildRagIndexFlow(FlowSpec):
         self.merge_artifacts(inputs, exclude=["shard_positions", "shard_embeddings"])
         client = chroma_client(self.chroma_location)
         self.embedded_chunks = sum(len(i.shard_positions) for i in inputs)
+        # chunks that got an embedding without embedding their text here: from the earlier index,
+        # or from an identical chunk of this corpus
         self.reused_chunks = len(self.chunks) - self.embedded_chunks if not self.already_built else 0
         if self.already_built:
             print(f"{self.index_version} is already in {self.chroma_location}: nothing to write")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmops.drift import DriftReport, DriftRule  # DriftRule: the `drift:` section, kept with the tests
+from llmops.errors import field_problems
 from llmops.validation import DataRules
 
 
@@ -70,9 +71,7 @@ def parse_policy(text: str, source: str = "policy") -> GatePolicy:
     try:
         return GatePolicy.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = field_problems(exc)
         raise PolicyError(f"{source}: {problems}") from exc
 
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llmops.errors import field_problems
+
 PROMPTS_DIR_ENV = "LLMOPS_PROMPTS_DIR"
 
 
@@ -124,9 +126,7 @@ def parse_prompt(text: str, source: str) -> PromptTemplate:
         prompt = PromptTemplate.model_validate(raw)
         used = prompt.used_variables()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = field_problems(exc)
         raise PromptError(f"{source}: {problems}") from None
     except PromptError as exc:
         raise PromptError(f"{source}: {exc}") from None

@@ -77,47 +77,27 @@ def split_sentences(text: str) -> list[str]:
 
 
 class TransformersGenerator:
-    """A causal LM loaded from a local folder with transformers (never downloaded)."""
+    """A causal LM from a local folder (never downloaded), through the transformers backend."""
 
-    def __init__(self, model_path: str, device: str | None = None):
+    def __init__(self, model_path: str):
+        from llmops.llm.backends import TransformersBackend
+
         path = Path(model_path).expanduser()
         if not (path / "config.json").is_file():
             raise GeneratorError(f"generator: {model_path!r} is not a local model folder (no config.json)")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).to(self.device)
-        self.model.eval()
-        self.settings = {"backend": "transformers", "model_path": str(path.resolve())}
-
-    def prompt_text(self, messages: list[dict[str, str]]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        lines = [f"{m['role']}: {m['content']}" for m in messages]
-        return "\n".join([*lines, "assistant:"])
+        self.backend = TransformersBackend(str(path))
+        self.settings = {"backend": "transformers", "model_path": self.backend.model_path}
 
     def generate(self, request: GenerationRequest) -> str:
-        import torch
+        from llmops.llm.backends import SamplingParams
 
-        inputs = self.tokenizer(self.prompt_text(request.messages), return_tensors="pt").to(self.device)
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and inputs["input_ids"].shape[1] + request.max_tokens > limit:
-            keep = max(1, limit - request.max_tokens)  # keep the end: the question comes last
-            inputs = {k: v[:, -keep:] for k, v in inputs.items()}
-        sampling = {"do_sample": request.temperature > 0}
-        if request.temperature > 0:
-            sampling["temperature"] = request.temperature
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=request.max_tokens,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                **sampling,
-            )
-        new_tokens = output[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        prompt = self.backend.render(request.messages)
+        room = self.backend.max_context - request.max_tokens
+        if self.backend.count_tokens(prompt) > room:  # keep the end: the question comes last
+            ids = self.backend.tokenizer(prompt, add_special_tokens=False)["input_ids"][-max(1, room) :]
+            prompt = self.backend.tokenizer.decode(ids)
+        params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature)
+        return self.backend.complete(prompt, params).text.strip()
 
 
 class OpenAIGenerator:

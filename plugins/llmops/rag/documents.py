@@ -98,6 +98,8 @@ def load_corpus(root: str | Path, field: str = "--docs") -> Corpus:
             documents.append(
                 SourceDocument(path=relative, kind=kind, text=text, content_hash=text_hash(text))
             )
+    documents.sort(key=lambda d: d.path)
+    skipped.sort(key=lambda s: s.path)
     return Corpus(root=str(base), documents=documents, skipped=skipped)
 
 

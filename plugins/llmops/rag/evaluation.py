@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmops.errors import field_problems
 from llmops.rag.pipeline import RagAnswer
 
 NON_LLM_METRICS = ("context_precision", "context_recall", "string_similarity", "rouge_l")
@@ -73,9 +74,7 @@ def load_golden(path: str | Path, field: str = "--golden") -> GoldenSet:
     try:
         return GoldenSet.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = field_problems(exc)
         raise GoldenError(f"{field}: {path}: {problems}") from None
 
 
@@ -87,7 +86,12 @@ def is_relevant(chunk: str, reference_contexts: list[str]) -> bool:
     from rapidfuzz import fuzz
 
     chunk = _squash(chunk)
-    return any(fuzz.partial_ratio(_squash(ref), chunk) >= RELEVANCE_MIN_RATIO for ref in reference_contexts)
+    for ref in map(_squash, reference_contexts):
+        # a chunk holds the excerpt, or (the excerpt crossing a chunk boundary) at least half of it;
+        # a short fragment such as a heading never counts
+        if len(chunk) >= len(ref) / 2 and fuzz.partial_ratio(ref, chunk) >= RELEVANCE_MIN_RATIO:
+            return True
+    return False
 
 
 def retrieval_scores(retrieved: list[list[str]], golden: GoldenSet) -> list[dict[str, float]]:

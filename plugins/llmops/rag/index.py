@@ -127,6 +127,9 @@ def open_index(client, version: str):
     except (NotFoundError, ValueError):
         known = ", ".join(m["index_version"] for m in list_indexes(client)) or "none"
         raise IndexNotFound(f"index {version!r} is not in the Chroma store (it has: {known})") from None
+    if (collection.metadata or {}).get("index_version") != version:  # a scratch or foreign collection
+        known = ", ".join(m["index_version"] for m in list_indexes(client)) or "none"
+        raise IndexNotFound(f"{version!r} is not a finished index (the store has: {known})")
     return collection
 
 
@@ -164,19 +167,29 @@ def reusable_embeddings(collection, content_hashes: set[str], page: int = 5000) 
     return found
 
 
+def plan_embedding(content_hashes: list[str], known: set[str]) -> list[int]:
+    """Positions of the chunks to embed: the first of each text not in ``known``. Identical texts
+    (licence headers, boilerplate repeated across files) are embedded once."""
+    seen = set(known)
+    positions = []
+    for position, key in enumerate(content_hashes):
+        if key not in seen:
+            seen.add(key)
+            positions.append(position)
+    return positions
+
+
 def assemble_vectors(
     content_hashes: list[str],
     embedded: list[tuple[list[int], np.ndarray]],
     reused: dict[str, np.ndarray],
 ) -> np.ndarray:
-    """One row per chunk: from the shard that embedded it, else reused by its content hash."""
-    rows: list[np.ndarray | None] = [None] * len(content_hashes)
+    """One row per chunk: from the shard that embedded its text, else reused by content hash."""
+    by_hash = dict(reused)
     for positions, vectors in embedded:
         for position, vector in zip(positions, vectors, strict=True):
-            rows[position] = vector
-    for i, key in enumerate(content_hashes):
-        if rows[i] is None:
-            rows[i] = reused.get(key)
+            by_hash[content_hashes[position]] = vector
+    rows = [by_hash.get(key) for key in content_hashes]
     missing = sum(row is None for row in rows)
     if missing:
         raise LookupError(

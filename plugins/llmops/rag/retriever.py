@@ -66,6 +66,8 @@ class Retriever:
         """One list of hits per question; the questions are embedded in one batch."""
         if not 1 <= k <= MAX_K:
             raise RetrievalError(f"k: must be between 1 and {MAX_K}, got {k}")
+        if not questions:
+            return []
         if any(not q.strip() for q in questions):
             raise RetrievalError("question: must not be empty")
         where = chroma_where(filters)

@@ -1,0 +1,175 @@
+"""Chat/completion backends behind one interface, for services/llm.py and the RAG generators.
+
+    transformers  any causal LM folder (or hub id when online), CPU or CUDA; bf16 on CUDA when
+                  the device supports it. The laptop and CI backend.
+    vllm          vLLM's engine on a GPU (the ``[gpu]`` extra): continuous batching, paged
+                  attention; ``gpu_memory_utilization`` and ``max_model_len`` configurable.
+
+``make_backend(model, backend="auto")`` picks vLLM when it is installed and CUDA is present,
+else transformers. Both render chat messages with the tokenizer's chat template and count
+prompt and completion tokens the same way, so usage numbers agree across backends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class BackendError(ValueError):
+    """A model or setting a backend cannot use; names the setting."""
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of text or a stop string) or "length" (max_tokens reached)
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class Backend(Protocol):
+    name: str
+    model_path: str
+    max_context: int
+
+    def render(self, messages: list[dict[str, str]]) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion: ...
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]: ...
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    positions = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(positions)], True) if positions else (text, False)
+
+
+class TransformersBackend:
+    """A causal LM with transformers. One generation at a time per process (a lock): on a CPU
+    concurrent generations only fight over the same cores."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        local = Path(model).expanduser()
+        source = str(local) if local.exists() else model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(self.device)
+        except OSError as exc:
+            raise BackendError(f"model: cannot load {model!r}: {exc}") from None
+        self.model.eval()
+        self.model_path = str(local.resolve()) if local.exists() else model
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        self._lock = threading.Lock()
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n".join([*(f"{m['role']}: {m['content']}" for m in messages), "assistant:"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _inputs(self, prompt: str):
+        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+
+    def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_tokens,
+            "do_sample": params.temperature > 0,
+            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        }
+        if params.temperature > 0:
+            kwargs |= {"temperature": params.temperature, "top_p": params.top_p}
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        return kwargs
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        import torch
+
+        inputs = self._inputs(prompt)
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(**inputs, **self._generate_kwargs(params))
+        new = output[0, inputs["input_ids"].shape[1] :]
+        text, stopped = _cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
+        ended = bool(len(new)) and int(new[-1]) == self.tokenizer.eos_token_id
+        return Completion(
+            text=text,
+            prompt_tokens=int(inputs["input_ids"].shape[1]),
+            completion_tokens=len(new),
+            finish_reason="stop" if stopped or ended or len(new) < params.max_tokens else "length",
+        )
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        """Text pieces as they are generated, then the Completion (usage, finish reason)."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        inputs = self._inputs(prompt)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        counted: dict[str, Any] = {}
+
+        def run() -> None:
+            with self._lock, torch.inference_mode():
+                output = self.model.generate(**inputs, streamer=streamer, **self._generate_kwargs(params))
+            counted["new"] = output[0, inputs["input_ids"].shape[1] :]
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        text, stopped = "", False
+        for piece in streamer:
+            if stopped or not piece:
+                continue
+            candidate, stopped = _cut_at_stop(text + piece, params.stop)
+            delta, text = candidate[len(text) :], candidate
+            if delta:
+                yield delta
+        worker.join()
+        new = counted.get("new", [])
+        ended = bool(len(new)) and int(new[-1]) == self.tokenizer.eos_token_id
+        yield Completion(
+            text=text,
+            prompt_tokens=int(inputs["input_ids"].shape[1]),
+            completion_tokens=len(new),
+            finish_reason="stop" if stopped or ended or len(new) < params.max_tokens else "length",
+        )
+
+
+def make_backend(model: str, backend: str = "auto", **vllm_options: Any) -> Backend:
+    """The backend for ``model``: ``transformers``, ``vllm`` or ``auto`` (vLLM on CUDA when installed)."""
+    if backend not in ("auto", "transformers", "vllm"):
+        raise BackendError(f"backend: {backend!r} is not one of auto, transformers, vllm")
+    if backend in ("auto", "vllm"):
+        from llmops.llm.vllm_backend import vllm_available
+
+        if vllm_available():
+            from llmops.llm.vllm_backend import VLLMBackend
+
+            return VLLMBackend(model, **vllm_options)
+        if backend == "vllm":
+            raise BackendError("backend: vllm needs the [gpu] extra and a CUDA GPU")
+    return TransformersBackend(model)

@@ -1,0 +1,97 @@
+"""An OpenAI-compatible LLM API: vLLM on a GPU, transformers on a CPU (or any CUDA device).
+
+    LLMOPS_LLM_MODEL=/models/my-llm bentoml serve services.llm:LLM --host 127.0.0.1 --port 3001
+    curl -s localhost:3001/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "llm", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}'
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:3001/v1", api_key="unused")
+
+Routes (llmops.llm.openai_api): GET /v1/models, POST /v1/chat/completions and /v1/completions,
+streaming with "stream": true. The model is LLMOPS_LLM_MODEL (a local folder, or a hub id when
+the machine is online), else the registry's LLMOPS_LLM_RELEASE (default ``llm``) champion. It is
+served under the name LLMOPS_LLM_SERVED_NAME (default: the registry name, ``llm``).
+
+Environment: LLMOPS_LLM_BACKEND (auto | transformers | vllm; auto picks vLLM on CUDA when
+installed), LLMOPS_LLM_MAX_TOKENS (largest max_tokens a request may ask, 512),
+LLMOPS_LLM_GPU_MEMORY_UTILIZATION (vLLM, 0.9), LLMOPS_LLM_MAX_MODEL_LEN (vLLM; default the
+model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S.
+"""
+
+from pathlib import Path
+
+import bentoml
+from pydantic import BaseModel, Field, SecretStr
+from starlette.applications import Starlette
+
+from llmops.serving import protect, settings_from_env
+
+
+class Settings(BaseModel):
+    """Service settings; each field is read from ``LLMOPS_<FIELD>`` (see the module docstring)."""
+
+    llm_model: str | None = None
+    llm_release: str = "llm"
+    llm_served_name: str | None = None
+    llm_backend: str = "auto"
+    llm_max_tokens: int = Field(512, ge=1)
+    llm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    llm_max_model_len: int | None = Field(None, ge=16)
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(300.0, gt=0)
+
+
+SETTINGS = settings_from_env(Settings)
+API = Starlette()  # routes are added when the model is loaded (each worker loads its own)
+
+
+def _model_source(settings: Settings) -> tuple[str, str]:
+    """(model folder or hub id, what to call it) from the settings or the registry champion."""
+    if settings.llm_model:
+        return settings.llm_model, settings.llm_served_name or settings.llm_release
+    from llmops.registry import Registry
+
+    version = Registry().get(settings.llm_release)
+    folder = Path(version.path) / "model"
+    if not (folder / "config.json").is_file():
+        raise RuntimeError(f"{version.tag} has no model/ folder with a config.json to serve")
+    return str(folder), settings.llm_served_name or version.name
+
+
+@bentoml.service(
+    traffic={"timeout": SETTINGS.timeout_s},
+    resources={"gpu": 1, "memory": "16Gi"}
+    if SETTINGS.llm_backend == "vllm"
+    else {"cpu": "2", "memory": "4Gi"},
+    workers=1,
+)
+@bentoml.asgi_app(API, path="/v1")
+class LLM:
+    """Chat and text completions from the served model, OpenAI style."""
+
+    def __init__(self) -> None:
+        from llmops.llm.backends import make_backend
+        from llmops.llm.openai_api import ApiLimits, openai_app
+
+        source, name = _model_source(SETTINGS)
+        options = {"gpu_memory_utilization": SETTINGS.llm_gpu_memory_utilization}
+        if SETTINGS.llm_max_model_len:
+            options["max_model_len"] = SETTINGS.llm_max_model_len
+        self.backend = make_backend(source, SETTINGS.llm_backend, **options)
+        self.served_name = name
+        app = openai_app(self.backend, name, ApiLimits(max_tokens=SETTINGS.llm_max_tokens))
+        API.router.routes.extend(app.routes)
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict:
+        """Which model and backend answer, and the limits."""
+        return {
+            "model": self.served_name,
+            "path": self.backend.model_path,
+            "backend": self.backend.name,
+            "max_context": self.backend.max_context,
+            "max_tokens": SETTINGS.llm_max_tokens,
+        }
+
+
+protect(LLM, SETTINGS.api_key)

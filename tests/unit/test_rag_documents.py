@@ -1,0 +1,263 @@
+"""Loading a corpus folder (Markdown, text, HTML, PDF; unreadable files reported, never fatal)
+and splitting it into chunks that keep their source, position, offset and content hash."""
+
+import hashlib
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from llmops.rag.chunking import ChunkingConfig, split_documents
+from llmops.rag.documents import CorpusError, load_corpus, text_hash
+
+PDF_TEXT = "Some text here"
+
+
+def write_pdf(path, text=PDF_TEXT):
+    """A minimal valid one-page PDF (catalog, pages, page, Helvetica, one content stream) with a
+    correct cross-reference table, so a PDF reader finds every object by its byte offset."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode("latin-1")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n" % (len(objects) + 1)
+    out += b"0000000000 65535 f \n"
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.write_bytes(bytes(out))
+    return path
+
+
+HTML = """<html><head><title>Gate page</title>
+<style>body { color: red; } .secret-style {}</style>
+<script>var secretScript = "do not index";</script></head>
+<body><h1>Promotion gate</h1><p>The gate compares the candidate with the champion.</p></body></html>
+"""
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    root = tmp_path / "docs"
+    (root / "guides").mkdir(parents=True)
+    (root / "intro.md").write_text("# Intro\n\nThe registry keeps every model version.\n")
+    (root / "guides" / "notes.txt").write_text("Drift is measured per column.\r\nTrailing   \n")
+    (root / "guides" / "gate.html").write_text(HTML)
+    write_pdf(root / "manual.pdf")
+    return root
+
+
+def test_loads_markdown_text_html_and_pdf(corpus_dir):
+    corpus = load_corpus(corpus_dir)
+    docs = {d.path: d for d in corpus.documents}
+    assert set(docs) == {"guides/gate.html", "guides/notes.txt", "intro.md", "manual.pdf"}
+    assert {p: d.kind for p, d in docs.items()} == {
+        "guides/gate.html": "html",
+        "guides/notes.txt": "text",
+        "intro.md": "markdown",
+        "manual.pdf": "pdf",
+    }
+    assert corpus.skipped == []
+    assert "registry keeps every model version" in docs["intro.md"].text
+    # newlines normalized, trailing spaces gone
+    assert "\r" not in docs["guides/notes.txt"].text
+    assert docs["guides/notes.txt"].text.endswith("Trailing")
+    html = docs["guides/gate.html"].text
+    assert "Promotion gate" in html and "compares the candidate with the champion" in html
+    for hidden in ("secretScript", "do not index", "secret-style", "color: red"):
+        assert hidden not in html
+    assert PDF_TEXT in docs["manual.pdf"].text
+    for document in corpus.documents:
+        assert document.content_hash == hashlib.sha256(document.text.encode()).hexdigest()
+        assert document.n_chars == len(document.text)
+
+
+def test_paths_are_relative_posix_and_sorted(corpus_dir):
+    corpus = load_corpus(corpus_dir)
+    paths = [d.path for d in corpus.documents]
+    # sorted over the whole tree, not folder by folder (os.walk gives intro.md before guides/)
+    assert paths == sorted(paths) and paths[0] == "guides/gate.html"
+    for path in paths:
+        assert not path.startswith("/") and "\\" not in path
+        assert (corpus_dir / path).is_file()
+    assert corpus.root == str(corpus_dir.resolve())
+
+
+def test_unreadable_files_are_skipped_with_reasons(tmp_path):
+    root = tmp_path / "docs"
+    (root / ".git").mkdir(parents=True)
+    (root / "good.md").write_text("# Good\n\nThis one loads fine.\n")
+    (root / "latin1.txt").write_bytes(b"caf\xe9 \xff\xfe not utf-8")
+    (root / "broken.pdf").write_bytes(os.urandom(512))
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    (root / "empty.md").write_text("  \n\n \t\n")
+    outside = tmp_path / "outside.md"
+    outside.write_text("# Outside\n\nSecret text from outside the corpus.\n")
+    (root / "link.md").symlink_to(outside)
+    (root / ".git" / "x.md").write_text("# Hidden\n\nNever loaded.\n")
+    (root / ".hidden.md").write_text("# Hidden file\n\nNever loaded either.\n")
+
+    corpus = load_corpus(root)
+
+    assert [d.path for d in corpus.documents] == ["good.md"]
+    assert [s.path for s in corpus.skipped] == sorted(s.path for s in corpus.skipped)
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert set(reasons) == {"latin1.txt", "broken.pdf", "image.png", "empty.md", "link.md"}
+    assert "unreadable text" in reasons["latin1.txt"] and "UTF-8" in reasons["latin1.txt"]
+    assert reasons["broken.pdf"].startswith("unreadable pdf")
+    assert "unsupported file type .png" in reasons["image.png"]
+    assert reasons["empty.md"] == "no text"
+    assert "links outside" in reasons["link.md"]
+    # hidden files and folders are neither loaded nor reported
+    assert not any(".git" in p or ".hidden" in p for p in [*reasons, *(d.path for d in corpus.documents)])
+
+
+def test_a_link_inside_the_folder_is_loaded(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "real.md").write_text("# Real\n\nLinked from inside the corpus.\n")
+    (root / "alias.md").symlink_to(root / "real.md")
+    corpus = load_corpus(root)
+    assert [d.path for d in corpus.documents] == ["alias.md", "real.md"]
+    assert corpus.skipped == []
+
+
+def test_root_that_is_not_a_folder_names_docs(tmp_path):
+    with pytest.raises(CorpusError, match="--docs: not a folder"):
+        load_corpus(tmp_path / "missing")
+    file = tmp_path / "file.md"
+    file.write_text("# Not a folder\n")
+    with pytest.raises(CorpusError, match="--docs: not a folder"):
+        load_corpus(file)
+    with pytest.raises(CorpusError, match="--corpus: not a folder"):
+        load_corpus(file, field="--corpus")
+
+
+def test_corpus_version_follows_content(corpus_dir, tmp_path):
+    first = load_corpus(corpus_dir).version
+    assert first.startswith("corpus-")
+    assert load_corpus(corpus_dir).version == first
+    # the same files elsewhere: the version depends on relative paths and content, not the root
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for document in load_corpus(corpus_dir).documents:
+        source = corpus_dir / document.path
+        (copy / document.path).parent.mkdir(parents=True, exist_ok=True)
+        (copy / document.path).write_bytes(source.read_bytes())
+    assert load_corpus(copy).version == first
+    (corpus_dir / "intro.md").write_text("# Intro\n\nThe registry keeps every model version forever.\n")
+    changed = load_corpus(corpus_dir).version
+    assert changed != first
+    (corpus_dir / "intro.md").write_text("# Intro\n\nThe registry keeps every model version.\n")
+    assert load_corpus(corpus_dir).version == first
+
+
+# --- chunking -------------------------------------------------------------------------------
+
+
+def _paragraphs(topic, n):
+    return "\n\n".join(
+        f"Paragraph {i} about {topic}. " + " ".join(f"{topic}-word{j}" for j in range(i % 7 + 8)) + "."
+        for i in range(n)
+    )
+
+
+@pytest.fixture
+def long_corpus(tmp_path):
+    root = tmp_path / "long"
+    root.mkdir()
+    (root / "alpha.md").write_text(
+        "# Alpha\n\n" + _paragraphs("alpha", 12) + "\n\n## More\n\n" + _paragraphs("beta", 6)
+    )
+    (root / "gamma.txt").write_text(_paragraphs("gamma", 15))
+    (root / "delta.md").write_text("# Delta\n\n" + _paragraphs("delta", 10))
+    return root
+
+
+def test_overlap_must_be_smaller_than_size():
+    with pytest.raises(ValidationError, match="chunk_overlap"):
+        ChunkingConfig(chunk_size=200, chunk_overlap=200)
+    with pytest.raises(ValidationError, match="chunk_overlap"):
+        ChunkingConfig(chunk_size=200, chunk_overlap=300)
+    with pytest.raises(ValidationError, match="chunk_size"):
+        ChunkingConfig(chunk_size=10, chunk_overlap=0)
+    with pytest.raises(ValidationError, match="chunk_sizes"):
+        ChunkingConfig(chunk_sizes=100)
+    assert ChunkingConfig(chunk_size=200, chunk_overlap=199).chunk_overlap == 199
+
+
+def test_config_key_follows_the_settings():
+    assert ChunkingConfig().key() == ChunkingConfig(chunk_size=800, chunk_overlap=120).key()
+    assert ChunkingConfig(chunk_size=400).key() != ChunkingConfig().key()
+    assert ChunkingConfig(chunk_overlap=0).key() != ChunkingConfig().key()
+
+
+def test_chunks_point_back_into_their_documents(long_corpus):
+    config = ChunkingConfig(chunk_size=200, chunk_overlap=40)
+    documents = load_corpus(long_corpus).documents
+    chunks = split_documents(documents, config)
+    by_path = {d.path: d for d in documents}
+
+    assert len({c.id for c in chunks}) == len(chunks)
+    assert {c.source for c in chunks} == set(by_path)
+    for path, document in by_path.items():
+        own = [c for c in chunks if c.source == path]
+        assert len(own) > 1  # every document is longer than one chunk
+        assert [c.position for c in own] == list(range(len(own)))
+        starts = [c.start for c in own]
+        assert starts == sorted(starts) and starts[0] >= 0
+        for chunk in own:
+            assert document.text[chunk.start : chunk.start + len(chunk.text)] == chunk.text
+            assert chunk.doc_hash == document.content_hash
+            assert chunk.kind == document.kind
+    for chunk in chunks:
+        assert 0 < len(chunk.text) <= config.chunk_size
+        assert chunk.content_hash == text_hash(chunk.text)
+        assert chunk.content_hash == hashlib.sha256(chunk.text.encode("utf-8")).hexdigest()
+        meta = chunk.metadata()
+        assert meta["source"] == chunk.source and meta["position"] == chunk.position
+        assert meta["content_hash"] == chunk.content_hash
+        assert all(isinstance(v, (str, int)) for v in meta.values())
+
+
+def test_only_changed_documents_get_new_chunks(long_corpus):
+    config = ChunkingConfig(chunk_size=200, chunk_overlap=40)
+    before = split_documents(load_corpus(long_corpus).documents, config)
+    again = split_documents(load_corpus(long_corpus).documents, config)
+    assert [(c.id, c.content_hash) for c in again] == [(c.id, c.content_hash) for c in before]
+
+    gamma = long_corpus / "gamma.txt"
+    gamma.write_text(gamma.read_text().replace("Paragraph 3 about gamma", "Paragraph 3 about GAMMA"))
+    after = split_documents(load_corpus(long_corpus).documents, config)
+
+    def ids(chunks, source):
+        return [c.id for c in chunks if c.source == source]
+
+    def hashes(chunks, source):
+        return [c.content_hash for c in chunks if c.source == source]
+
+    for unchanged in ("alpha.md", "delta.md"):
+        assert ids(after, unchanged) == ids(before, unchanged)
+        assert hashes(after, unchanged) == hashes(before, unchanged)
+    assert not set(ids(after, "gamma.txt")) & set(ids(before, "gamma.txt"))
+    assert hashes(after, "gamma.txt") != hashes(before, "gamma.txt")
+    # chunks of the changed document away from the edit keep their content hash (reusable)
+    assert set(hashes(after, "gamma.txt")) & set(hashes(before, "gamma.txt"))
+
+
+def test_smaller_chunks_give_more_of_them(long_corpus):
+    documents = load_corpus(long_corpus).documents
+    small = split_documents(documents, ChunkingConfig(chunk_size=150, chunk_overlap=0))
+    large = split_documents(documents, ChunkingConfig(chunk_size=1000, chunk_overlap=0))
+    assert len(small) > len(large) >= len(documents)
+    assert max(len(c.text) for c in small) <= 150
