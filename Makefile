@@ -52,6 +52,7 @@ bench: setup
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS),bench]"   # evidently, the drift baseline
 	$(PY) bench/serve_classifier.py
 	$(PY) bench/drift.py
+	$(PY) bench/rag_index.py
 
 clean:
 	rm -rf .metaflow .llmops .pytest_cache
