@@ -53,6 +53,11 @@ def serve(model_name: str, log_dir: Path, **env: str):
 
 
 @pytest.fixture(scope="module")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("inference-log")
+
+
+@pytest.fixture(scope="module")
 def server(champion, log_dir):
     version, _ = champion
     with serve(version.name, log_dir) as client:

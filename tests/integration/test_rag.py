@@ -73,7 +73,9 @@ def test_index_flow_reports_the_corpus_and_skips_what_it_cannot_read(built, corp
     assert stats["tokens"] > stats["chunks"] > stats["files"]
     assert [s["path"] for s in stats["skipped"]] == ["broken.pdf"]
     assert "unreadable pdf" in stats["skipped"][0]["reason"]
-    assert write["embedded_chunks"].data == stats["chunks"] and write["reused_chunks"].data == 0
+    unique = {c["content_hash"] for c in write["chunks"].data}
+    assert write["embedded_chunks"].data == len(unique)  # identical chunk texts are embedded once
+    assert write["reused_chunks"].data == stats["chunks"] - len(unique)
     chunk = write["chunks"].data[0]
     assert {"source", "position", "content_hash", "doc_hash"} <= set(chunk)
     card = card_content(get_cards(write, type="llmops_corpus")[0])
@@ -94,7 +96,8 @@ def test_reindex_embeds_only_changed_files_and_an_unchanged_corpus_is_not_rebuil
     run = flow_run(tmp_path, "build_rag_index.py", "--docs", str(corpus), "--chroma", chroma)
     write = run["write"].task
     chunks = write["chunks"].data
-    changed = [c for c in chunks if c["source"] in ("serving.md", "faq.md")]
+    changed = {c["content_hash"] for c in chunks if c["source"] in ("serving.md", "faq.md")}
+    changed -= {c["content_hash"] for c in built["write"].task["chunks"].data}
     assert write["index_version"].data != before
     assert write["embedded_chunks"].data == len(changed)  # the changed and the new file, nothing else
     assert write["reused_chunks"].data == len(chunks) - len(changed) > 0
