@@ -24,7 +24,7 @@ class BuildRagIndexFlow(FlowSpec):
         help="'all-MiniLM-L6-v2' (packaged, offline) or a local sentence-transformers folder.",
     )
     shards = Parameter("shards", default=2, type=int, help="Parallel embedding tasks (foreach width).")
-    batch_size = Parameter("batch-size", default=64, type=int, help="Texts per embedding batch.")
+    batch_size = Parameter("batch-size", default=16, type=int, help="Texts per embedding batch.")
     chroma = Parameter(
         "chroma",
         default="",

@@ -58,7 +58,7 @@ def _fingerprint(folder: Path) -> str:
 class Embedder:
     """Batched, normalized sentence embeddings on the CPU (or CUDA when asked)."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, device: str | None = None):
+    def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 16, device: str | None = None):
         if batch_size < 1:
             raise EmbeddingError(f"--batch-size: must be at least 1, got {batch_size}")
         self.name = model
