@@ -19,6 +19,7 @@ model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIME
 """
 
 from pathlib import Path
+from typing import Literal
 
 import bentoml
 from pydantic import BaseModel, Field, SecretStr
@@ -33,7 +34,7 @@ class Settings(BaseModel):
     llm_model: str | None = None
     llm_release: str = "llm"
     llm_served_name: str | None = None
-    llm_backend: str = "auto"
+    llm_backend: Literal["auto", "transformers", "vllm"] = "auto"
     llm_max_tokens: int = Field(512, ge=1)
     llm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     llm_max_model_len: int | None = Field(None, ge=16)

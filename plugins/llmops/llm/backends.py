@@ -116,6 +116,9 @@ class TransformersBackend:
             output = self.model.generate(**inputs, **self._generate_kwargs(params))
         new = output[0, inputs["input_ids"].shape[1] :]
         text, stopped = _cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
+        return self._completion(inputs, new, text, stopped, params)
+
+    def _completion(self, inputs, new, text: str, stopped: bool, params: SamplingParams) -> Completion:
         ended = bool(len(new)) and int(new[-1]) == self.tokenizer.eos_token_id
         return Completion(
             text=text,
@@ -134,9 +137,13 @@ class TransformersBackend:
         counted: dict[str, Any] = {}
 
         def run() -> None:
-            with self._lock, torch.inference_mode():
-                output = self.model.generate(**inputs, streamer=streamer, **self._generate_kwargs(params))
-            counted["new"] = output[0, inputs["input_ids"].shape[1] :]
+            try:
+                with self._lock, torch.inference_mode():
+                    output = self.model.generate(**inputs, streamer=streamer, **self._generate_kwargs(params))
+                counted["new"] = output[0, inputs["input_ids"].shape[1] :]
+            except Exception as exc:  # end the stream, or the reader would wait for text forever
+                counted["error"] = exc
+                streamer.end()
 
         worker = threading.Thread(target=run, name="generate", daemon=True)
         worker.start()
@@ -149,14 +156,9 @@ class TransformersBackend:
             if delta:
                 yield delta
         worker.join()
-        new = counted.get("new", [])
-        ended = bool(len(new)) and int(new[-1]) == self.tokenizer.eos_token_id
-        yield Completion(
-            text=text,
-            prompt_tokens=int(inputs["input_ids"].shape[1]),
-            completion_tokens=len(new),
-            finish_reason="stop" if stopped or ended or len(new) < params.max_tokens else "length",
-        )
+        if "error" in counted:
+            raise counted["error"]
+        yield self._completion(inputs, counted["new"], text, stopped, params)
 
 
 def make_backend(model: str, backend: str = "auto", **vllm_options: Any) -> Backend:
