@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= dev,rag
+EXTRAS ?= dev,rag,llm
 # setup is redone only when what it installs from changes
 STAMP  := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(EXTRAS)
 

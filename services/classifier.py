@@ -40,7 +40,6 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
@@ -69,7 +68,7 @@ class Settings(BaseModel):
     model: str = "classifier"
     model_version: str | None = None  # None: whatever the champion alias points at
     api_key: SecretStr | None = None
-    inference_log_dir: Path | None = None
+    inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
     max_batch_size: int = Field(64, gt=1)
     max_latency_ms: int = Field(1000, gt=0)  # a request queued longer than this is shed (503)
     max_records: int = Field(1000, ge=1)

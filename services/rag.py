@@ -21,7 +21,6 @@ LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOU
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -40,7 +39,7 @@ class Settings(BaseModel):
     rag_release_version: str | None = None  # None: whatever the champion alias points at
     generator: str | None = None  # None: the release's own generator
     api_key: SecretStr | None = None
-    inference_log_dir: Path | None = None
+    inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
     max_question_chars: int = Field(2000, ge=1)
     max_k: int = Field(20, ge=1, le=50)
     timeout_s: float = Field(60.0, gt=0)

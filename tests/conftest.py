@@ -100,3 +100,65 @@ def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> 
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)  # the session this test started
             process.wait()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests skip, with the reason, where CUDA is not available."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    try:
+        import torch
+
+        reason = None if torch.cuda.is_available() else "needs CUDA: torch.cuda.is_available() is False"
+    except ImportError:
+        reason = "needs CUDA: torch is not installed"
+    if reason:
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A real S3 API: ``moto_server`` on a free port of 127.0.0.1 with the bucket ``llmops``.
+    Yields the environment that points Metaflow's S3 datastore (and boto3) at it; a test adds
+    it to the environment of the processes it starts, or uses ``monkeypatch`` for itself."""
+    import boto3
+
+    port = find_free_port()
+    log = _STATE / f"moto-{port}.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://llmops/metaflow",
+        "METAFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                                  aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
+                s3.create_bucket(Bucket="llmops")
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield env
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -4,6 +4,11 @@ llmops models list [NAME]
 llmops models show NAME[:VERSION|:ALIAS]
 llmops models promote NAME:VERSION [--alias champion]
 llmops models rollback NAME [--alias champion]
+llmops models export NAME[:VERSION|:ALIAS] s3://bucket/prefix|FOLDER
+llmops models import s3://bucket/prefix/NAME-VERSION.bentomodel|FILE [--promote] [--alias ALIAS]
+llmops index list [s3://bucket/prefix|FOLDER] [--chroma PATH|URL]
+llmops index export INDEX_VERSION s3://bucket/prefix|FOLDER [--chroma PATH|URL]
+llmops index import s3://bucket/prefix/INDEX_VERSION|FOLDER [--chroma PATH|URL]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from rich.table import Table
 
 from llmops.prompts import PromptError
 from llmops.registry import CHAMPION, Registry, RegistryError, check_name
+from llmops.storage import StorageError
 
 console = Console()
 
@@ -91,6 +97,74 @@ def models_rollback(args: argparse.Namespace) -> None:
     current = registry.aliases(args.name).get(args.alias)
     target = registry.rollback(args.name, alias=args.alias)
     console.print(f"{args.name}@{args.alias}: {current} -> {target} (rolled back)")
+
+
+def models_export(args: argparse.Namespace) -> None:
+    from llmops.registry_transfer import export_version
+
+    name, ref = _split(args.ref, need_version=False)
+    archive, manifest = export_version(name, ref, args.url)
+    aliases = f" (aliases: {', '.join(manifest.aliases)})" if manifest.aliases else ""
+    console.print(f"exported {manifest.name}:{manifest.version}{aliases} to {archive}", markup=False)
+
+
+def models_import(args: argparse.Namespace) -> None:
+    from llmops.registry_transfer import describe, import_version
+
+    aliases = list(dict.fromkeys(([CHAMPION] if args.promote else []) + (args.alias or [])))
+    console.print(describe(import_version(args.url, aliases)), markup=False)
+
+
+def _chroma(args: argparse.Namespace):
+    from llmops.rag.index import chroma_client, chroma_location
+
+    location = args.chroma or chroma_location()
+    return chroma_client(location), location
+
+
+def index_list(args: argparse.Namespace) -> None:
+    from llmops.rag.index import exported_indexes, list_indexes
+
+    if args.url:
+        found, title = exported_indexes(args.url), f"Index exports under {args.url}"
+    else:
+        client, location = _chroma(args)
+        found, title = list_indexes(client), f"Indexes in {location}"
+    if not found:
+        console.print(f"No indexes: {title[0].lower() + title[1:]}.", markup=False)
+        return
+    table = Table(title=title)
+    for column in ("version", "chunks", "corpus", "embedding model", "created (UTC)"):
+        table.add_column(column, no_wrap=column == "version")
+    for entry in found:
+        meta = entry.get("metadata", entry)  # an export's manifest holds the collection's metadata
+        table.add_row(
+            str(meta.get("index_version", "")),
+            str(meta.get("chunks", "")),
+            str(meta.get("corpus_version", "")),
+            str(meta.get("embedding_model", "")),
+            str(meta.get("created_at", ""))[:19],
+        )
+    console.print(table)
+
+
+def index_export(args: argparse.Namespace) -> None:
+    from llmops.rag.index import export_index
+
+    client, location = _chroma(args)
+    url = export_index(client, args.version, args.url)
+    console.print(f"exported {args.version} from {location} to {url}", markup=False)
+
+
+def index_import(args: argparse.Namespace) -> None:
+    from llmops.rag.index import import_index, read_export_manifest
+
+    client, location = _chroma(args)
+    version = read_export_manifest(args.url)["index_version"]
+    had = version in {c.name for c in client.list_collections()}
+    collection = import_index(client, args.url)
+    note = "already there with the same content: nothing imported" if had else "imported"
+    console.print(f"{version} ({collection.count()} chunks) in {location}: {note}", markup=False)
 
 
 def prompts_list(args: argparse.Namespace) -> None:
@@ -167,6 +241,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default=CHAMPION, help="alias to move back (default: %(default)s)")
     p.set_defaults(func=models_rollback)
 
+    p = cmds.add_parser(
+        "export",
+        help="write a version (BentoML .bentomodel + manifest with its aliases) to S3 or a folder",
+        description="Writes NAME-VERSION.bentomodel (BentoML's archive: files, labels, lineage "
+        "metadata) and NAME-VERSION.manifest.json (aliases, checksums) under the destination. "
+        "S3 endpoint: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or METAFLOW_S3_ENDPOINT_URL.",
+    )
+    p.add_argument("ref", metavar="NAME[:VERSION|:ALIAS]", help="default: the champion")
+    p.add_argument("url", metavar="DESTINATION", help="s3://bucket/prefix or a local folder")
+    p.set_defaults(func=models_export)
+
+    p = cmds.add_parser(
+        "import",
+        help="add an exported version to this BentoML home (same version id, metadata, files)",
+        description="Imports NAME-VERSION.bentomodel (or its .manifest.json), checked against the "
+        "manifest's checksums. A version already here with the same files is left as it is "
+        "(nothing imported); with other files it is refused. Aliases move only when asked.",
+    )
+    p.add_argument(
+        "url", metavar="ARCHIVE", help="s3://bucket/prefix/NAME-VERSION.bentomodel or a local file"
+    )
+    p.add_argument("--promote", action="store_true", help="point champion at the imported version")
+    p.add_argument(
+        "--alias", action="append", metavar="ALIAS", help="point ALIAS at the imported version (repeatable)"
+    )
+    p.set_defaults(func=models_import)
+
+    index = groups.add_parser("index", help="RAG indexes (Chroma collections): list, export, import")
+    cmds = index.add_subparsers(dest="command", required=True)
+    chroma_help = (
+        "Chroma folder or http(s)://host:port server (default: $LLMOPS_CHROMA_URL, $LLMOPS_CHROMA_PATH)"
+    )
+    p = cmds.add_parser("list", help="indexes in the Chroma store, or the exports under a URL")
+    p.add_argument(
+        "url", nargs="?", metavar="EXPORTS", help="s3://bucket/prefix or a folder of index exports"
+    )
+    p.add_argument("--chroma", metavar="PATH|URL", help=chroma_help)
+    p.set_defaults(func=index_list)
+    p = cmds.add_parser(
+        "export",
+        help="write an index (ids, embeddings, documents, metadata) to S3 or a folder",
+        description="Writes DESTINATION/INDEX_VERSION/records.parquet and index.json.",
+    )
+    p.add_argument("version", metavar="INDEX_VERSION", help="idx-… (see: llmops index list)")
+    p.add_argument("url", metavar="DESTINATION", help="s3://bucket/prefix or a local folder")
+    p.add_argument("--chroma", metavar="PATH|URL", help=chroma_help)
+    p.set_defaults(func=index_export)
+    p = cmds.add_parser(
+        "import",
+        help="restore an exported index into a Chroma store under its index version",
+        description="An identical index already in the store is kept; a different collection "
+        "with that name is never overwritten.",
+    )
+    p.add_argument("url", metavar="EXPORT", help="s3://bucket/prefix/INDEX_VERSION or a local folder")
+    p.add_argument("--chroma", metavar="PATH|URL", help=chroma_help)
+    p.set_defaults(func=index_import)
+
     prompts = groups.add_parser("prompts", help="the prompt registry (prompts/*.yaml + versions seen)")
     cmds = prompts.add_subparsers(dest="command", required=True)
     p = cmds.add_parser("list", help="prompts with their current version")
@@ -184,9 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    errors: tuple[type[Exception], ...] = (
+        RegistryError,
+        PromptError,
+        StorageError,
+        Timeout,
+        json.JSONDecodeError,
+    )
+    if args.group == "index":
+        from llmops.rag.index import IndexNotFound, IndexTransferError
+
+        errors += (IndexNotFound, IndexTransferError)
     try:
         args.func(args)
-    except (RegistryError, PromptError, Timeout, json.JSONDecodeError) as exc:
+    except errors as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
     return 0
