@@ -3,9 +3,12 @@
 1. classic ML: train (data → validate → version → candidates → gate → promote), serve the
    champion with BentoML on 127.0.0.1, send a few requests (and one bad one), stop the server;
 2. RAG: index the project's docs/ into Chroma, evaluate on the golden set (gate), release,
-   serve services.rag:Rag, ask two questions and print the answers with their sources.
+   serve services.rag:Rag, ask two questions and print the answers with their sources;
+3. LLM: fine-tune the tiny local model with LoRA on datasets/llmops_instructions.jsonl (gate
+   against its base model, release the adapter), serve it with services.llm:LLM and stream an
+   answer through the OpenAI-compatible API.
 
-    python scripts/demo.py [--skip-train] [--skip-rag] [--port PORT]
+    python scripts/demo.py [--skip-train] [--skip-rag] [--skip-llm] [--port PORT]
 """
 
 from __future__ import annotations
@@ -109,12 +112,38 @@ def rag(port: int) -> None:
         server.wait(30)
 
 
+def llm(port: int) -> None:
+    banner("LLM: python flows/finetune_llm.py run   (LoRA on the tiny local model, CPU)")
+    subprocess.run([sys.executable, "flows/finetune_llm.py", "--no-pylint", "run"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "llm"], cwd=REPO, check=True)
+    server = serve(port, "services.llm:LLM")
+    try:
+        question = "How do I roll back the champion of classifier?"
+        banner(f"POST /v1/chat/completions (stream)  {question}")
+        body = {"model": "llm", "messages": [{"role": "user", "content": question}], "max_tokens": 16,
+                "temperature": 0, "stream": True}  # fmt: skip
+        with httpx.stream(
+            "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60
+        ) as reply:
+            reply.raise_for_status()
+            for line in reply.iter_lines():
+                if line.startswith("data: {"):
+                    delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                    print(delta or "", end="", flush=True)
+        print("\n(a tiny model trained for a minute on a CPU: it has learned the answers' shape, not sense)")
+    finally:
+        banner("Stopping the LLM server")
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--skip-train", action="store_true", help="serve the current champion as it is")
-    parser.add_argument("--skip-rag", action="store_true", help="only the classic ML part")
+    parser.add_argument("--skip-rag", action="store_true", help="leave out the RAG part")
+    parser.add_argument("--skip-llm", action="store_true", help="leave out the LLM fine-tune part")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args()
     started = time.monotonic()
@@ -131,6 +160,8 @@ def main() -> None:
         server.wait(30)
     if not args.skip_rag:
         rag(args.port or free_port())
+    if not args.skip_llm:
+        llm(args.port or free_port())
     banner(f"Demo done in {time.monotonic() - started:.0f} s")
 
 

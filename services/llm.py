@@ -9,8 +9,10 @@
 
 Routes (llmops.llm.openai_api): GET /v1/models, POST /v1/chat/completions and /v1/completions,
 streaming with "stream": true. The model is LLMOPS_LLM_MODEL (a local folder, or a hub id when
-the machine is online), else the registry's LLMOPS_LLM_RELEASE (default ``llm``) champion. It is
-served under the name LLMOPS_LLM_SERVED_NAME (default: the registry name, ``llm``).
+the machine is online), else the registry's LLMOPS_LLM_RELEASE (default ``llm``) champion, as
+flows/finetune_llm.py promotes it: merged weights, or the base model with the LoRA adapter
+(LLMOPS_LLM_VERSION pins a version instead of the champion). It is served under the name
+LLMOPS_LLM_SERVED_NAME (default: the registry name, ``llm``).
 
 Environment: LLMOPS_LLM_BACKEND (auto | transformers | vllm; auto picks vLLM on CUDA when
 installed), LLMOPS_LLM_MAX_TOKENS (largest max_tokens a request may ask, 512),
@@ -18,7 +20,7 @@ LLMOPS_LLM_GPU_MEMORY_UTILIZATION (vLLM, 0.9), LLMOPS_LLM_MAX_MODEL_LEN (vLLM; d
 model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S.
 """
 
-from pathlib import Path
+import os
 from typing import Literal
 
 import bentoml
@@ -33,6 +35,7 @@ class Settings(BaseModel):
 
     llm_model: str | None = None
     llm_release: str = "llm"
+    llm_version: str = "champion"
     llm_served_name: str | None = None
     llm_backend: Literal["auto", "transformers", "vllm"] = "auto"
     llm_max_tokens: int = Field(512, ge=1)
@@ -42,21 +45,24 @@ class Settings(BaseModel):
     timeout_s: float = Field(300.0, gt=0)
 
 
-SETTINGS = settings_from_env(Settings)
+# A bento's arguments (``args:`` in its bentofile, ``--arg`` of bentoml build/serve) are defaults
+# under the LLMOPS_* variables: services/llm.bentofile.yaml sets llm_backend: vllm, so that bento
+# declares the GPU vLLM needs, in its bento.yaml and wherever it is served.
+_ARGUMENTS = {f"LLMOPS_{key.upper()}": str(value) for key, value in vars(bentoml.use_arguments()).items()}
+SETTINGS = settings_from_env(Settings, _ARGUMENTS | {k: v for k, v in os.environ.items() if v})
 API = Starlette()  # routes are added when the model is loaded (each worker loads its own)
 
 
-def _model_source(settings: Settings) -> tuple[str, str]:
-    """(model folder or hub id, what to call it) from the settings or the registry champion."""
+def _model_source(settings: Settings) -> tuple[str, str | None, str, str | None]:
+    """(model folder or hub id, LoRA adapter folder or None, served name, registry tag or None)."""
     if settings.llm_model:
-        return settings.llm_model, settings.llm_served_name or settings.llm_release
+        return settings.llm_model, None, settings.llm_served_name or settings.llm_release, None
+    from llmops.llm.release import served_model
     from llmops.registry import Registry
 
-    version = Registry().get(settings.llm_release)
-    folder = Path(version.path) / "model"
-    if not (folder / "config.json").is_file():
-        raise RuntimeError(f"{version.tag} has no model/ folder with a config.json to serve")
-    return str(folder), settings.llm_served_name or version.name
+    version = Registry().get(settings.llm_release, settings.llm_version)
+    served = served_model(version)
+    return served.model, served.adapter, settings.llm_served_name or version.name, version.tag
 
 
 @bentoml.service(
@@ -74,11 +80,11 @@ class LLM:
         from llmops.llm.backends import make_backend
         from llmops.llm.openai_api import ApiLimits, openai_app
 
-        source, name = _model_source(SETTINGS)
+        source, adapter, name, self.release = _model_source(SETTINGS)
         options = {"gpu_memory_utilization": SETTINGS.llm_gpu_memory_utilization}
         if SETTINGS.llm_max_model_len:
             options["max_model_len"] = SETTINGS.llm_max_model_len
-        self.backend = make_backend(source, SETTINGS.llm_backend, **options)
+        self.backend = make_backend(source, SETTINGS.llm_backend, adapter=adapter, **options)
         self.served_name = name
         app = openai_app(self.backend, name, ApiLimits(max_tokens=SETTINGS.llm_max_tokens))
         API.router.routes.extend(app.routes)
@@ -89,6 +95,8 @@ class LLM:
         return {
             "model": self.served_name,
             "path": self.backend.model_path,
+            "adapter": self.backend.adapter_path,
+            "release": self.release,
             "backend": self.backend.name,
             "max_context": self.backend.max_context,
             "max_tokens": SETTINGS.llm_max_tokens,

@@ -52,7 +52,8 @@ class GatePolicy(BaseModel):
     model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     data: DataRules = Field(default_factory=DataRules)
     metrics: dict[str, Threshold] = Field(default_factory=dict)
-    regression: dict[str, float] = Field(default_factory=dict)  # allowed drop vs champion
+    regression: dict[str, float] = Field(default_factory=dict)  # allowed worsening vs champion
+    lower_is_better: list[str] = Field(default_factory=list)  # e.g. perplexity: worse means higher
     fairness: FairnessRule | None = None
     drift: DriftRule | None = None
 
@@ -178,7 +179,7 @@ def evaluate_gate(
                 )
             )
             continue
-        drop = old - new
+        drop = new - old if metric in policy.lower_is_better else old - new
         rules.append(
             RuleResult(
                 rule=f"regression.{metric}",

@@ -154,3 +154,16 @@ def drift_figure(profile: Profile, current, columns: list[str], drifted: set[str
         axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def loss_figure(history: list[dict[str, float]], resumed_from: int | None = None) -> Figure:
+    """Training loss per logged step; a dashed line where a retry or resume continued."""
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="#4c72b0", marker=".")
+    if resumed_from:
+        ax.axvline(resumed_from, color="#c44e52", linestyle="--", label=f"continued from step {resumed_from}")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    fig.tight_layout()
+    return fig

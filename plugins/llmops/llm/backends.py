@@ -5,9 +5,11 @@
     vllm          vLLM's engine on a GPU (the ``[gpu]`` extra): continuous batching, paged
                   attention; ``gpu_memory_utilization`` and ``max_model_len`` configurable.
 
-``make_backend(model, backend="auto")`` picks vLLM when it is installed and CUDA is present,
-else transformers. Both render chat messages with the tokenizer's chat template and count
-prompt and completion tokens the same way, so usage numbers agree across backends.
+``make_backend(model, backend="auto", adapter=None)`` picks vLLM when it is installed and CUDA is
+present, else transformers. With ``adapter`` (a LoRA adapter folder from flows/finetune_llm.py),
+transformers merges it into the base weights at load; vLLM applies it per request (LoRA support).
+Both render chat messages with the tokenizer's chat template and count prompt and completion
+tokens the same way, so usage numbers agree across backends.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SamplingParams:
 class Backend(Protocol):
     name: str
     model_path: str
+    adapter_path: str | None
     max_context: int
 
     def render(self, messages: list[dict[str, str]]) -> str: ...
@@ -65,7 +68,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: str, device: str | None = None):
+    def __init__(self, model: str, device: str | None = None, adapter: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,12 +77,21 @@ class TransformersBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(self.device)
-        except OSError as exc:
-            raise BackendError(f"model: cannot load {model!r}: {exc}") from None
+            # the adapter folder carries the tokenizer it was trained with (pad token, chat template)
+            self.tokenizer = AutoTokenizer.from_pretrained(adapter or source)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            if adapter:
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
+            self.model = self.model.to(self.device)
+        except (OSError, ValueError) as exc:
+            raise BackendError(
+                f"model: cannot load {model!r}{f' with {adapter!r}' if adapter else ''}: {exc}"
+            ) from None
         self.model.eval()
         self.model_path = str(local.resolve()) if local.exists() else model
+        self.adapter_path = adapter
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self._lock = threading.Lock()
 
@@ -161,8 +173,11 @@ class TransformersBackend:
         yield self._completion(inputs, counted["new"], text, stopped, params)
 
 
-def make_backend(model: str, backend: str = "auto", **vllm_options: Any) -> Backend:
-    """The backend for ``model``: ``transformers``, ``vllm`` or ``auto`` (vLLM on CUDA when installed)."""
+def make_backend(
+    model: str, backend: str = "auto", adapter: str | None = None, **vllm_options: Any
+) -> Backend:
+    """The backend for ``model`` (+ a LoRA ``adapter``): ``transformers``, ``vllm`` or ``auto``
+    (vLLM on CUDA when installed)."""
     if backend not in ("auto", "transformers", "vllm"):
         raise BackendError(f"backend: {backend!r} is not one of auto, transformers, vllm")
     if backend in ("auto", "vllm"):
@@ -171,7 +186,7 @@ def make_backend(model: str, backend: str = "auto", **vllm_options: Any) -> Back
         if vllm_available():
             from llmops.llm.vllm_backend import VLLMBackend
 
-            return VLLMBackend(model, **vllm_options)
+            return VLLMBackend(model, adapter=adapter, **vllm_options)
         if backend == "vllm":
             raise BackendError("backend: vllm needs the [gpu] extra and a CUDA GPU")
-    return TransformersBackend(model)
+    return TransformersBackend(model, adapter=adapter)

@@ -1,9 +1,12 @@
 """The vLLM backend (GPU; the ``[gpu]`` extra). Imported only when vLLM is installed and CUDA
-is present, following BentoML's vLLM pattern: one engine per worker, sampling per request."""
+is present, following BentoML's vLLM pattern: one engine per worker, sampling per request.
+A LoRA adapter from flows/finetune_llm.py is served with vLLM's LoRA support: the engine loads
+the base weights once and applies the adapter to every request (``LoRARequest``)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +26,34 @@ def vllm_available() -> bool:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model: str, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None):
+    def __init__(
+        self,
+        model: str,
+        adapter: str | None = None,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+    ):
         from vllm import LLM
 
         local = Path(model).expanduser()
         self.model_path = str(local.resolve()) if local.exists() else model
+        self.adapter_path = adapter
+        options: dict[str, Any] = {}
+        self._lora = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
+            max_rank = next(
+                (r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank
+            )  # vLLM's sizes
+            options = {"enable_lora": True, "max_lora_rank": max_rank, "tokenizer": adapter}
+            self._lora = LoRARequest("adapter", 1, adapter)
         self.llm = LLM(
             model=self.model_path,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
+            **options,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
@@ -54,7 +76,7 @@ class VLLMBackend:
         )
 
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        out = self.llm.generate([prompt], self._sampling(params), use_tqdm=False)[0]
+        out = self.llm.generate([prompt], self._sampling(params), use_tqdm=False, lora_request=self._lora)[0]
         choice = out.outputs[0]
         return Completion(
             text=choice.text,
@@ -67,7 +89,7 @@ class VLLMBackend:
         # the offline LLM API yields whole outputs; the engine's step loop gives the deltas
         engine = self.llm.llm_engine
         request_id = uuid.uuid4().hex
-        engine.add_request(request_id, prompt, self._sampling(params))
+        engine.add_request(request_id, prompt, self._sampling(params), lora_request=self._lora)
         sent = ""
         final = None
         while engine.has_unfinished_requests():

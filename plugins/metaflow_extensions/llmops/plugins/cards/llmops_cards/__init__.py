@@ -1,5 +1,5 @@
-"""Card types of the llmops extension: data profile, evaluation, gate decision, drift, RAG corpus
-and RAG evaluation.
+"""Card types of the llmops extension: data profile, evaluation, gate decision, drift, RAG corpus,
+RAG evaluation and LLM fine-tune evaluation.
 
 Each renders from the task's artifacts, so a card can be re-rendered later with
 ``python flows/<flow>.py card view <step>`` or ``card create``.
@@ -309,4 +309,62 @@ class RagEvalCard(_ArtifactCard):
         return out
 
 
-CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard, CorpusCard, RagEvalCard]
+class LlmEvalCard(_ArtifactCard):
+    type = "llmops_llm_eval"
+    title = "LLM fine-tune evaluation"
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        from llmops.plots import loss_figure
+
+        base = _artifact(task, "base_model_ref") or {}
+        report = _artifact(task, "training_report") or {}
+        out = [
+            Markdown(
+                "## Base `%s`, dataset `%s`"
+                % (base.get("spec", "?"), _artifact(task, "dataset_version", "?"))
+            ),
+            Markdown(
+                "%s steps on %s (%s), attempt %s%s; %d held-out examples"
+                % (
+                    report.get("steps"),
+                    report.get("device"),
+                    report.get("dtype"),
+                    report.get("attempt"),
+                    ", continued from step %s" % report["resumed_from_step"]
+                    if report.get("resumed_from_step")
+                    else "",
+                    len(_artifact(task, "eval_records", [])),
+                )
+            ),
+        ]
+        base_scores = _artifact(task, "base_scores") or {}
+        tuned = _artifact(task, "eval_scores") or {}
+        champion = _artifact(task, "champion_scored") or {}
+        columns = ["base", "tuned"] + (["champion %s" % champion["version"]] if champion else [])
+        rows = []
+        for metric in tuned:
+            values = [base_scores.get(metric), tuned[metric]] + (
+                [champion["scores"].get(metric)] if champion else []
+            )
+            rows.append([metric] + ["" if v is None else "%.4f" % v for v in values])
+        out.append(Table(rows, headers=["held-out metric", *columns]))
+        if report.get("loss_history"):
+            out.append(_figure(loss_figure(report["loss_history"], report.get("resumed_from_step"))))
+        samples = _artifact(task, "eval_samples") or []
+        if samples:
+            out.append(Markdown("### Held-out examples"))
+            out.append(
+                Table(
+                    [
+                        [s["prompt"][:160], s["reference"][:160], s["base_answer"][:160], s["answer"][:160]]
+                        for s in samples[:15]
+                    ],
+                    headers=["instruction", "reference", "base", "tuned"],
+                )
+            )
+        return out
+
+
+CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard, CorpusCard, RagEvalCard, LlmEvalCard]

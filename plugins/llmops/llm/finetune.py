@@ -1,0 +1,381 @@
+"""LoRA fine-tuning of a causal LM on instruction records, with checkpoints that survive a task.
+
+    config = load_training_config("configs/finetune.yaml")
+    base = resolve_base_model("tiny")              # or a local folder, or a hub id when online
+    outcome = train_lora(base.path, train_records, config, workdir,
+                         store=CheckpointStore(default_root()), key=checkpoint_key({...}))
+
+Training is transformers' ``Trainer`` over a ``peft`` LoRA model: on CUDA when present (bf16
+where the device supports it, else fp32), else the CPU. The loss covers only the response
+tokens: each example is the chat template's rendering of the user turn (masked) followed by the
+assistant turn. ``Trainer`` writes ``checkpoint-<step>`` folders every ``save_steps``; each one is
+copied to the :class:`~llmops.llm.checkpoints.CheckpointStore` as it is written, and a new
+attempt starts from the newest one there (optimizer, scheduler and data order included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmops.errors import field_problems
+from llmops.llm.checkpoints import CheckpointStore
+from llmops.llm.sft_data import InstructionRecord
+
+TINY = "tiny"  # the base-model spec that builds the project's tiny local model
+FAIL_AT_STEP_ENV = "LLMOPS_FINETUNE_FAIL_AT_STEP"  # fault injection, to exercise recovery
+
+
+class TrainingConfigError(ValueError):
+    """A training config that cannot be used; names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"  # or module names, e.g. [q_proj, v_proj]
+
+
+class OptimSettings(_Strict):
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    max_steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class Resources(_Strict):
+    """What the GPU steps ask of ``--with batch`` / ``--with kubernetes`` (ignored locally)."""
+
+    cpu: int = Field(4, ge=1)
+    gpu: int = Field(1, ge=0)
+    memory: int = Field(32000, ge=512)  # MB, as @resources takes it
+
+
+class TrainingConfig(_Strict):
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    max_length: int = Field(512, ge=16)  # tokens per example (prompt + response), longer ones cut
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    save_steps: int = Field(50, ge=1)
+    max_new_tokens: int = Field(64, ge=1)  # generated per held-out example for the task metrics
+    max_eval_examples: int = Field(200, ge=1)  # held-out examples generated for (loss uses all)
+    resources: Resources = Field(default_factory=Resources)
+
+    def decides_training(self) -> dict[str, Any]:
+        """The settings that change the trained weights (resources and evaluation don't)."""
+        return self.model_dump(include={"lora", "optim", "max_length", "seed"})
+
+
+def parse_training_config(text: str, source: str = "training config") -> TrainingConfig:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise TrainingConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise TrainingConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return TrainingConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise TrainingConfigError(f"{source}: {field_problems(exc)}") from None
+
+
+def parse_training_config_for_metaflow(text: str) -> dict[str, Any]:
+    """Parser for a Metaflow ``Config``: validates, then hands Metaflow a plain dict."""
+    return parse_training_config(text).model_dump(mode="json")
+
+
+def load_training_config(path: str | Path) -> TrainingConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingConfigError(f"training config not found: {path}")
+    return parse_training_config(path.read_text(), str(path))
+
+
+# ---- the base model ------------------------------------------------------------------------
+
+
+class BaseModelRef(BaseModel):
+    spec: str  # what the user gave: "tiny", a folder, or a hub id
+    path: str  # where it loads from on this machine (a folder, or the hub id)
+    local: bool
+    fingerprint: str  # config + file names and sizes (a folder), or "hub:<id>"
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap identity for a model folder: its config.json and every file's name and size."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}\n".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def tiny_model_path() -> Path:
+    return Path(os.environ.get("LLMOPS_HOME", ".llmops")).resolve() / "models" / "tiny-gpt2"
+
+
+def resolve_base_model(spec: str) -> BaseModelRef:
+    """The base model a spec names; builds the tiny model on first use. Errors name --base-model."""
+    if spec == TINY:
+        folder = tiny_model_path()
+        if not (folder / "config.json").is_file():
+            from llmops.llm.tiny import build_tiny_causal_lm
+
+            print(f"Building the tiny local model in {folder}")
+            build_tiny_causal_lm(folder)
+        return BaseModelRef(spec=spec, path=str(folder), local=True, fingerprint=folder_fingerprint(folder))
+    folder = Path(spec).expanduser()
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"--base-model: {spec!r} is a path but has no config.json (not a model folder)")
+        folder = folder.resolve()
+        return BaseModelRef(spec=spec, path=str(folder), local=True, fingerprint=folder_fingerprint(folder))
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--base-model: {spec!r} is not a local model folder and could not be found on the model hub "
+            f"({type(exc).__name__}; offline machines need a local folder, or 'tiny')"
+        ) from None
+    return BaseModelRef(spec=spec, path=spec, local=False, fingerprint=f"hub:{spec}")
+
+
+def read_folder(folder: str | Path) -> dict[str, bytes]:
+    """Every file of a folder (relative path → bytes): small models travel as artifacts."""
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
+    """The inverse of :func:`read_folder`; refuses paths that would leave ``folder``."""
+    folder = Path(folder).resolve()
+    for relative, data in files.items():
+        target = (folder / relative).resolve()
+        if not target.is_relative_to(folder):
+            raise ValueError(f"files: {relative!r} would be written outside {folder}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return folder
+
+
+def folder_size(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+# ---- device and examples -------------------------------------------------------------------
+
+
+def pick_device() -> tuple[str, Literal["bfloat16", "float32"]]:
+    """("cuda", "bfloat16") where the GPU supports bf16; ("cuda"|"cpu", "float32") otherwise."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "cpu", "float32"
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # many causal LMs ship none: padding reuses the end token
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def render_prompt(tokenizer: Any, record: InstructionRecord) -> str:
+    """The user turn, ready for the assistant's answer (the chat template, or a plain layout)."""
+    messages = [{"role": "user", "content": record.user_message()}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"user: {record.user_message()}\nassistant:"
+
+
+def render_target(tokenizer: Any, record: InstructionRecord) -> str:
+    """What the model should write after :func:`render_prompt`: the answer and its end marker."""
+    prompt = render_prompt(tokenizer, record)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [
+            {"role": "user", "content": record.user_message()},
+            {"role": "assistant", "content": record.response},
+        ]
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if full.startswith(prompt):
+            return full[len(prompt) :]
+    return f" {record.response}{tokenizer.eos_token or ''}"
+
+
+def build_example(tokenizer: Any, record: InstructionRecord, max_length: int) -> dict[str, list[int]]:
+    """input_ids and labels; the prompt's labels are -100 so only the answer is learned."""
+    prompt = tokenizer(render_prompt(tokenizer, record), add_special_tokens=False)["input_ids"]
+    target = tokenizer(render_target(tokenizer, record), add_special_tokens=False)["input_ids"]
+    prompt = prompt[-max(1, max_length - len(target)) :]  # keep the end of a long prompt
+    ids = (prompt + target)[:max_length]
+    labels = ([-100] * len(prompt) + target)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainOutcome:
+    adapter_dir: Path
+    steps: int
+    resumed_from_step: int | None
+    device: str
+    dtype: str
+    train_loss: float | None
+    loss_history: list[dict[str, float]] = field(default_factory=list)  # [{"step", "loss"}]
+    runtime_s: float = 0.0
+
+
+def load_causal_lm(path: str, device: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+
+
+def train_lora(
+    base_path: str,
+    records: list[InstructionRecord],
+    config: TrainingConfig,
+    workdir: Path,
+    *,
+    store: CheckpointStore | None = None,
+    key: str | None = None,
+    fail_at_step: int | None = None,
+) -> TrainOutcome:
+    """Train a LoRA adapter; returns where it was saved (``workdir/adapter``) and how it went."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    device, dtype = pick_device()
+    tokenizer = load_tokenizer(base_path)
+    model = load_causal_lm(base_path, device, dtype)
+    lora = config.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                   target_modules=lora.target_modules),
+    )  # fmt: skip
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"LoRA on {device} ({dtype}): {trainable:,} trainable of {total:,} parameters")
+
+    resume_from, resumed_step = None, None
+    if store is not None and key is not None and (resumed_step := store.latest(key)) is not None:
+        resume_from = store.download(key, resumed_step, workdir / "resumed")
+        print(f"Continuing from checkpoint step {resumed_step} ({store.root}/{key})")
+
+    optim = config.optim
+    args = TrainingArguments(
+        output_dir=str(workdir / "checkpoints"),
+        max_steps=optim.max_steps,
+        per_device_train_batch_size=optim.batch_size,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        learning_rate=optim.learning_rate,
+        warmup_steps=optim.warmup_steps,
+        weight_decay=optim.weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=max(1, min(10, config.save_steps)),
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=dtype == "bfloat16",
+        use_cpu=device == "cpu",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,  # Trainer prints each log line instead: readable in the task log
+    )
+    callbacks: list[Any] = []
+    if store is not None and key is not None:
+        callbacks.append(_SyncCheckpoints(store, key))
+    if fail_at_step:
+        callbacks.append(_FailAt(fail_at_step))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=[build_example(tokenizer, r, config.max_length) for r in records],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    adapter_dir = workdir / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)  # the served tokenizer (pad token and chat template)
+    history = [
+        {"step": int(h["step"]), "loss": float(h["loss"])} for h in trainer.state.log_history if "loss" in h
+    ]
+    return TrainOutcome(
+        adapter_dir=adapter_dir,
+        steps=int(trainer.state.global_step),
+        resumed_from_step=resumed_step,
+        device=device,
+        dtype=dtype,
+        train_loss=float(result.training_loss) if result.training_loss is not None else None,
+        loss_history=history,
+        runtime_s=float(result.metrics.get("train_runtime", 0.0)),
+    )
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class _SyncCheckpoints(_callback_base()):
+    """Copy each checkpoint Trainer writes to the store, so another attempt can continue it."""
+
+    def __init__(self, store: CheckpointStore, key: str):
+        self.store, self.key = store, key
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            self.store.upload(self.key, state.global_step, folder)
+            print(f"checkpoint step {state.global_step} saved to {self.store.root}/{self.key}", flush=True)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by ``LLMOPS_FINETUNE_FAIL_AT_STEP``."""
+
+
+class _FailAt(_callback_base()):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise InjectedFailure(f"failure injected at step {self.step} ({FAIL_AT_STEP_ENV})")
+
+
+def fail_at_step_from_env(attempt: int) -> int | None:
+    """``LLMOPS_FINETUNE_FAIL_AT_STEP=N`` fails the first attempt at step N; ``N:all`` every attempt."""
+    value = os.environ.get(FAIL_AT_STEP_ENV, "")
+    if not value:
+        return None
+    step, _, scope = value.partition(":")
+    if not step.isdigit() or scope not in ("", "all"):
+        raise ValueError(f"{FAIL_AT_STEP_ENV}: expected N or N:all, got {value!r}")
+    return int(step) if attempt == 0 or scope == "all" else None

@@ -1,0 +1,126 @@
+"""An LLM release in the registry: a LoRA adapter with what it takes to load and judge it again.
+
+A release is a registry version (BentoML model store) holding
+
+    adapter/             the LoRA adapter (peft) and the tokenizer it was trained with
+    base/                the base model, when it was small enough to travel with the run
+    model/               merged weights (base + adapter), when the flow ran with --merge
+    llm_release.json     base model (spec, fingerprint, where it loads from), LoRA settings,
+                         training settings, device and dtype, dataset version
+    eval.json            held-out scores of the base and the tuned model, with samples
+    gate_decision.json   the gate's decision
+
+``served_model(version)`` says what a server loads: ``model/`` when merged, else the base
+(``base/`` or the recorded folder / hub id) with ``adapter/`` on top.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmops.registry import ModelVersion
+
+DEFAULT_RELEASE_NAME = "llm"
+RELEASE_FILE = "llm_release.json"
+
+
+class LlmRelease(BaseModel):
+    base_model: str  # what the user gave: "tiny", a folder or a hub id
+    base_fingerprint: str
+    base_source: str  # the folder or hub id it was loaded from when trained
+    base_bundled: bool  # base/ holds the base model
+    merged: bool  # model/ holds merged weights
+    lora: dict[str, Any]
+    training: dict[str, Any]
+    dataset_version: str
+    train_steps: int
+    device: str
+    dtype: str
+
+
+@dataclass
+class ServedModel:
+    """What to load for a release: a model folder (or hub id), plus an adapter folder or None."""
+
+    model: str
+    adapter: str | None
+    release: LlmRelease | None
+
+
+def register_llm_release(
+    *,
+    name: str,
+    release: LlmRelease,
+    adapter_dir: Path,
+    base_dir: Path | None,
+    merged_dir: Path | None,
+    scores: dict[str, float],
+    evaluation: dict[str, Any],
+    gate_decision: dict[str, Any],
+    run_pathspec: str,
+) -> tuple[str, bool, str]:
+    """Register the release and move the champion if it is still the one the gate saw.
+
+    Returns (version, promoted, note); a failed gate decision is refused outright."""
+    from llmops.promotion import register_gated
+
+    def write(folder: Path) -> None:
+        shutil.copytree(adapter_dir, folder / "adapter")
+        if base_dir is not None:
+            shutil.copytree(base_dir, folder / "base")
+        if merged_dir is not None:
+            shutil.copytree(merged_dir, folder / "model")
+
+    return register_gated(
+        name,
+        write,
+        gate_decision=gate_decision,
+        labels={"framework": "peft", "kind": "llm"},
+        metadata={
+            "run": run_pathspec,
+            "dataset_version": release.dataset_version,
+            "base_model": release.base_model,
+            "base_fingerprint": release.base_fingerprint,
+            "merged": release.merged,
+            "metrics": scores,
+        },
+        json_files={RELEASE_FILE: release.model_dump(mode="json"), "eval.json": evaluation},
+    )
+
+
+def served_model(version: ModelVersion) -> ServedModel:
+    """What a server (or an evaluation) loads for a registered LLM version."""
+    folder = version.path
+    release = (
+        LlmRelease.model_validate(version.read_json(RELEASE_FILE))
+        if (folder / RELEASE_FILE).is_file()
+        else None
+    )
+    if (folder / "model" / "config.json").is_file():
+        return ServedModel(str(folder / "model"), None, release)
+    if release is None or not (folder / "adapter").is_dir():
+        raise ValueError(
+            f"{version.tag} has neither model/ (merged weights) nor adapter/ with {RELEASE_FILE}"
+        )
+    base = str(folder / "base") if release.base_bundled else release.base_source
+    if release.base_bundled or Path(base).is_absolute():
+        if not (Path(base) / "config.json").is_file():
+            raise ValueError(f"{version.tag}: its base model {base!r} is not on this machine")
+    return ServedModel(base, str(folder / "adapter"), release)
+
+
+def merge_adapter(base_path: str, adapter_dir: Path, target: Path) -> Path:
+    """Base + adapter as one model folder (with the adapter's tokenizer); what --merge registers."""
+    from peft import PeftModel
+
+    from llmops.llm.finetune import load_causal_lm, load_tokenizer
+
+    model = PeftModel.from_pretrained(load_causal_lm(base_path, "cpu", "float32"), str(adapter_dir))
+    model.merge_and_unload().save_pretrained(target)
+    load_tokenizer(str(adapter_dir)).save_pretrained(target)
+    return target
