@@ -27,6 +27,8 @@ from llmops.registry import CHAMPION, Registry, RegistryError, check_name
 from llmops.storage import StorageError
 
 console = Console()
+# the headline scores of each kind of model: classifier, RAG release, LLM release
+SHOWN_METRICS = ("accuracy", "f1", "roc_auc", "hit_rate", "mrr", "perplexity", "perplexity_ratio", "rouge_l")
 
 
 def _split(ref: str, *, need_version: bool) -> tuple[str, str]:
@@ -55,7 +57,7 @@ def models_list(args: argparse.Namespace) -> None:
                 by_version.setdefault(version, "")
                 by_version[version] += ("," if by_version[version] else "") + alias
         metrics = v.metadata.get("metrics") or {}
-        shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("accuracy", "f1", "roc_auc") if k in metrics)
+        shown = " ".join(f"{k}={metrics[k]:.3f}" for k in SHOWN_METRICS if k in metrics)
         table.add_row(
             v.name,
             v.version,
