@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def field_problems(exc: ValidationError) -> str:
     """``questions.0.reference: Field required; k: ...``: each problem with the path to its field."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+
+
+def parse_yaml_model(text: str, model: type[M], source: str, error: type[Exception]) -> M:
+    """A YAML mapping validated as ``model``; ``error`` names ``source`` and every bad field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise error(f"{source}: expected a mapping at the top level")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(f"{source}: {field_problems(exc)}") from None

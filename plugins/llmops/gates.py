@@ -13,11 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmops.drift import DriftReport, DriftRule  # DriftRule: the `drift:` section, kept with the tests
-from llmops.errors import field_problems
+from llmops.errors import parse_yaml_model
 from llmops.validation import DataRules
 
 
@@ -63,17 +62,7 @@ class GatePolicy(BaseModel):
 
 
 def parse_policy(text: str, source: str = "policy") -> GatePolicy:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise PolicyError(f"{source}: expected a mapping at the top level")
-    try:
-        return GatePolicy.model_validate(raw)
-    except ValidationError as exc:
-        problems = field_problems(exc)
-        raise PolicyError(f"{source}: {problems}") from exc
+    return parse_yaml_model(text, GatePolicy, source, PolicyError)
 
 
 def load_policy(path: str | Path) -> GatePolicy:

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.errors import field_problems
+from llmops.errors import parse_yaml_model
 from llmops.llm.checkpoints import CheckpointStore
 from llmops.llm.sft_data import InstructionRecord
 
@@ -81,16 +80,7 @@ class TrainingConfig(_Strict):
 
 
 def parse_training_config(text: str, source: str = "training config") -> TrainingConfig:
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise TrainingConfigError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise TrainingConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        return TrainingConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise TrainingConfigError(f"{source}: {field_problems(exc)}") from None
+    return parse_yaml_model(text, TrainingConfig, source, TrainingConfigError)
 
 
 def parse_training_config_for_metaflow(text: str) -> dict[str, Any]:
