@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/serve_classifier.py
 	$(PY) bench/drift.py
 	$(PY) bench/rag_index.py
+	$(PY) bench/llm_serve.py
 
 clean:
 	rm -rf .metaflow .llmops .pytest_cache

@@ -1,0 +1,345 @@
+"""Streaming throughput and latency of the LLM service, per backend, against transformers.
+
+    python bench/llm_serve.py                                 # tiny local model, 1/8/32 clients, 10 s each
+    python bench/llm_serve.py --model /models/my-llm --backends transformers,vllm --duration 30
+    python bench/llm_serve.py --requests 64 --max-tokens 128 --concurrency 1,16
+
+For each backend available here (transformers always; vLLM when it is installed and CUDA is
+present) the real service runs on 127.0.0.1 (`bentoml serve services.llm:LLM`, one process),
+and one asyncio client with N concurrent workers sends streaming chat completions
+(`"stream": true`, `stream_options.include_usage`, so the token counts are the server's own).
+Per level of concurrency:
+
+- output tokens/s: completion tokens of every finished request over the level's wall time;
+- TTFT: from sending the request to the first chunk that carries content (p50, p99);
+- ITL: the gaps between consecutive content chunks, all requests pooled (p50, p99). The
+  transformers backend streams whole words (several tokens a chunk), vLLM one step at a time;
+- TPOT: (last chunk - first chunk) / (completion tokens - 1) per request (p50), per token
+  whatever the chunking.
+
+transformers is the baseline, measured in the same run; each other backend is reported as its
+tokens/s ratio against it (target for vLLM on a GPU: >= 10x). Without --model the project's tiny
+GPT-2 (llmops.llm.tiny) is built into a temporary folder: no model hub needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("transformers", "vllm")
+TARGETS = {"vllm": 10.0}  # tokens/s against transformers, on a GPU
+SERVED_NAME = "llm"
+PROMPTS = [
+    "Explain what a model registry keeps for every version.",
+    "Write a short note on why a promotion gate compares against the champion.",
+    "Describe data drift in two sentences.",
+    "List the steps of a retrieval-augmented generation pipeline.",
+    "What does hot reloading a served model mean?",
+    "Summarise how an inference log is written.",
+    "Give three reasons to version prompts.",
+    "How is time to first token measured?",
+]
+
+
+def csv_of(kind: type, allowed: tuple[str, ...] = ()):
+    """An argparse type: a comma-separated list of ``kind`` (of ``allowed`` when given, else >= 1)."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: not a list of {kind.__name__}") from None
+        bad = [v for v in values if (v not in allowed if allowed else v < 1)]
+        if bad or not values:
+            wanted = " or ".join(allowed) or "an integer >= 1"
+            raise argparse.ArgumentTypeError(f"{text!r}: each must be {wanted}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="Local model folder (default: build the tiny model).")
+    parser.add_argument("--backends", type=csv_of(str, BACKENDS), default=list(BACKENDS),
+                        help="Backends to try, comma-separated; unavailable ones are skipped.")  # fmt: skip
+    parser.add_argument("--concurrency", type=csv_of(int), default=[1, 8, 32],
+                        help="Concurrent streaming clients per level, comma-separated.")  # fmt: skip
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="Seconds each level starts requests (those in flight then finish).")  # fmt: skip
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="At most this many requests per level, whichever comes first.")  # fmt: skip
+    parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request.")
+    parser.add_argument("--warmup", type=int, default=3, help="Unmeasured requests before the first level.")
+    parser.add_argument("--timeout", type=float, default=120.0, help="Seconds a request may take.")
+    parser.add_argument("--ready-timeout", type=float, default=300.0,
+                        help="Seconds a server may take to load the model and answer /readyz.")  # fmt: skip
+    args = parser.parse_args(argv)
+    for name in ("duration", "requests", "max_tokens", "timeout", "ready_timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model: {args.model} is not a model folder (no config.json)")
+    if args.model is not None:
+        args.model = args.model.resolve()  # the server runs from the repository root
+    return args
+
+
+# ---- the server ---------------------------------------------------------------------------------
+
+
+class ServerError(RuntimeError):
+    """The service did not start (its log tail is in the message)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(backend: str, model: Path, max_tokens: int, log: Path, ready_s: float):
+    """`bentoml serve services.llm:LLM` with ``backend`` on a free port; yields its base URL once
+    /readyz answers 200, and stops the server and its workers afterwards. A worker whose startup
+    failed is restarted by BentoML's arbiter, which does not exit: its log line ends the wait."""
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_")}
+    env |= {
+        "LLMOPS_LLM_MODEL": str(model),
+        "LLMOPS_LLM_BACKEND": backend,
+        "LLMOPS_LLM_SERVED_NAME": SERVED_NAME,
+        "LLMOPS_LLM_MAX_TOKENS": str(max(512, max_tokens)),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    command = [sys.executable, "-m", "bentoml", "serve", "services.llm:LLM",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if process.poll() is not None or "Application startup failed" in log.read_text():
+                raise ServerError(f"bentoml serve ({backend}) failed to start; {log} ends:\n"
+                                  f"{log.read_text()[-4000:]}")  # fmt: skip
+            if time.monotonic() > deadline:
+                raise ServerError(f"bentoml serve ({backend}) not ready after {ready_s:g} s; {log} ends:\n"
+                                  f"{log.read_text()[-4000:]}")  # fmt: skip
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()  # the arbiter stops its workers on SIGTERM
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the session this bench started
+            process.wait()
+
+
+# ---- the load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    """What one level of concurrency measured."""
+
+    concurrency: int
+    elapsed: float = 0.0
+    tokens: int = 0
+    ttft: list[float] = field(default_factory=list)  # s, one per finished request
+    itl: list[float] = field(default_factory=list)  # s, every gap between content chunks
+    tpot: list[float] = field(default_factory=list)  # s per token after the first, one per request
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.ttft)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed else float("nan")
+
+
+async def stream_one(client, body: dict) -> tuple[list[float], int]:
+    """Send one streaming chat completion; the arrival times of its content chunks (seconds after
+    sending) and the server's completion-token count."""
+    sent = time.perf_counter()
+    arrivals: list[float] = []
+    usage, done = None, False
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: ") :]
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices", []):
+                if (choice.get("delta") or {}).get("content"):
+                    arrivals.append(time.perf_counter() - sent)
+    if not done or usage is None:
+        raise RuntimeError("the stream ended without " + ("[DONE]" if not done else "a usage chunk"))
+    if not arrivals:
+        raise RuntimeError(f"no content chunk ({usage['completion_tokens']} completion tokens)")
+    return arrivals, int(usage["completion_tokens"])
+
+
+async def load(url: str, concurrency: int, seconds: float, max_requests: int, args) -> Level:
+    import httpx
+
+    level = Level(concurrency)
+    sent = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.timeout) as client:
+
+        async def worker() -> None:
+            nonlocal sent
+            while time.perf_counter() < stop_at and sent < max_requests:
+                i, sent = sent, sent + 1
+                body = {
+                    "model": SERVED_NAME,
+                    "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                    "max_tokens": args.max_tokens,
+                    "temperature": 1.0,  # sampled: a random tiny model rarely ends early
+                    "seed": i,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                try:
+                    arrivals, tokens = await stream_one(client, body)
+                except (httpx.HTTPError, RuntimeError, json.JSONDecodeError, KeyError) as exc:
+                    level.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                level.tokens += tokens
+                level.ttft.append(arrivals[0])
+                level.itl.extend(b - a for a, b in itertools.pairwise(arrivals))
+                if tokens > 1:
+                    level.tpot.append((arrivals[-1] - arrivals[0]) / (tokens - 1))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        level.elapsed = time.perf_counter() - began
+    return level
+
+
+def measure_backend(backend: str, model: Path, args, scratch: Path) -> dict[int, Level]:
+    began = time.perf_counter()
+    print(f"[{backend}] starting bentoml serve services.llm:LLM ...", flush=True)
+    with serving(backend, model, args.max_tokens, scratch / f"{backend}.log", args.ready_timeout) as url:
+        print(f"[{backend}] ready in {time.perf_counter() - began:.0f} s at {url}", flush=True)
+        if args.warmup:
+            warm = asyncio.run(load(url, 1, float("inf"), args.warmup, args))
+            if warm.errors:
+                raise ServerError(f"[{backend}] warm-up failed: {warm.errors[0]}")
+        levels = {}
+        for concurrency in args.concurrency:
+            print(f"[{backend}] {concurrency} concurrent clients, {args.duration:g} s ...", flush=True)
+            level = asyncio.run(load(url, concurrency, args.duration, args.requests, args))
+            levels[concurrency] = level
+            rate = f"{level.tokens} tokens in {level.elapsed:.1f} s = {level.tokens_per_s:,.1f} tokens/s"
+            print(f"[{backend}]   {level.requests} requests, {rate}, {len(level.errors)} errors", flush=True)
+            for message in dict.fromkeys(level.errors[:5]):
+                print(f"[{backend}]   error: {message}", flush=True)
+    return levels
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
+
+
+def print_tables(results: dict[str, dict[int, Level]], args) -> None:
+    baseline = results.get("transformers")
+    for concurrency in args.concurrency:
+        print(f"\n{concurrency} concurrent streaming clients, max_tokens {args.max_tokens}, "
+              f"{args.duration:g} s per level (ms for latencies)")  # fmt: skip
+        print(f"{'backend':<14}{'requests':>9}{'errors':>7}{'tokens/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}"
+              f"{'ITL p50':>9}{'ITL p99':>9}{'TPOT p50':>10}   vs transformers")  # fmt: skip
+        for backend, levels in results.items():
+            r = levels[concurrency]
+            if backend == "transformers":
+                ratio = "baseline"
+            elif baseline is None or not baseline[concurrency].tokens_per_s:
+                ratio = "n/a (no baseline)"
+            else:
+                ratio = f"{r.tokens_per_s / baseline[concurrency].tokens_per_s:.2f}x"
+                if backend in TARGETS:
+                    ratio += f" (target >= {TARGETS[backend]:g}x on a GPU)"
+            print(f"{backend:<14}{r.requests:>9}{len(r.errors):>7}{r.tokens_per_s:>11,.1f}"
+                  f"{pct(r.ttft, 50):>10.1f}{pct(r.ttft, 99):>10.1f}"
+                  f"{pct(r.itl, 50):>9.1f}{pct(r.itl, 99):>9.1f}{pct(r.tpot, 50):>10.2f}"
+                  f"   {ratio}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from llmops.llm.vllm_backend import vllm_available
+
+    backends = list(args.backends)
+    if "vllm" in backends and not vllm_available():
+        print("vllm: skipped (needs the [gpu] extra and a CUDA GPU on this machine)")
+        backends.remove("vllm")
+    if not backends:
+        print("no backend to measure", file=sys.stderr)
+        return 2
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-llm-"))
+    results: dict[str, dict[int, Level]] = {}
+    try:
+        model = args.model
+        if model is None:
+            from llmops.llm.tiny import build_tiny_causal_lm
+
+            model = build_tiny_causal_lm(scratch / "tiny-gpt2")
+            print(f"model: the tiny GPT-2 built into {model}")
+        for backend in backends:
+            results[backend] = measure_backend(backend, model, args, scratch)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print_tables(results, args)
+    failed = sum(len(level.errors) for levels in results.values() for level in levels.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
