@@ -85,6 +85,8 @@ def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> 
         while True:
             if process.poll() is not None:
                 pytest.fail(f"bentoml serve exited {process.returncode}:\n{output.read_text()[-4000:]}")
+            if "Application startup failed" in output.read_text():  # BentoML restarts, never exits
+                pytest.fail(f"bentoml serve could not start the service:\n{output.read_text()[-4000:]}")
             if time.monotonic() > deadline:
                 pytest.fail(f"bentoml serve not ready after {ready_s} s:\n{output.read_text()[-4000:]}")
             with contextlib.suppress(httpx.TransportError):

@@ -11,7 +11,9 @@ temperature outside [0, 2], an unknown model, malformed messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -166,6 +168,35 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
     )
 
 
+_END = object()
+
+
+async def _drain(pieces: Iterator[Any]) -> AsyncIterator[Any]:
+    """The items of a blocking iterator, read by a thread of this stream's own and handed to the
+    event loop as they come. (asyncio's shared default pool has cpu+4 threads: with more streams
+    than that, a finished generation's pieces would wait for a free thread.)"""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def hand(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the server is stopping
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def pump() -> None:
+        try:
+            for item in pieces:
+                hand(item)
+        except BaseException as exc:  # handed to the reader, which raises it
+            hand(exc)
+        hand(_END)
+
+    threading.Thread(target=pump, name="stream", daemon=True).start()
+    while (item := await queue.get()) is not _END:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 async def _events(
     pieces: Iterator[str | Completion], ident: str, kind: str, model: str, chat: bool, include_usage: bool
 ) -> AsyncIterator[str]:
@@ -183,12 +214,7 @@ async def _events(
 
     if chat:
         yield f"data: {json.dumps(chunk('', None, role=True))}\n\n"
-    iterator = iter(pieces)
-    sentinel = object()
-    while True:
-        piece = await asyncio.to_thread(next, iterator, sentinel)
-        if piece is sentinel:
-            break
+    async for piece in _drain(pieces):
         if isinstance(piece, Completion):
             yield f"data: {json.dumps(chunk(None, piece.finish_reason))}\n\n"
             if include_usage:

@@ -1,5 +1,6 @@
 """The vLLM backend (GPU; the ``[gpu]`` extra). Imported only when vLLM is installed and CUDA
-is present, following BentoML's vLLM pattern: one engine per worker, sampling per request.
+is present, following BentoML's vLLM pattern: one engine per worker, sampling per request; one
+thread drives the engine, so concurrent requests are batched together (continuous batching).
 A LoRA adapter from flows/finetune_llm.py is served with vLLM's LoRA support: the engine loads
 the base weights once and applies the adapter to every request (``LoRARequest``)."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +60,9 @@ class VLLMBackend:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
+        self._pending: queue.Queue[tuple[str, str, Any, queue.Queue]] = queue.Queue()
+        self._outboxes: dict[str, queue.Queue] = {}  # touched by the engine thread only
+        threading.Thread(target=self._run, name="vllm-engine", daemon=True).start()
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -76,36 +82,63 @@ class VLLMBackend:
         )
 
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        out = self.llm.generate([prompt], self._sampling(params), use_tqdm=False, lora_request=self._lora)[0]
+        *_, done = self.stream(prompt, params)  # through the engine loop: batched with the others
+        return done
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
+        """Text pieces as the engine produces them, then the Completion (usage, finish reason)."""
+        outbox: queue.Queue[Any] = queue.Queue()
+        self._pending.put((uuid.uuid4().hex, prompt, self._sampling(params), outbox))
+        sent = ""
+        while True:
+            out = outbox.get()
+            if isinstance(out, Exception):
+                raise out
+            text = out.outputs[0].text  # cumulative
+            if len(text) > len(sent):
+                yield text[len(sent) :]
+                sent = text
+            if out.finished:
+                break
         choice = out.outputs[0]
-        return Completion(
-            text=choice.text,
+        yield Completion(
+            text=sent,
             prompt_tokens=len(out.prompt_token_ids),
             completion_tokens=len(choice.token_ids),
             finish_reason="length" if choice.finish_reason == "length" else "stop",
         )
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
-        # the offline LLM API yields whole outputs; the engine's step loop gives the deltas
+    # ---- the engine loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The one thread that touches the engine (it is not thread-safe): it adds new requests,
+        steps all running requests together (continuous batching) and hands every output to the
+        stream that asked for it."""
         engine = self.llm.llm_engine
-        request_id = uuid.uuid4().hex
-        engine.add_request(request_id, prompt, self._sampling(params), lora_request=self._lora)
-        sent = ""
-        final = None
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.request_id != request_id:
-                    continue
-                text = out.outputs[0].text
-                if len(text) > len(sent):
-                    yield text[len(sent) :]
-                    sent = text
-                if out.finished:
-                    final = out
-        choice = final.outputs[0] if final else None
-        yield Completion(
-            text=sent,
-            prompt_tokens=len(final.prompt_token_ids) if final else self.count_tokens(prompt),
-            completion_tokens=len(choice.token_ids) if choice else 0,
-            finish_reason="length" if choice and choice.finish_reason == "length" else "stop",
-        )
+        while True:
+            if not engine.has_unfinished_requests():
+                self._add(engine, self._pending.get())  # idle: wait for work
+            while not self._pending.empty():
+                self._add(engine, self._pending.get_nowait())
+            try:
+                outputs = engine.step()
+            except Exception as exc:  # every waiting stream gets the error, none hangs
+                for outbox in self._outboxes.values():
+                    outbox.put(exc)
+                self._outboxes.clear()
+                continue
+            for out in outputs:
+                outbox = self._outboxes.get(out.request_id)
+                if outbox is not None:
+                    outbox.put(out)
+                    if out.finished:
+                        del self._outboxes[out.request_id]
+
+    def _add(self, engine: Any, request: tuple[str, str, Any, queue.Queue]) -> None:
+        request_id, prompt, sampling, outbox = request
+        try:
+            engine.add_request(request_id, prompt, sampling, lora_request=self._lora)
+        except Exception as exc:
+            outbox.put(exc)
+            return
+        self._outboxes[request_id] = outbox

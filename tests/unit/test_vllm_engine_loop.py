@@ -1,0 +1,92 @@
+"""The vLLM backend's engine loop without a GPU: one thread drives a stand-in engine that behaves
+like vLLM's (add_request / step / has_unfinished_requests, cumulative outputs), and concurrent
+streams must each get exactly their own text, usage and finish, batched in the same steps."""
+
+import queue
+import threading
+from types import SimpleNamespace
+
+from llmops.llm.backends import Completion, SamplingParams
+from llmops.llm.vllm_backend import VLLMBackend
+
+
+class StepEngine:
+    """Each step appends one word to every running request; a request ends after max_tokens."""
+
+    def __init__(self):
+        self.running: dict[str, dict] = {}
+        self.batch_sizes: list[int] = []
+        self.lock = threading.Lock()  # the real engine has none: calls from two threads would race
+
+    def add_request(self, request_id, prompt, sampling, lora_request=None):
+        if sampling.max_tokens == 0:
+            raise ValueError("max_tokens: must be at least 1")
+        self.running[request_id] = {"prompt": prompt, "words": [], "max": sampling.max_tokens}
+
+    def has_unfinished_requests(self):
+        return bool(self.running)
+
+    def step(self):
+        assert self.lock.acquire(blocking=False), "step() called from two threads at once"
+        try:
+            self.batch_sizes.append(len(self.running))
+            outputs = []
+            for request_id, state in list(self.running.items()):
+                state["words"].append(f"{state['prompt']}{len(state['words'])}")
+                finished = len(state["words"]) == state["max"]
+                text = " ".join(state["words"])
+                choice = SimpleNamespace(text=text, token_ids=list(range(len(state["words"]))),
+                                         finish_reason="length" if finished else None)  # fmt: skip
+                outputs.append(SimpleNamespace(request_id=request_id, outputs=[choice], finished=finished,
+                                               prompt_token_ids=[0] * len(state["prompt"])))  # fmt: skip
+                if finished:
+                    del self.running[request_id]
+            return outputs
+        finally:
+            self.lock.release()
+
+
+def backend_on(engine):
+    backend = object.__new__(VLLMBackend)  # no vLLM here: the engine loop alone
+    backend.llm = SimpleNamespace(llm_engine=engine)
+    backend._lora = None
+    backend._sampling = lambda params: SimpleNamespace(max_tokens=params.max_tokens)
+    backend._pending, backend._outboxes = queue.Queue(), {}
+    threading.Thread(target=backend._run, daemon=True).start()
+    return backend
+
+
+def test_concurrent_streams_get_their_own_outputs_in_shared_steps():
+    engine = StepEngine()
+    backend = backend_on(engine)
+    results: dict[str, list] = {}
+
+    def client(prompt, n):
+        results[prompt] = list(backend.stream(prompt, SamplingParams(max_tokens=n)))
+
+    threads = [threading.Thread(target=client, args=(f"p{i}-", 3 + i % 4)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 12
+    for i in range(12):
+        prompt, n = f"p{i}-", 3 + i % 4
+        *pieces, done = results[prompt]
+        assert isinstance(done, Completion) and done.completion_tokens == n and done.finish_reason == "length"
+        assert "".join(pieces) == done.text == " ".join(f"{prompt}{k}" for k in range(n))
+        assert done.prompt_tokens == len(prompt)
+    assert max(engine.batch_sizes) > 1  # requests were stepped together, not one after another
+
+
+def test_complete_goes_through_the_loop_and_errors_reach_the_caller():
+    backend = backend_on(StepEngine())
+    done = backend.complete("q", SamplingParams(max_tokens=2))
+    assert done.text == "q0 q1" and done.completion_tokens == 2
+    try:
+        backend.complete("q", SamplingParams(max_tokens=0))
+    except ValueError as exc:
+        assert "max_tokens" in str(exc)
+    else:
+        raise AssertionError("a request the engine refuses must raise in its caller")
+    assert backend.complete("again", SamplingParams(max_tokens=1)).text == "again0"  # the loop lives on
