@@ -2,6 +2,7 @@
 metrics, the checkpoint store (local and on a real S3 API), and gating lower-is-better metrics."""
 
 import json
+import uuid
 
 import pytest
 
@@ -180,17 +181,13 @@ def test_s3_checkpoint_store_on_a_real_s3_api(tmp_path, s3_server, monkeypatch):
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
-    store = CheckpointStore("s3://llmops/metaflow/llmops/checkpoints")
+    prefix = f"unit-{uuid.uuid4().hex[:8]}/checkpoints"  # the server is shared by the session
+    store = CheckpointStore(f"s3://llmops/{prefix}")
     key = _exercise(store, tmp_path)
     s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL_S3"])
-    keys = [
-        o["Key"]
-        for o in s3.list_objects_v2(Bucket="llmops", Prefix="metaflow/llmops/checkpoints/")["Contents"]
-    ]
-    assert all(k.startswith(f"metaflow/llmops/checkpoints/{key}/") for k in keys)
-    assert (
-        not [k for k in keys if "checkpoint-5/" in k] and f"metaflow/llmops/checkpoints/{key}/LATEST" in keys
-    )
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="llmops", Prefix=f"{prefix}/")["Contents"]]
+    assert all(k.startswith(f"{prefix}/{key}/") for k in keys)
+    assert not [k for k in keys if "checkpoint-5/" in k] and f"{prefix}/{key}/LATEST" in keys
 
 
 def test_checkpoint_root_follows_the_datastore(monkeypatch, tmp_path):
