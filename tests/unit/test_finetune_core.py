@@ -197,7 +197,7 @@ def test_checkpoint_root_follows_the_datastore(monkeypatch, tmp_path):
     assert default_root("local", "/x/.metaflow") == str(tmp_path / "checkpoints")
     monkeypatch.setenv("LLMOPS_CHECKPOINT_ROOT", "s3://other/ckpt")
     assert default_root("local", None) == "s3://other/ckpt"
-    with pytest.raises(ValueError, match="checkpoint root: .* is not a valid S3 bucket name"):
+    with pytest.raises(ValueError, match=r"checkpoint root: .* is not a valid S3 bucket name"):
         CheckpointStore("s3:///nobucket")
 
 
