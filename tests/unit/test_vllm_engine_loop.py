@@ -4,7 +4,10 @@ streams must each get exactly their own text, usage and finish, batched in the s
 
 import queue
 import threading
+import time
 from types import SimpleNamespace
+
+import pytest
 
 from llmops.llm.backends import Completion, SamplingParams
 from llmops.llm.vllm_backend import VLLMBackend
@@ -13,10 +16,17 @@ from llmops.llm.vllm_backend import VLLMBackend
 class StepEngine:
     """Each step appends one word to every running request; a request ends after max_tokens."""
 
-    def __init__(self):
+    def __init__(self, fail_steps: int = 0):
         self.running: dict[str, dict] = {}
         self.batch_sizes: list[int] = []
+        self.aborted: list[str] = []
+        self.fail_steps = fail_steps
         self.lock = threading.Lock()  # the real engine has none: calls from two threads would race
+
+    def abort_request(self, request_ids):
+        self.aborted.extend(request_ids)
+        for request_id in request_ids:
+            self.running.pop(request_id, None)
 
     def add_request(self, request_id, prompt, sampling, lora_request=None):
         if sampling.max_tokens == 0:
@@ -28,7 +38,12 @@ class StepEngine:
 
     def step(self):
         assert self.lock.acquire(blocking=False), "step() called from two threads at once"
+        assert self.running, "an idle step() can block the real engine for ever"
+        time.sleep(0.005)  # a step takes time: requests that arrive meanwhile join the next one
         try:
+            if self.fail_steps:
+                self.fail_steps -= 1
+                raise RuntimeError("engine step failed")
             self.batch_sizes.append(len(self.running))
             outputs = []
             for request_id, state in list(self.running.items()):
@@ -61,7 +76,10 @@ def test_concurrent_streams_get_their_own_outputs_in_shared_steps():
     backend = backend_on(engine)
     results: dict[str, list] = {}
 
+    start = threading.Barrier(12)
+
     def client(prompt, n):
+        start.wait()
         results[prompt] = list(backend.stream(prompt, SamplingParams(max_tokens=n)))
 
     threads = [threading.Thread(target=client, args=(f"p{i}-", 3 + i % 4)) for i in range(12)]
@@ -90,3 +108,25 @@ def test_complete_goes_through_the_loop_and_errors_reach_the_caller():
     else:
         raise AssertionError("a request the engine refuses must raise in its caller")
     assert backend.complete("again", SamplingParams(max_tokens=1)).text == "again0"  # the loop lives on
+
+
+def test_closing_a_stream_early_aborts_its_request():
+    engine = StepEngine()
+    backend = backend_on(engine)
+    stream = backend.stream("long-", SamplingParams(max_tokens=1000))
+    assert next(stream) == "long-0"
+    stream.close()  # the client went away
+    deadline = time.monotonic() + 5
+    while not engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(engine.aborted) == 1 and not engine.running
+    assert backend.complete("next", SamplingParams(max_tokens=2)).text == "next0 next1"
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on():
+    engine = StepEngine(fail_steps=1)
+    backend = backend_on(engine)
+    with pytest.raises(RuntimeError, match="engine step failed"):
+        backend.complete("a", SamplingParams(max_tokens=3))
+    assert engine.aborted and not engine.running
+    assert backend.complete("b", SamplingParams(max_tokens=2)).text == "b0 b1"

@@ -14,6 +14,7 @@ tokens the same way, so usage numbers agree across backends.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,20 @@ class Backend(Protocol):
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     positions = [text.find(s) for s in stop if s and s in text]
     return (text[: min(positions)], True) if positions else (text, False)
+
+
+def stop_when(event: threading.Event) -> Any:
+    """A transformers StoppingCriteria that ends every sequence once ``event`` is set."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full(
+                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return Cancelled()
 
 
 class TransformersBackend:
@@ -147,11 +162,15 @@ class TransformersBackend:
         inputs = self._inputs(prompt)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         counted: dict[str, Any] = {}
+        cancelled = threading.Event()  # set when the reader closes the stream early
+
+        cancel = stop_when(cancelled)
 
         def run() -> None:
             try:
                 with self._lock, torch.inference_mode():
-                    output = self.model.generate(**inputs, streamer=streamer, **self._generate_kwargs(params))
+                    output = self.model.generate(**inputs, streamer=streamer, stopping_criteria=[cancel],
+                                                 **self._generate_kwargs(params))  # fmt: skip
                 counted["new"] = output[0, inputs["input_ids"].shape[1] :]
             except Exception as exc:  # end the stream, or the reader would wait for text forever
                 counted["error"] = exc
@@ -160,13 +179,16 @@ class TransformersBackend:
         worker = threading.Thread(target=run, name="generate", daemon=True)
         worker.start()
         text, stopped = "", False
-        for piece in streamer:
-            if stopped or not piece:
-                continue
-            candidate, stopped = _cut_at_stop(text + piece, params.stop)
-            delta, text = candidate[len(text) :], candidate
-            if delta:
-                yield delta
+        try:
+            for piece in streamer:
+                if stopped or not piece:
+                    continue
+                candidate, stopped = _cut_at_stop(text + piece, params.stop)
+                delta, text = candidate[len(text) :], candidate
+                if delta:
+                    yield delta
+        finally:  # closed early (the client went away): stop generating, free the model
+            cancelled.set()
         worker.join()
         if "error" in counted:
             raise counted["error"]
@@ -186,7 +208,16 @@ def make_backend(
         if vllm_available():
             from llmops.llm.vllm_backend import VLLMBackend
 
-            return VLLMBackend(model, adapter=adapter, **vllm_options)
-        if backend == "vllm":
+            try:
+                return VLLMBackend(model, adapter=adapter, **vllm_options)
+            except Exception as exc:
+                if backend == "vllm":
+                    raise
+                # e.g. an architecture vLLM serves without LoRA support: still serve, slower
+                logging.getLogger(__name__).warning(
+                    "vLLM could not load %s%s (%s: %s); serving it with transformers",
+                    model, f" with {adapter}" if adapter else "", type(exc).__name__, exc,
+                )  # fmt: skip
+        elif backend == "vllm":
             raise BackendError("backend: vllm needs the [gpu] extra and a CUDA GPU")
     return TransformersBackend(model, adapter=adapter)

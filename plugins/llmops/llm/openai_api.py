@@ -147,7 +147,7 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _events(backend.stream(prompt, params), ident, kind, model_name, chat, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        done = await asyncio.to_thread(backend.complete, prompt, params)
+        done = await _in_own_thread(backend.complete, prompt, params)
         choice: dict[str, Any] = {"index": 0, "finish_reason": done.finish_reason, "logprobs": None}
         choice |= {"message": {"role": "assistant", "content": done.text}} if chat else {"text": done.text}
         return JSONResponse({"id": ident, "object": kind, "created": int(time.time()), "model": model_name,
@@ -168,15 +168,39 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
     )
 
 
+# Blocking backend calls run in a thread of their own per request, not in asyncio's shared
+# default pool: that pool has cpu+4 threads, so with more requests than that a finished
+# generation would wait for a free thread, and vLLM would never see enough requests to batch.
 _END = object()
+
+
+async def _in_own_thread(fn: Any, *args: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(setter: Any, value: Any) -> None:
+        if not future.done():  # the request may have been cancelled meanwhile
+            setter(value)
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, future.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(settle, future.set_result, result)
+
+    threading.Thread(target=run, name="complete", daemon=True).start()
+    return await future
 
 
 async def _drain(pieces: Iterator[Any]) -> AsyncIterator[Any]:
     """The items of a blocking iterator, read by a thread of this stream's own and handed to the
-    event loop as they come. (asyncio's shared default pool has cpu+4 threads: with more streams
-    than that, a finished generation's pieces would wait for a free thread.)"""
+    event loop as they come. When the reader stops early (the client went away), the iterator is
+    closed, which stops its generation (the backends abort on close)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
 
     def hand(item: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: the server is stopping
@@ -185,16 +209,25 @@ async def _drain(pieces: Iterator[Any]) -> AsyncIterator[Any]:
     def pump() -> None:
         try:
             for item in pieces:
+                if stop.is_set():
+                    break
                 hand(item)
         except BaseException as exc:  # handed to the reader, which raises it
             hand(exc)
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
         hand(_END)
 
     threading.Thread(target=pump, name="stream", daemon=True).start()
-    while (item := await queue.get()) is not _END:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 async def _events(

@@ -6,10 +6,12 @@ the base weights once and applies the adapter to every request (``LoRARequest``)
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +62,9 @@ class VLLMBackend:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
-        self._pending: queue.Queue[tuple[str, str, Any, queue.Queue]] = queue.Queue()
+        self._pending: queue.Queue[tuple] = (
+            queue.Queue()
+        )  # ("add", id, prompt, sampling, outbox) | ("abort", id)
         self._outboxes: dict[str, queue.Queue] = {}  # touched by the engine thread only
         threading.Thread(target=self._run, name="vllm-engine", daemon=True).start()
 
@@ -86,20 +90,25 @@ class VLLMBackend:
         return done
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
-        """Text pieces as the engine produces them, then the Completion (usage, finish reason)."""
-        outbox: queue.Queue[Any] = queue.Queue()
-        self._pending.put((uuid.uuid4().hex, prompt, self._sampling(params), outbox))
-        sent = ""
-        while True:
-            out = outbox.get()
-            if isinstance(out, Exception):
-                raise out
-            text = out.outputs[0].text  # cumulative
-            if len(text) > len(sent):
-                yield text[len(sent) :]
-                sent = text
-            if out.finished:
-                break
+        """Text pieces as the engine produces them, then the Completion (usage, finish reason).
+        Closing the stream early (the client went away) aborts the request in the engine."""
+        request_id, outbox = uuid.uuid4().hex, queue.Queue()
+        self._pending.put(("add", request_id, prompt, self._sampling(params), outbox))
+        sent, out = "", None
+        try:
+            while True:
+                out = outbox.get()
+                if isinstance(out, Exception):
+                    raise out
+                text = out.outputs[0].text  # cumulative
+                if len(text) > len(sent):
+                    yield text[len(sent) :]
+                    sent = text
+                if out.finished:
+                    break
+        finally:
+            if out is None or isinstance(out, Exception) or not out.finished:
+                self._pending.put(("abort", request_id))
         choice = out.outputs[0]
         yield Completion(
             text=sent,
@@ -111,21 +120,27 @@ class VLLMBackend:
     # ---- the engine loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        """The one thread that touches the engine (it is not thread-safe): it adds new requests,
-        steps all running requests together (continuous batching) and hands every output to the
-        stream that asked for it."""
+        """The one thread that touches the engine (it is not thread-safe): it takes new requests
+        and aborts, steps all running requests together (continuous batching) and hands every
+        output to the stream that asked for it. It steps only while requests run (an idle step
+        can block), and a failed step fails the requests it held instead of spinning on them."""
         engine = self.llm.llm_engine
         while True:
-            if not engine.has_unfinished_requests():
-                self._add(engine, self._pending.get())  # idle: wait for work
+            if not self._outboxes:
+                self._take(engine, self._pending.get())  # idle: wait for work
             while not self._pending.empty():
-                self._add(engine, self._pending.get_nowait())
+                self._take(engine, self._pending.get_nowait())
+            if not self._outboxes or not engine.has_unfinished_requests():
+                continue
             try:
                 outputs = engine.step()
             except Exception as exc:  # every waiting stream gets the error, none hangs
+                with contextlib.suppress(Exception):
+                    engine.abort_request(list(self._outboxes))
                 for outbox in self._outboxes.values():
                     outbox.put(exc)
                 self._outboxes.clear()
+                time.sleep(0.5)  # a broken engine fails each request, not the CPU
                 continue
             for out in outputs:
                 outbox = self._outboxes.get(out.request_id)
@@ -134,8 +149,12 @@ class VLLMBackend:
                     if out.finished:
                         del self._outboxes[out.request_id]
 
-    def _add(self, engine: Any, request: tuple[str, str, Any, queue.Queue]) -> None:
-        request_id, prompt, sampling, outbox = request
+    def _take(self, engine: Any, message: tuple) -> None:
+        if message[0] == "abort":
+            if self._outboxes.pop(message[1], None) is not None:
+                engine.abort_request([message[1]])
+            return
+        _, request_id, prompt, sampling, outbox = message
         try:
             engine.add_request(request_id, prompt, sampling, lora_request=self._lora)
         except Exception as exc:
