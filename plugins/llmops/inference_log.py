@@ -23,6 +23,7 @@ S3 the same way, with the same window.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import logging
 import os
@@ -114,6 +115,9 @@ class InferenceLogger:
         max_pending: int = 10_000,
     ) -> None:
         folder = _model_dir(root, model_name)
+        if isinstance(folder, Store) and importlib.util.find_spec("boto3") is None:
+            # fail at start: a writer that cannot upload would retry and drop rows unseen
+            raise ValueError(f"inference log {folder.url}: writing to S3 needs boto3 (pip install boto3)")
         self.store: Store | None = folder if isinstance(folder, Store) else None
         self.folder: Path | str = folder.url if isinstance(folder, Store) else folder
         if flush_interval is None:
@@ -157,7 +161,8 @@ class InferenceLogger:
                 )
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Block until every row logged so far is written and flushed (uploaded, to S3); False on timeout."""
+        """Block until every row logged so far is written and flushed; False on timeout. With S3 it
+        waits for an upload attempt: a failed upload stays buffered and is retried on the interval."""
         if self._closed:
             return True
         done = threading.Event()

