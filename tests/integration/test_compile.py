@@ -5,6 +5,10 @@ of docs/deploy.md; the GPU steps ask Kubernetes and AWS Batch for what the flow 
 The S3 datastore, Step Functions and Batch are a real moto_server on 127.0.0.1: `create
 --only-json` uploads the code package to S3, looks up an earlier deployment in Step Functions
 and registers the Batch job definitions, so those are checked too. Nothing leaves the machine.
+
+`create` stores a production token per flow in METAFLOW_HOME (`step-functions create` even with
+--only-json), so every compile runs with a copy of the profile in a temporary METAFLOW_HOME of its
+own: nothing is written into the checkout, and parallel compiles never share a token file.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import ast
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -34,7 +40,9 @@ FLOWS = [
     "evaluate_rag.py",
     "finetune_llm.py",
 ]
-FLOWS = [f for f in FLOWS if (REPO / "flows" / f).exists()]
+MISSING = [f for f in FLOWS if not (REPO / "flows" / f).is_file()]
+if MISSING:  # a renamed or removed flow fails here, it is never skipped
+    raise FileNotFoundError(f"flows/{MISSING[0]} does not exist: FLOWS names every flow of flows/")
 # the deploy options of docs/deploy.md: the registry and the llmops home on a shared volume
 VOLUME_ENV = {"BENTOML_HOME": "/llmops/bentoml", "LLMOPS_HOME": "/llmops"}
 EFS = "fs-0123456789abcdef0"
@@ -87,8 +95,7 @@ def aws(s3_server):
     batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1, computeEnvironmentOrder=order)
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
     env |= s3_server | {
-        "METAFLOW_HOME": str(PROFILE.parent),
-        "METAFLOW_PROFILE": "aws",
+        "METAFLOW_PROFILE": "aws",  # METAFLOW_HOME: a copy of the profile per compile, see `compiled`
         "METAFLOW_DEFAULT_METADATA": "local",  # the profile's metadata service is a placeholder
         "METAFLOW_USER": "llmops",
         "AWS_ENDPOINT_URL_SFN": endpoint,
@@ -97,12 +104,18 @@ def aws(s3_server):
     return {"env": env, "s3": boto3.client("s3", **options), "batch": batch}
 
 
-def compile_flow(env: dict[str, str], path: Path, engine: str) -> subprocess.CompletedProcess:
+def compile_flow(env: dict[str, str], path: Path, engine: str, home: Path) -> subprocess.CompletedProcess:
+    """`create --only-json` with METAFLOW_HOME at `home`, which holds a copy of the profile."""
     options = (*WITH_ENV, *WITH_EFS) if engine == "step-functions" else WITH_ENV
     return subprocess.run(
         [sys.executable, str(path), "--no-pylint", *options, engine, "create", "--only-json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        cwd=REPO, env=env | {"METAFLOW_HOME": str(home)}, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """{file name: (size, mtime_ns)} of a folder."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
 def with_recipe(flow: str, name: str, decorator: str, folder: Path) -> Path:
@@ -117,28 +130,36 @@ def with_recipe(flow: str, name: str, decorator: str, folder: Path) -> Path:
     return target
 
 
+@dataclass
+class Compiled:
+    results: dict[tuple[str, str], subprocess.CompletedProcess]  # {(flow or recipe, engine): create}
+    homes: dict[tuple[str, str], Path]  # the METAFLOW_HOME each compile ran with
+    checkout: tuple[dict, dict]  # snapshot() of configs/metaflow before and after the compiles
+
+
 @pytest.fixture(scope="module")
-def compiled(aws, tmp_path_factory):
-    """{(flow, engine): JSON}: every flow for both engines and the recipes for Argo, in parallel."""
+def compiled(aws, tmp_path_factory) -> Compiled:
+    """Every flow for both engines and the recipes for Argo, in parallel, each with its own METAFLOW_HOME."""
     jobs = {
         (flow, engine): REPO / "flows" / flow
         for flow in FLOWS
         for engine in ("argo-workflows", "step-functions")
     }
     for recipe, (flow, name, decorator) in RECIPES.items():
-        if flow in FLOWS:
-            jobs[(recipe, "argo-workflows")] = with_recipe(
-                flow, name, decorator, tmp_path_factory.mktemp(recipe)
-            )
+        jobs[(recipe, "argo-workflows")] = with_recipe(flow, name, decorator, tmp_path_factory.mktemp(recipe))
+    homes = {}
+    for key in jobs:
+        homes[key] = tmp_path_factory.mktemp("metaflow-home")
+        shutil.copy(PROFILE, homes[key] / PROFILE.name)
+    before = snapshot(PROFILE.parent)
     with ThreadPoolExecutor(4) as pool:
-        results = dict(
-            zip(jobs, pool.map(lambda key: compile_flow(aws["env"], jobs[key], key[1]), jobs), strict=True)
-        )
-    return results
+        done = pool.map(lambda key: compile_flow(aws["env"], jobs[key], key[1], homes[key]), jobs)
+        results = dict(zip(jobs, done, strict=True))
+    return Compiled(results, homes, (before, snapshot(PROFILE.parent)))
 
 
-def document(compiled, key) -> dict:
-    result = compiled[key]
+def document(compiled: Compiled, key) -> dict:
+    result = compiled.results[key]
     assert result.returncode == 0, f"{key}: {result.stderr[-3000:]}"
     return json.loads(result.stdout)
 
@@ -278,8 +299,6 @@ def test_argo_pods_ask_for_the_resources_each_step_declares(compiled, flow):
 
 
 def test_the_finetune_gpu_steps_ask_kubernetes_for_the_gpu_and_memory_of_the_training_config(compiled):
-    if "finetune_llm.py" not in FLOWS:
-        pytest.skip("flows/finetune_llm.py is not in this checkout")
     wanted = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())["resources"]
     template = document(compiled, ("finetune_llm.py", "argo-workflows"))
     pods = {t["name"]: t["container"]["resources"] for t in template["spec"]["templates"] if "container" in t}
@@ -342,8 +361,6 @@ def test_batch_jobs_ask_for_the_resources_each_step_declares(compiled, flow):
 
 
 def test_the_finetune_gpu_steps_ask_batch_for_the_gpu_and_memory_of_the_training_config(compiled):
-    if "finetune_llm.py" not in FLOWS:
-        pytest.skip("flows/finetune_llm.py is not in this checkout")
     wanted = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())["resources"]
     tasks = states(document(compiled, ("finetune_llm.py", "step-functions")))
     for step in ("train", "evaluate"):
@@ -359,3 +376,18 @@ def test_the_aws_profile_names_only_metaflow_settings_and_holds_no_secret():
     unknown = [k for k in settings if not hasattr(config, k.removeprefix("METAFLOW_"))]
     assert not unknown, f"not Metaflow settings: {unknown}"
     assert not [k for k in settings if any(w in k for w in ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY"))]
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_create_stores_its_production_token_in_metaflow_home_and_never_in_the_checkout(compiled, flow):
+    """The reason docs/deploy.md has users copy the profile rather than point METAFLOW_HOME at the
+    repository: `create` writes `<METAFLOW_HOME>/<flow name, lowercased>` with the production token
+    (Argo's `create --only-json` uses a placeholder token and stores none; Step Functions' stores it)."""
+    key = (flow, "step-functions")
+    document(compiled, key)  # the compile succeeded
+    home = compiled.homes[key]
+    token_file = home / FLOW_CLASSES[flow].lower()
+    assert token_file.is_file(), f"{key}: no token file in {home}: {sorted(os.listdir(home))}"
+    assert json.loads(token_file.read_text())["production_token"].startswith(FLOW_CLASSES[flow].lower())
+    before, after = compiled.checkout
+    assert after == before, f"the compiles wrote into {PROFILE.parent}: {sorted(set(after) ^ set(before))}"
