@@ -62,12 +62,12 @@ class FinetuneLlmFlow(FlowSpec):
     @step
     def start(self):
         from llmops.llm.checkpoints import checkpoint_key
-        from llmops.llm.finetune import TrainingConfig, folder_size, read_folder, resolve_base_model
+        from llmops.llm.finetune import folder_size, read_folder, resolve_base_model
         from llmops.llm.sft_data import dataset_version, load_instructions, split_records
         from llmops.registry import check_name
 
         self.registry_name = check_name(self.release_name or self.policy.model, "--release-name")
-        config = TrainingConfig.model_validate(dict(self.training))
+        config = self._training()
         records = load_instructions(self.dataset)
         self.dataset_version = dataset_version(records)
         train, held_out = split_records(records, config.eval_fraction, config.seed)
@@ -104,26 +104,23 @@ class FinetuneLlmFlow(FlowSpec):
         from pathlib import Path
 
         from llmops.llm.checkpoints import CheckpointStore, default_root
-        from llmops.llm.finetune import (
-            TrainingConfig,
-            fail_at_step_from_env,
-            read_folder,
-            train_lora,
-        )
+        from llmops.llm.finetune import fail_at_step_from_env, materialize_base, read_folder, train_lora
         from llmops.llm.sft_data import InstructionRecord
 
-        workdir = Path(tempfile.mkdtemp(prefix="finetune-"))
         store = CheckpointStore(default_root(*self._datastore_location()))
-        outcome = train_lora(
-            self._base_path(workdir),
-            [InstructionRecord(**r) for r in self.train_records],
-            TrainingConfig.model_validate(dict(self.training)),
-            workdir,
-            store=store,
-            key=self.checkpoint_key,
-            fail_at_step=fail_at_step_from_env(current.retry_count),
-        )
-        self.adapter_files = read_folder(outcome.adapter_dir)
+        with tempfile.TemporaryDirectory(prefix="finetune-") as scratch:
+            workdir = Path(scratch)
+            outcome = train_lora(
+                materialize_base(self._base(), self.base_model_files, workdir),
+                [InstructionRecord(**r) for r in self.train_records],
+                self._training(),
+                workdir,
+                store=store,
+                key=self.checkpoint_key,
+                fail_at_step=fail_at_step_from_env(current.retry_count),
+                revision=self._base().revision,
+            )
+            self.adapter_files = read_folder(outcome.adapter_dir)
         self.training_report = {
             "steps": outcome.steps,
             "resumed_from_step": outcome.resumed_from_step,
@@ -153,30 +150,34 @@ class FinetuneLlmFlow(FlowSpec):
         import tempfile
         from pathlib import Path
 
-        from llmops.llm.finetune import TrainingConfig, pick_device, write_folder
+        from llmops.llm.finetune import materialize_base, pick_device, write_folder
         from llmops.llm.lm_eval import compare, load_for_eval, score_model
+        from llmops.llm.release import score_champion
         from llmops.llm.sft_data import InstructionRecord
 
-        config = TrainingConfig.model_validate(dict(self.training))
+        config = self._training()
         held_out = [InstructionRecord(**r) for r in self.eval_records]
-        workdir = Path(tempfile.mkdtemp(prefix="evaluate-"))
-        base_path = self._base_path(workdir)
-        adapter_dir = write_folder(self.adapter_files, workdir / "adapter")
         device, dtype = pick_device()
 
-        def score(model_path, adapter):
-            model, tokenizer = load_for_eval(model_path, adapter, device, dtype)
+        def score(model_path, adapter, revision):
+            model, tokenizer = load_for_eval(model_path, adapter, device, dtype, revision)
             return score_model(model, tokenizer, held_out, max_length=config.max_length,
                                max_new_tokens=config.max_new_tokens,
                                max_generated=config.max_eval_examples)  # fmt: skip
 
-        self.base_scores, base_samples = score(base_path, None)
-        tuned_scores, tuned_samples = score(base_path, str(adapter_dir))
+        with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
+            base_path = materialize_base(self._base(), self.base_model_files, Path(scratch))
+            adapter_dir = str(write_folder(self.adapter_files, Path(scratch) / "adapter"))
+            self.base_scores, base_samples = score(base_path, None, self._base().revision)
+            tuned_scores, tuned_samples = score(base_path, adapter_dir, self._base().revision)
         self.eval_scores = compare(tuned_scores, self.base_scores)
         self.eval_samples = [
             {**t, "base_answer": b["answer"]} for t, b in zip(tuned_samples, base_samples, strict=True)
         ]
-        self.champion_scored = self._score_champion(score)
+        champion = score_champion(self.registry_name, lambda *load: score(*load)[0])
+        self.champion_scored = (
+            {"version": champion[0], "scores": compare(champion[1], self.base_scores)} if champion else None
+        )
         print(f"Base:  {self.base_scores}\nTuned: {self.eval_scores}")
         self.next(self.promote)
 
@@ -185,33 +186,40 @@ class FinetuneLlmFlow(FlowSpec):
         import tempfile
         from pathlib import Path
 
-        from llmops.llm.finetune import BaseModelRef, TrainingConfig, write_folder
+        from llmops.llm.finetune import materialize_base, write_folder
         from llmops.llm.release import LlmRelease, merge_adapter, register_llm_release
 
         self.release_version, self.promoted = None, False
         if not self.gate_decision["passed"]:
             failed = [r["rule"] for r in self.gate_decision["rules"] if not r["passed"]]
             self.promotion_note = f"not promoted: gate failed on {', '.join(failed)}"
-        else:
-            workdir = Path(tempfile.mkdtemp(prefix="promote-"))
-            base = BaseModelRef(**self.base_model_ref)
-            base_path = self._base_path(workdir)
+            print(self.promotion_note)
+            self.next(self.end)
+            return
+        base, config, report = self._base(), self._training(), self.training_report
+        release = LlmRelease(
+            base_model=base.spec,
+            base_fingerprint=base.fingerprint,
+            base_source=base.path,
+            base_revision=base.revision,
+            base_bundled=self.base_model_files is not None,
+            merged=self.merge,
+            lora=config.lora.model_dump(),
+            training=config.model_dump(mode="json"),
+            dataset_version=self.dataset_version,
+            train_steps=report["steps"],
+            device=report["device"],
+            dtype=report["dtype"],
+        )
+        with tempfile.TemporaryDirectory(prefix="promote-") as scratch:
+            workdir = Path(scratch)
+            base_path = materialize_base(base, self.base_model_files, workdir)
             adapter_dir = write_folder(self.adapter_files, workdir / "adapter")
-            config = TrainingConfig.model_validate(dict(self.training))
-            release = LlmRelease(
-                base_model=base.spec,
-                base_fingerprint=base.fingerprint,
-                base_source=base.path,
-                base_bundled=self.base_model_files is not None,
-                merged=self.merge,
-                lora=config.lora.model_dump(),
-                training=config.model_dump(mode="json"),
-                dataset_version=self.dataset_version,
-                train_steps=self.training_report["steps"],
-                device=self.training_report["device"],
-                dtype=self.training_report["dtype"],
-            )
-            merged = merge_adapter(base_path, adapter_dir, workdir / "merged") if self.merge else None
+            merged = None
+            if self.merge:
+                merged = merge_adapter(
+                    base_path, adapter_dir, workdir / "merged", report["dtype"], base.revision
+                )
             self.release_version, self.promoted, self.promotion_note = register_llm_release(
                 name=self.registry_name,
                 release=release,
@@ -233,53 +241,32 @@ class FinetuneLlmFlow(FlowSpec):
     @step
     def end(self):
         report = self.training_report
-        print(f"\n{self.registry_name}: {self.promotion_note}")
         trained = f"{report['steps']} steps on {report['device']} ({report['dtype']})"
+        print(f"\n{self.registry_name}: {self.promotion_note}")
         print(f"Dataset {self.dataset_version}; {trained}")
-        print(f"Base:  {self.base_scores}")
-        print(f"Tuned: {self.eval_scores}")
-        print(
-            f"Cards: python flows/finetune_llm.py card view evaluate --id eval|gate --run-id {current.run_id}"
-        )
+        print(f"Base:  {self.base_scores}\nTuned: {self.eval_scores}")
+        view = f"python flows/finetune_llm.py card view evaluate --run-id {current.run_id}"
+        print(f"Cards: {view} --id eval\n       {view} --id gate")
         if self.promoted:
             print(f"Model: llmops models show {self.registry_name}")
             print("Serve: bentoml serve services.llm:LLM --host 127.0.0.1 --port 3001")
 
     # ---- helpers (not steps) ---------------------------------------------------------------
 
-    def _base_path(self, workdir):
-        """The base model on this machine: the run's own copy when small, else where it was found."""
-        from llmops.llm.finetune import BaseModelRef, folder_fingerprint, write_folder
+    def _training(self):
+        from llmops.llm.finetune import TrainingConfig
 
-        ref = BaseModelRef(**self.base_model_ref)
-        if self.base_model_files is None:
-            return ref.path
-        folder = write_folder(self.base_model_files, workdir / "base")
-        if folder_fingerprint(folder) != ref.fingerprint:
-            raise ValueError(f"base model files do not match {ref.fingerprint}")
-        return str(folder)
+        return TrainingConfig.model_validate(dict(self.training))
+
+    def _base(self):
+        from llmops.llm.finetune import BaseModelRef
+
+        return BaseModelRef(**self.base_model_ref)
 
     def _datastore_location(self):
         """(type, root) of the datastore this task writes to: checkpoints go beside it."""
-        storage = getattr(getattr(self, "_datastore", None), "_storage_impl", None)
+        storage = getattr(getattr(self, "_datastore", None), "_storage_impl", None)  # no public API
         return getattr(storage, "TYPE", None), getattr(storage, "datastore_root", None)
-
-    def _score_champion(self, score):
-        """The champion on this run's held-out examples, when it can be loaded here."""
-        from llmops.llm.lm_eval import compare
-        from llmops.llm.release import served_model
-        from llmops.registry import Registry
-
-        champion = Registry().find(self.registry_name)
-        if champion is None:
-            return None
-        try:
-            served = served_model(champion)
-            scores, _ = score(served.model, served.adapter)
-        except (ValueError, OSError) as exc:
-            print(f"Champion {champion.version} not scored here ({exc}); the gate uses its recorded metrics")
-            return None
-        return {"version": champion.version, "scores": compare(scores, self.base_scores)}
 
 
 if __name__ == "__main__":

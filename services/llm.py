@@ -27,6 +27,7 @@ import bentoml
 from pydantic import BaseModel, Field, SecretStr
 from starlette.applications import Starlette
 
+from llmops.llm.release import ServedModel
 from llmops.serving import protect, settings_from_env
 
 
@@ -53,16 +54,20 @@ SETTINGS = settings_from_env(Settings, _ARGUMENTS | {k: v for k, v in os.environ
 API = Starlette()  # routes are added when the model is loaded (each worker loads its own)
 
 
-def _model_source(settings: Settings) -> tuple[str, str | None, str, str | None]:
-    """(model folder or hub id, LoRA adapter folder or None, served name, registry tag or None)."""
-    if settings.llm_model:
-        return settings.llm_model, None, settings.llm_served_name or settings.llm_release, None
+def _model_source(settings: Settings) -> tuple[ServedModel, str, str | None]:
+    """(what to load, the served name, the registry tag or None) from the settings or the registry."""
     from llmops.llm.release import served_model
+
+    if settings.llm_model:
+        return (
+            ServedModel(settings.llm_model, None, None),
+            settings.llm_served_name or settings.llm_release,
+            None,
+        )
     from llmops.registry import Registry
 
     version = Registry().get(settings.llm_release, settings.llm_version)
-    served = served_model(version)
-    return served.model, served.adapter, settings.llm_served_name or version.name, version.tag
+    return served_model(version), settings.llm_served_name or version.name, version.tag
 
 
 @bentoml.service(
@@ -80,11 +85,12 @@ class LLM:
         from llmops.llm.backends import make_backend
         from llmops.llm.openai_api import ApiLimits, openai_app
 
-        source, adapter, name, self.release = _model_source(SETTINGS)
+        served, name, self.release = _model_source(SETTINGS)
         options = {"gpu_memory_utilization": SETTINGS.llm_gpu_memory_utilization}
         if SETTINGS.llm_max_model_len:
             options["max_model_len"] = SETTINGS.llm_max_model_len
-        self.backend = make_backend(source, SETTINGS.llm_backend, adapter=adapter, **options)
+        self.backend = make_backend(served.model, SETTINGS.llm_backend, adapter=served.adapter,
+                                    revision=served.revision, **options)  # fmt: skip
         self.served_name = name
         app = openai_app(self.backend, name, ApiLimits(max_tokens=SETTINGS.llm_max_tokens))
         API.router.routes.extend(app.routes)

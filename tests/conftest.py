@@ -106,7 +106,7 @@ def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> 
 
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.gpu`` tests skip, with the reason, where CUDA is not available."""
-    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
     try:

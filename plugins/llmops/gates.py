@@ -56,6 +56,14 @@ class GatePolicy(BaseModel):
     fairness: FairnessRule | None = None
     drift: DriftRule | None = None
 
+    @model_validator(mode="after")
+    def _lower_is_better_names_gated_metrics(self) -> GatePolicy:
+        named = set(self.metrics) | set(self.regression)
+        unknown = [m for m in self.lower_is_better if m not in named]
+        if unknown:  # a typo would silently turn a regression rule the wrong way round
+            raise ValueError(f"lower_is_better: {unknown} are not under metrics or regression")
+        return self
+
     def version(self) -> str:
         body = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return "policy-" + hashlib.sha256(body.encode()).hexdigest()[:12]

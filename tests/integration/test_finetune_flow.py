@@ -95,8 +95,7 @@ def test_the_gate_passes_and_the_adapter_is_registered_with_lineage(first_releas
     assert decision["passed"], decision
     assert scores["perplexity"] < base["perplexity"] and scores["perplexity_ratio"] <= 0.9
     assert "gate:passed" in run.tags
-    version = Registry().get(release_name)
-    assert run["promote"].task["release_version"].data == version.version
+    version = Registry().get(release_name, run["promote"].task["release_version"].data)
     assert version.metadata["run"] == run.pathspec
     assert version.metadata["dataset_version"] == run["start"].task["dataset_version"].data
     assert version.metadata["dataset_version"].startswith("sft-") and version.metadata["base_model"] == "tiny"
@@ -110,9 +109,10 @@ def test_the_gate_passes_and_the_adapter_is_registered_with_lineage(first_releas
 def test_the_service_serves_the_adapter_release_to_the_openai_client(first_release, release_name, tmp_path):
     from llmops.llm.backends import SamplingParams, TransformersBackend
 
-    version = Registry().get(release_name)
+    version = Registry().get(release_name, first_release[0]["promote"].task["release_version"].data)
     with serve_bento("services.llm:LLM", tmp_path, LLMOPS_LLM_RELEASE=release_name,
-                     LLMOPS_LLM_BACKEND="transformers", LLMOPS_LLM_MAX_TOKENS="16") as server:  # fmt: skip
+                     LLMOPS_LLM_VERSION=version.version, LLMOPS_LLM_BACKEND="transformers",
+                     LLMOPS_LLM_MAX_TOKENS="16") as server:  # fmt: skip
         info = server.post("/info", json={}).json()
         assert info["release"] == version.tag and info["adapter"] == str(version.path / "adapter")
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)

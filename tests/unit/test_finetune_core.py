@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from llmops.gates import evaluate_gate, parse_policy
+from llmops.gates import PolicyError, evaluate_gate, parse_policy
 from llmops.llm.checkpoints import CheckpointStore, checkpoint_key, default_root
 from llmops.llm.finetune import (
     FAIL_AT_STEP_ENV,
@@ -71,13 +71,22 @@ def test_dataset_version_is_content_addressed(tmp_path):
     assert dataset_version(records) != dataset_version(records[:-1])
 
 
-def test_split_is_seeded_and_keeps_both_sides():
-    records = [InstructionRecord(**r) for r in GOOD]
+def test_split_is_seeded_stable_as_the_dataset_grows_and_keeps_both_sides():
+    records = [InstructionRecord(instruction=f"Q{i}?", response=f"A{i}") for i in range(400)]
     train, held = split_records(records, 0.2, seed=1)
-    assert len(held) == 2 and len(train) == 8 and not set(map(str, held)) & set(map(str, train))
+    assert 50 < len(held) < 110 and len(train) + len(held) == 400
+    assert not {r.instruction for r in held} & {r.instruction for r in train}
     assert split_records(records, 0.2, seed=1) == (train, held)
     assert split_records(records, 0.2, seed=2) != (train, held)
-    assert len(split_records(records[:2], 0.01, seed=0)[1]) == 1
+    # a grown dataset keeps every record on its side: new held-out examples were never trained on
+    grown_train, grown_held = split_records(
+        [*records, InstructionRecord(instruction="new", response="x")], 0.2, 1
+    )
+    assert set(map(str, held)) <= set(map(str, grown_held)) and set(map(str, train)) <= set(
+        map(str, grown_train)
+    )
+    assert [len(side) for side in split_records(records[:2], 0.01, seed=0)] == [1, 1]
+    assert [len(side) for side in split_records(records[:2], 0.99, seed=0)] == [1, 1]
     with pytest.raises(DatasetError, match="eval_fraction"):
         split_records(records, 1.5, seed=0)
 
@@ -223,12 +232,19 @@ def test_regression_on_lower_is_better_metrics_counts_a_rise_as_worse():
     assert {r.rule: r for r in worse.rules}["regression.eval_loss"].value == pytest.approx(0.2)
 
 
+def test_lower_is_better_must_name_a_gated_metric():
+    with pytest.raises(
+        PolicyError, match=r"lower_is_better: \['eval_los'\] are not under metrics or regression"
+    ):
+        parse_policy(POLICY.replace("[eval_loss, perplexity_ratio]", "[eval_los, perplexity_ratio]"))
+
+
 def test_the_shipped_llm_policy_and_training_config_parse():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
     policy = parse_policy((repo / "evals" / "llm.yaml").read_text())
-    assert policy.model == "llm" and "perplexity_ratio" in policy.lower_is_better
+    assert policy.model == "llm" and "eval_loss" in policy.lower_is_better
     config = parse_training_config((repo / "configs" / "finetune.yaml").read_text())
     assert config.resources.gpu >= 1 and config.save_steps < config.optim.max_steps
     assert len(load_instructions(repo / "datasets" / "llmops_instructions.jsonl")) >= 100

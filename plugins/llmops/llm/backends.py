@@ -83,7 +83,9 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: str, device: str | None = None, adapter: str | None = None):
+    def __init__(
+        self, model: str, device: str | None = None, adapter: str | None = None, revision: str | None = None
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,8 +95,10 @@ class TransformersBackend:
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         try:
             # the adapter folder carries the tokenizer it was trained with (pad token, chat template)
-            self.tokenizer = AutoTokenizer.from_pretrained(adapter or source)
-            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                adapter or source, revision=None if adapter else revision
+            )
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, revision=revision)
             if adapter:
                 from peft import PeftModel
 
@@ -196,7 +200,11 @@ class TransformersBackend:
 
 
 def make_backend(
-    model: str, backend: str = "auto", adapter: str | None = None, **vllm_options: Any
+    model: str,
+    backend: str = "auto",
+    adapter: str | None = None,
+    revision: str | None = None,
+    **vllm_options: Any,
 ) -> Backend:
     """The backend for ``model`` (+ a LoRA ``adapter``): ``transformers``, ``vllm`` or ``auto``
     (vLLM on CUDA when installed)."""
@@ -209,7 +217,7 @@ def make_backend(
             from llmops.llm.vllm_backend import VLLMBackend
 
             try:
-                return VLLMBackend(model, adapter=adapter, **vllm_options)
+                return VLLMBackend(model, adapter=adapter, revision=revision, **vllm_options)
             except Exception as exc:
                 if backend == "vllm":
                     raise
@@ -220,4 +228,4 @@ def make_backend(
                 )  # fmt: skip
         elif backend == "vllm":
             raise BackendError("backend: vllm needs the [gpu] extra and a CUDA GPU")
-    return TransformersBackend(model, adapter=adapter)
+    return TransformersBackend(model, adapter=adapter, revision=revision)

@@ -75,8 +75,12 @@ class TrainingConfig(_Strict):
     resources: Resources = Field(default_factory=Resources)
 
     def decides_training(self) -> dict[str, Any]:
-        """The settings that change the trained weights (resources and evaluation don't)."""
-        return self.model_dump(include={"lora", "optim", "max_length", "seed"})
+        """What changes the trained weights: these settings and the training libraries' versions
+        (resources and evaluation settings don't)."""
+        from importlib.metadata import version
+
+        libraries = {name: version(name) for name in ("torch", "transformers", "peft")}
+        return self.model_dump(include={"lora", "optim", "max_length", "seed"}) | {"libraries": libraries}
 
 
 def parse_training_config(text: str, source: str = "training config") -> TrainingConfig:
@@ -102,14 +106,28 @@ class BaseModelRef(BaseModel):
     spec: str  # what the user gave: "tiny", a folder, or a hub id
     path: str  # where it loads from on this machine (a folder, or the hub id)
     local: bool
-    fingerprint: str  # config + file names and sizes (a folder), or "hub:<id>"
+    fingerprint: str  # of the folder's files (see folder_fingerprint), or "hub:<id>@<commit>"
+    revision: str | None = None  # the hub commit every later load uses (None: a local folder)
+
+
+SAMPLE = 1 << 20  # bytes hashed at each end of a large file
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """A cheap identity for a model folder: its config.json and every file's name and size."""
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    """An identity for a model folder that is cheap for 10 GB of weights: every file's name and
+    size, small files whole, and the first and last MiB of large ones (two fine-tunes of one
+    architecture differ there, where names and sizes alone would not tell them apart)."""
+    digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}\n".encode())
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}\n".encode())
+        with path.open("rb") as handle:
+            if size <= 2 * SAMPLE:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(SAMPLE))
+                handle.seek(-SAMPLE, os.SEEK_END)
+                digest.update(handle.read(SAMPLE))
     return "sha256:" + digest.hexdigest()[:16]
 
 
@@ -117,15 +135,30 @@ def tiny_model_path() -> Path:
     return Path(os.environ.get("LLMOPS_HOME", ".llmops")).resolve() / "models" / "tiny-gpt2"
 
 
-def resolve_base_model(spec: str) -> BaseModelRef:
-    """The base model a spec names; builds the tiny model on first use. Errors name --base-model."""
-    if spec == TINY:
-        folder = tiny_model_path()
+def _tiny_model() -> Path:
+    """The tiny model, built once: under a lock, into a scratch folder renamed when complete, so
+    two runs starting together never load a half-written model."""
+    from filelock import FileLock
+
+    folder = tiny_model_path()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock", timeout=300):
         if not (folder / "config.json").is_file():
             from llmops.llm.tiny import build_tiny_causal_lm
 
             print(f"Building the tiny local model in {folder}")
-            build_tiny_causal_lm(folder)
+            scratch = folder.with_name(f".{folder.name}.{os.getpid()}")
+            build_tiny_causal_lm(scratch)
+            os.replace(scratch, folder)
+    return folder
+
+
+def resolve_base_model(spec: str) -> BaseModelRef:
+    """The base model a spec names; builds the tiny model on first use. Errors name --base-model.
+    A hub model is pinned to the commit it has now, so every step, a later ``resume`` and the
+    served release load the very same weights."""
+    if spec == TINY:
+        folder = _tiny_model()
         return BaseModelRef(spec=spec, path=str(folder), local=True, fingerprint=folder_fingerprint(folder))
     folder = Path(spec).expanduser()
     if folder.exists():
@@ -134,15 +167,30 @@ def resolve_base_model(spec: str) -> BaseModelRef:
         folder = folder.resolve()
         return BaseModelRef(spec=spec, path=str(folder), local=True, fingerprint=folder_fingerprint(folder))
     try:
+        from huggingface_hub import HfApi
         from transformers import AutoConfig
 
-        AutoConfig.from_pretrained(spec)
-    except (OSError, ValueError) as exc:
+        revision = HfApi().model_info(spec).sha
+        AutoConfig.from_pretrained(spec, revision=revision)
+    except Exception as exc:  # offline, unknown id, gated model: one clear message
         raise ValueError(
             f"--base-model: {spec!r} is not a local model folder and could not be found on the model hub "
             f"({type(exc).__name__}; offline machines need a local folder, or 'tiny')"
         ) from None
-    return BaseModelRef(spec=spec, path=spec, local=False, fingerprint=f"hub:{spec}")
+    return BaseModelRef(
+        spec=spec, path=spec, local=False, fingerprint=f"hub:{spec}@{revision}", revision=revision
+    )
+
+
+def materialize_base(ref: BaseModelRef, files: dict[str, bytes] | None, workdir: Path) -> str:
+    """The base model on this machine: the run's own copy (checked against its fingerprint)
+    when it travelled as an artifact, else the folder or hub id it was found at."""
+    if files is None:
+        return ref.path
+    folder = write_folder(files, workdir / "base")
+    if folder_fingerprint(folder) != ref.fingerprint:
+        raise ValueError(f"base model files do not match {ref.fingerprint}")
+    return str(folder)
 
 
 def read_folder(folder: str | Path) -> dict[str, bytes]:
@@ -181,10 +229,10 @@ def pick_device() -> tuple[str, Literal["bfloat16", "float32"]]:
     return "cpu", "float32"
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if tokenizer.pad_token_id is None:  # many causal LMs ship none: padding reuses the end token
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -237,11 +285,13 @@ class TrainOutcome:
     runtime_s: float = 0.0
 
 
-def load_causal_lm(path: str, device: str, dtype: str):
+def load_causal_lm(path: str, device: str, dtype: str, revision: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), revision=revision).to(
+        device
+    )
 
 
 def train_lora(
@@ -253,14 +303,15 @@ def train_lora(
     store: CheckpointStore | None = None,
     key: str | None = None,
     fail_at_step: int | None = None,
+    revision: str | None = None,
 ) -> TrainOutcome:
     """Train a LoRA adapter; returns where it was saved (``workdir/adapter``) and how it went."""
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     device, dtype = pick_device()
-    tokenizer = load_tokenizer(base_path)
-    model = load_causal_lm(base_path, device, dtype)
+    tokenizer = load_tokenizer(base_path, revision)
+    model = load_causal_lm(base_path, device, dtype, revision)
     lora = config.lora
     model = get_peft_model(
         model,
@@ -316,13 +367,16 @@ def train_lora(
     history = [
         {"step": int(h["step"]), "loss": float(h["loss"])} for h in trainer.state.log_history if "loss" in h
     ]
+    train_loss = float(result.training_loss) if result.training_loss is not None else None
+    if resumed_step is not None and resumed_step >= optim.max_steps and history:
+        train_loss = history[-1]["loss"]  # nothing left to train: the finished run's last loss
     return TrainOutcome(
         adapter_dir=adapter_dir,
         steps=int(trainer.state.global_step),
         resumed_from_step=resumed_step,
         device=device,
         dtype=dtype,
-        train_loss=float(result.training_loss) if result.training_loss is not None else None,
+        train_loss=train_loss,
         loss_history=history,
         runtime_s=float(result.metrics.get("train_runtime", 0.0)),
     )

@@ -138,13 +138,15 @@ def compare(tuned: dict[str, float], base: dict[str, float]) -> dict[str, float]
     }
 
 
-def load_for_eval(base_path: str, adapter_dir: str | None, device: str, dtype: str) -> tuple[Any, Any]:
+def load_for_eval(
+    base_path: str, adapter_dir: str | None, device: str, dtype: str, revision: str | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer): the base, or the base with a LoRA adapter on top."""
     from llmops.llm.finetune import load_causal_lm, load_tokenizer
 
-    model = load_causal_lm(base_path, device, dtype)
+    model = load_causal_lm(base_path, device, dtype, revision)
     if adapter_dir is None:
-        return model, load_tokenizer(base_path)
+        return model, load_tokenizer(base_path, revision)
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, adapter_dir).to(device), load_tokenizer(adapter_dir)

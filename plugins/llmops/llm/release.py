@@ -33,6 +33,7 @@ class LlmRelease(BaseModel):
     base_model: str  # what the user gave: "tiny", a folder or a hub id
     base_fingerprint: str
     base_source: str  # the folder or hub id it was loaded from when trained
+    base_revision: str | None = None  # the hub commit (a hub base)
     base_bundled: bool  # base/ holds the base model
     merged: bool  # model/ holds merged weights
     lora: dict[str, Any]
@@ -50,6 +51,7 @@ class ServedModel:
     model: str
     adapter: str | None
     release: LlmRelease | None
+    revision: str | None = None  # the hub commit of ``model`` (a hub base)
 
 
 def register_llm_release(
@@ -111,16 +113,40 @@ def served_model(version: ModelVersion) -> ServedModel:
     if release.base_bundled or Path(base).is_absolute():
         if not (Path(base) / "config.json").is_file():
             raise ValueError(f"{version.tag}: its base model {base!r} is not on this machine")
-    return ServedModel(base, str(folder / "adapter"), release)
+    return ServedModel(
+        base, str(folder / "adapter"), release, None if release.base_bundled else release.base_revision
+    )
 
 
-def merge_adapter(base_path: str, adapter_dir: Path, target: Path) -> Path:
-    """Base + adapter as one model folder (with the adapter's tokenizer); what --merge registers."""
+def merge_adapter(
+    base_path: str, adapter_dir: Path, target: Path, dtype: str = "float32", revision: str | None = None
+) -> Path:
+    """Base + adapter as one model folder (with the adapter's tokenizer), in the dtype the adapter
+    was trained in (bf16 stays bf16: half the size of fp32); what --merge registers. On the CPU:
+    the step needs memory for the base model in that dtype."""
     from peft import PeftModel
 
     from llmops.llm.finetune import load_causal_lm, load_tokenizer
 
-    model = PeftModel.from_pretrained(load_causal_lm(base_path, "cpu", "float32"), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_causal_lm(base_path, "cpu", dtype, revision), str(adapter_dir))
     model.merge_and_unload().save_pretrained(target)
     load_tokenizer(str(adapter_dir)).save_pretrained(target)
     return target
+
+
+def score_champion(name: str, score: Any) -> tuple[str, dict[str, float]] | None:
+    """(version, scores) of ``name``'s champion scored by ``score(model, adapter, revision)``,
+    or None when there is no champion or it cannot be loaded here (the gate then falls back to
+    its recorded metrics, and says so)."""
+    from llmops.registry import Registry
+
+    champion = Registry().find(name)
+    if champion is None:
+        return None
+    try:
+        served = served_model(champion)
+        return champion.version, score(served.model, served.adapter, served.revision)
+    except Exception as exc:  # not loadable here (another base, out of memory, …): not fatal
+        print(f"Champion {champion.version} not scored here ({type(exc).__name__}: {exc}); "
+              "the gate uses its recorded metrics")  # fmt: skip
+        return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -82,12 +81,23 @@ def dataset_version(records: list[InstructionRecord]) -> str:
 def split_records(
     records: list[InstructionRecord], eval_fraction: float, seed: int
 ) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
-    """(train, held out): a seeded shuffle, at least one record on each side."""
+    """(train, held out), in file order. A record is held out when a hash of the seed and its
+    content falls under ``eval_fraction``, so it keeps its side when the dataset grows: the next
+    version's held-out examples are never the champion's training examples. At least one record
+    ends on each side."""
     if not 0 < eval_fraction < 1:
         raise DatasetError(f"eval_fraction: must be between 0 and 1, got {eval_fraction}")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    held = min(len(records) - 1, max(1, round(len(records) * eval_fraction)))
-    held_out = sorted(order[:held])
-    kept = set(held_out)
-    return [r for i, r in enumerate(records) if i not in kept], [records[i] for i in held_out]
+
+    def draw(record: InstructionRecord) -> float:  # uniform in [0, 1), fixed per (seed, record)
+        body = f"{seed}\n" + json.dumps(record.model_dump(), sort_keys=True)
+        return int(hashlib.sha256(body.encode()).hexdigest()[:12], 16) / 16**12
+
+    draws = [draw(r) for r in records]
+    held = {i for i, d in enumerate(draws) if d < eval_fraction}
+    if not held:
+        held = {min(range(len(records)), key=draws.__getitem__)}
+    if len(held) == len(records):
+        held.discard(max(range(len(records)), key=draws.__getitem__))
+    return [r for i, r in enumerate(records) if i not in held], [
+        r for i, r in enumerate(records) if i in held
+    ]

@@ -35,6 +35,7 @@ class VLLMBackend:
         self,
         model: str,
         adapter: str | None = None,
+        revision: str | None = None,
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
     ):
@@ -58,6 +59,7 @@ class VLLMBackend:
             model=self.model_path,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
+            revision=revision,
             **options,
         )
         self.tokenizer = self.llm.get_tokenizer()
