@@ -164,3 +164,12 @@ def s3_server() -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The moto server's environment set for this test (and the processes it starts)."""
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # boto3 would prefer it to the S3 one
+    return s3_server

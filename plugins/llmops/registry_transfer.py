@@ -21,7 +21,6 @@ the registry's compare-and-set path, like a promotion.
 
 from __future__ import annotations
 
-import hashlib
 import lzma
 import re
 import shutil
@@ -37,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmops.errors import field_problems
 from llmops.registry import ModelVersion, Registry, RegistryError, check_name
-from llmops.storage import StorageNotFound, as_location, open_store
+from llmops.storage import StorageNotFound, as_location, file_sha256, open_store
 
 FORMAT = "llmops-model-export/1"
 ARCHIVE_EXT = ".bentomodel"
@@ -80,7 +79,7 @@ def export_version(name: str, ref: str, url: str) -> tuple[str, ExportManifest]:
             name=version.name,
             version=version.version,
             archive=archive.name,
-            archive_sha256=_sha256(archive),
+            archive_sha256=file_sha256(archive),
             files=folder_digests(version.path),
             aliases=sorted(a for a, v in registry.aliases(name).items() if v == version.version),
             labels=version.labels,
@@ -111,7 +110,7 @@ def import_version(url: str, aliases: list[str] | tuple[str, ...] = ()) -> Impor
             store.download_file(archive_name, archive)
         except StorageNotFound:
             raise RegistryError(f"url: {store.join(archive_name)} does not exist") from None
-        if manifest and _sha256(archive) != manifest.archive_sha256:
+        if manifest and file_sha256(archive) != manifest.archive_sha256:
             raise RegistryError(
                 f"{store.join(archive_name)}: SHA-256 differs from its manifest (corrupt or replaced)"
             )
@@ -139,15 +138,9 @@ def import_version(url: str, aliases: list[str] | tuple[str, ...] = ()) -> Impor
 def folder_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder``, by POSIX path relative to it."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {
+        p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def _read_manifest(store, filename: str) -> ExportManifest | None:

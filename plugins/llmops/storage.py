@@ -15,6 +15,7 @@ S3 goes through boto3, which takes the endpoint from ``AWS_ENDPOINT_URL_S3`` or
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -336,6 +337,15 @@ class S3Store(Store):
 
 _clients: dict[tuple[str | None, ...], Any] = {}
 _clients_lock = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def s3_endpoint() -> str | None:

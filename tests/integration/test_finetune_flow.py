@@ -15,7 +15,8 @@ from metaflow import Run, namespace
 from llmops.registry import Registry
 from tests.conftest import REPO, run_flow, serve_bento
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# several flow runs in one test (or fixture) on a 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1200)]
 FLOW = "FinetuneLlmFlow"
 
 

@@ -23,7 +23,8 @@ from metaflow import Run, namespace
 
 from tests.conftest import REPO, run_flow
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# several flow runs in one test (or fixture) on a 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1200)]
 BUCKET, PREFIX = "llmops", "metaflow"
 FLOWS = {
     "train_classifier.py": "TrainClassifierFlow",

@@ -30,13 +30,6 @@ from tests.conftest import REPO, serve_bento
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
 def prefix() -> str:
     return f"s3://llmops/tests/{uuid.uuid4().hex[:8]}"
 

@@ -185,15 +185,13 @@ def test_local_checkpoint_store_keeps_the_latest_only(tmp_path):
     assert sorted(p.name for p in (tmp_path / "store" / key).iterdir()) == ["LATEST", "checkpoint-10"]
 
 
-def test_s3_checkpoint_store_on_a_real_s3_api(tmp_path, s3_server, monkeypatch):
+def test_s3_checkpoint_store_on_a_real_s3_api(tmp_path, s3_env):
     import boto3
 
-    for name, value in s3_server.items():
-        monkeypatch.setenv(name, value)
     prefix = f"unit-{uuid.uuid4().hex[:8]}/checkpoints"  # the server is shared by the session
     store = CheckpointStore(f"s3://llmops/{prefix}")
     key = _exercise(store, tmp_path)
-    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL_S3"])
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="llmops", Prefix=f"{prefix}/")["Contents"]]
     assert all(k.startswith(f"{prefix}/{key}/") for k in keys)
     assert not [k for k in keys if "checkpoint-5/" in k] and f"{prefix}/{key}/LATEST" in keys

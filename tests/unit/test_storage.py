@@ -18,14 +18,6 @@ from llmops.storage import (
 )
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    return s3_server
-
-
 @pytest.fixture(params=["s3", "local"])
 def store(request, tmp_path):
     """An empty store of each kind, under a prefix no other test uses."""

@@ -31,7 +31,8 @@ class StepEngine:
     def add_request(self, request_id, prompt, sampling, lora_request=None):
         if sampling.max_tokens == 0:
             raise ValueError("max_tokens: must be at least 1")
-        self.running[request_id] = {"prompt": prompt, "words": [], "max": sampling.max_tokens}
+        text = "".join(map(chr, prompt["prompt_token_ids"]))  # the backend sends token ids
+        self.running[request_id] = {"prompt": text, "words": [], "max": sampling.max_tokens}
 
     def has_unfinished_requests(self):
         return bool(self.running)
@@ -64,6 +65,7 @@ class StepEngine:
 def backend_on(engine):
     backend = object.__new__(VLLMBackend)  # no vLLM here: the engine loop alone
     backend.llm = SimpleNamespace(llm_engine=engine)
+    backend.tokenizer = lambda text, add_special_tokens: {"input_ids": [ord(c) for c in text]}
     backend._lora = None
     backend._sampling = lambda params: SimpleNamespace(max_tokens=params.max_tokens)
     backend._pending, backend._outboxes = queue.Queue(), {}

@@ -50,7 +50,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def heldout_loss(
-    model: Any, tokenizer: Any, records: list[InstructionRecord], max_length: int, batch_size: int = 8
+    model: Any, tokenizer: Any, records: list[InstructionRecord], max_length: int, batch_size: int = 4
 ) -> float:
     """Mean cross-entropy per response token (the prompt tokens are context, not scored)."""
     import torch
@@ -68,14 +68,15 @@ def heldout_loss(
 
         ids, mask, labels = padded("input_ids", pad), padded("attention_mask", 0), padded("labels", -100)
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        # token t predicts token t+1: (B, T-1, V) against (B, T-1)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        # token t predicts token t+1; only answer positions are scored, and only they are upcast
+        # to float32 (the whole (B, T, V) in float32 would not fit beside a 7B model): (N, V)
+        scored = labels[:, 1:] != -100
         loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-            ignore_index=-100, reduction="sum",
-        )  # fmt: skip
+            logits[:, :-1][scored].float(), labels[:, 1:][scored], reduction="sum"
+        )
         total += float(loss)
-        tokens += int((labels[:, 1:] != -100).sum())
+        tokens += int(scored.sum())
     return total / max(tokens, 1)
 
 

@@ -95,7 +95,10 @@ class VLLMBackend:
         """Text pieces as the engine produces them, then the Completion (usage, finish reason).
         Closing the stream early (the client went away) aborts the request in the engine."""
         request_id, outbox = uuid.uuid4().hex, queue.Queue()
-        self._pending.put(("add", request_id, prompt, self._sampling(params), outbox))
+        # token ids, not text: vLLM would add a BOS to a chat template that already has one, and
+        # the prompt counted against the context would differ from what the engine sees
+        ids = {"prompt_token_ids": self.tokenizer(prompt, add_special_tokens=False)["input_ids"]}
+        self._pending.put(("add", request_id, ids, self._sampling(params), outbox))
         sent, out = "", None
         try:
             while True:

@@ -275,7 +275,7 @@ def export_index(client, index_version: str, url: str, page: int = 5000) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llmops.storage import open_store
+    from llmops.storage import file_sha256, open_store
 
     collection = open_index(client, index_version)
     store = open_store(url, "url").child(index_version)
@@ -315,7 +315,7 @@ def export_index(client, index_version: str, url: str, page: int = 5000) -> str:
             "rows": rows,
             "dimension": dimension,
             "records": EXPORT_RECORDS,
-            "records_sha256": _file_sha256(records),
+            "records_sha256": file_sha256(records),
             "exported_at": datetime.now(timezone.utc).isoformat(),
         }
     store.write_bytes(EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())  # last: marks it complete
@@ -359,7 +359,7 @@ def import_index(client, url: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llmops.storage import open_store
+    from llmops.storage import file_sha256, open_store
 
     manifest = read_export_manifest(url)
     version, metadata, where = manifest["index_version"], manifest["metadata"], manifest["url"]
@@ -374,7 +374,7 @@ def import_index(client, url: str):
     where = store.join(EXPORT_RECORDS)
     with tempfile.TemporaryDirectory(prefix="llmops-index-import-") as tmp:
         records = store.download_file(EXPORT_RECORDS, Path(tmp) / EXPORT_RECORDS)
-        if _file_sha256(records) != manifest.get("records_sha256"):
+        if file_sha256(records) != manifest.get("records_sha256"):
             raise IndexTransferError(f"{where}: SHA-256 differs from index.json (corrupt or replaced)")
         try:
             data = pq.ParquetFile(records)
@@ -417,11 +417,3 @@ def exported_indexes(url: str) -> list[dict[str, Any]]:
         if store.exists(f"{name}/{EXPORT_MANIFEST}"):
             found.append(read_export_manifest(store.join(name)))
     return sorted(found, key=lambda m: str(m.get("exported_at", "")), reverse=True)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
