@@ -34,11 +34,19 @@ def build_tiny_causal_lm(
     n_embd: int = 64,
     n_positions: int = 512,
     seed: int = 0,
+    architecture: str = "gpt2",
 ) -> Path:
-    """Write a tokenizer and a GPT-2 model to ``folder``; returns the folder."""
+    """Write a tokenizer and a GPT-2 (or, with ``architecture="llama"``, a Llama) model to
+    ``folder``; returns the folder. Llama is what vLLM serves LoRA adapters on."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,6 +63,17 @@ def build_tiny_causal_lm(
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     torch.manual_seed(seed)
+    if architecture == "llama":
+        llama = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=n_embd, intermediate_size=4 * n_embd,
+            num_hidden_layers=n_layer, num_attention_heads=2, num_key_value_heads=2,
+            max_position_embeddings=n_positions, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        LlamaForCausalLM(llama).save_pretrained(folder)
+        return folder
+    if architecture != "gpt2":
+        raise ValueError(f"architecture: {architecture!r} is not gpt2 or llama")
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=n_positions,
