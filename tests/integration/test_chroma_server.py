@@ -154,9 +154,11 @@ def test_service_answers_from_the_server_index(released, chroma_server, home, tm
     assert not (home / "chroma").exists()
 
 
-def test_a_flows_chroma_option_wins_over_the_setting(released, chroma_server, tmp_path, monkeypatch):
-    """``--chroma`` (what the flows pass to chroma_location) takes a server URL or a folder, and
-    either overrides LLMOPS_CHROMA_URL for that run."""
+def test_chroma_location_takes_a_url_or_a_folder_over_the_setting(
+    released, chroma_server, tmp_path, monkeypatch
+):
+    """What the flows do with ``--chroma``: ``chroma_location`` takes a server URL or a folder,
+    and either overrides LLMOPS_CHROMA_URL (checked at the function the flows call, not by a run)."""
     from llmops.rag.index import chroma_location, list_indexes
 
     _, built, _ = released
