@@ -267,8 +267,10 @@ class FinetuneLlmFlow(FlowSpec):
         """(type, root) of the datastore this task writes to: checkpoints go beside it."""
         storage = getattr(getattr(self, "_datastore", None), "_storage_impl", None)  # no public API
         if storage is None:
-            print("Could not tell this task's datastore: checkpoints go to $LLMOPS_CHECKPOINT_ROOT or "
-                  "$LLMOPS_HOME/checkpoints (set LLMOPS_CHECKPOINT_ROOT=s3://... on remote compute)")  # fmt: skip
+            print(
+                "Could not tell this task's datastore: checkpoints go to $LLMOPS_CHECKPOINT_ROOT or "
+                "$LLMOPS_HOME/checkpoints (set LLMOPS_CHECKPOINT_ROOT=s3://... on remote compute)"
+            )
         return getattr(storage, "TYPE", None), getattr(storage, "datastore_root", None)
 
 
