@@ -11,9 +11,12 @@ same chunking and model reuse its embeddings instead of being embedded again.
 Card: python flows/build_rag_index.py card view write
 """
 
-from metaflow import FlowSpec, Parameter, card, current, resources, step
+from metaflow import FlowSpec, Parameter, card, current, package_sources, resources, step
+
+from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 
 
+@package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class BuildRagIndexFlow(FlowSpec):
     docs = Parameter("docs", default="docs", help="Folder of Markdown, text, HTML and PDF files.")
     chunk_size = Parameter("chunk-size", default=800, type=int, help="Chunk size in characters.")

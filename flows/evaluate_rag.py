@@ -12,9 +12,12 @@ release: index + embedding model + prompt + generator settings, move `champion`)
 Cards: python flows/evaluate_rag.py card view evaluate [--id gate]
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, step
+from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
+
+from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 
 
+@package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class EvaluateRagFlow(FlowSpec):
     policy = Config(
         "policy",

@@ -23,14 +23,18 @@ from metaflow import (
     config_expr,
     current,
     gate,
+    package_sources,
     resources,
     retry,
     step,
 )
 
+from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
+
 MAX_BUNDLED_BASE_MB = 512  # a local base model this small travels with the run (and the release)
 
 
+@package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class FinetuneLlmFlow(FlowSpec):
     policy = Config(
         "policy",

@@ -15,11 +15,13 @@ publishes an event only when it decides to retrain and the training flow is depl
 @trigger(event=...) on it (see README: @trigger_on_finish would retrain after every run).
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step
+from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, step
 
 from llmops.data import DataError
+from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 
 
+@package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class MonitorDriftFlow(FlowSpec):
     policy = Config(
         "policy",

@@ -10,11 +10,13 @@ is a Metaflow Config read from evals/classifier.yaml by default and stored with 
 Cards: python flows/train_classifier.py card view validate|evaluate [--id gate]
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, step
+from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
 
 from llmops.data import DEFAULT_DATASET
+from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 
 
+@package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class TrainClassifierFlow(FlowSpec):
     policy = Config(
         "policy",

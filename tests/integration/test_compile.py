@@ -124,7 +124,10 @@ def with_recipe(flow: str, name: str, decorator: str, folder: Path) -> Path:
     source = (REPO / "flows" / flow).read_text()
     header = f"\nclass {flow_class}(FlowSpec):"
     assert header in source, f"flows/{flow}: no line 'class {flow_class}(FlowSpec):'"
-    source = source.replace(header, f"\nfrom metaflow import {name}\n\n\n{decorator}{header}")
+    source = source.replace(
+        "\nfrom metaflow import", f"\nfrom metaflow import {name}\nfrom metaflow import", 1
+    )
+    source = source.replace(header, f"\n{decorator}{header}")
     target = folder / flow
     target.write_text(source)
     return target
@@ -275,6 +278,11 @@ def test_every_flow_compiles_to_an_argo_workflow_template_with_the_profile(compi
     names = tarfile.open(fileobj=io.BytesIO(package)).getnames()
     assert flow in names
     assert ".mf_code/metaflow_extensions/llmops/plugins/gate_decorator.py" in names
+    # the llmops library and the shipped data travel too (@package_sources): remote tasks import
+    # the deployed code and read the default inputs at the paths a laptop run uses
+    assert {"llmops/gates.py", "llmops/llm/finetune.py", "datasets/llmops_instructions.jsonl",
+            "evals/rag_golden.yaml", "prompts/rag_answer.yaml", "docs/rag.md"} <= set(names)  # fmt: skip
+    assert not [n for n in names if n.endswith(".pyc")]
 
 
 @pytest.mark.parametrize("flow", [f for f in FLOWS if declared_resources(f)])
