@@ -150,6 +150,9 @@ def test_resume_continues_training_from_the_failed_runs_checkpoint(
     first = first_release[0]["promote"].task["release_version"].data
     evaluate = run["evaluate"].task
     assert evaluate["champion_scored"].data["version"] == first
+    # one seed, one adapter: the champion (retried from step 5) and this run (resumed from step 10)
+    # trained the same weights, so the gate sees no regression rather than noise
+    assert evaluate["champion_scored"].data["scores"] == evaluate["eval_scores"].data
     assert evaluate["gate_decision"].data["passed"], evaluate["gate_decision"].data
     version = Registry().get(release_name)
     assert version.version == run["promote"].task["release_version"].data != first

@@ -153,6 +153,36 @@ def test_fault_injection_setting(monkeypatch):
         fail_at_step_from_env(0)
 
 
+def test_one_seed_trains_one_adapter_whether_or_not_the_training_was_interrupted(tmp_path):
+    """Same data, settings and seed: the same adapter, bit for bit, also when the training failed
+    and continued from a checkpoint. This is what lets the gate compare a retrained model with
+    the champion without reading noise as a regression."""
+    from safetensors.torch import load_file
+
+    from llmops.llm.finetune import InjectedFailure, train_lora
+    from llmops.llm.tiny import build_tiny_causal_lm
+
+    base = str(build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300))
+    records = [InstructionRecord(instruction=f"Which step is {i}?", response=f"step {i}") for i in range(16)]
+    config = parse_training_config("optim: {max_steps: 8, batch_size: 4}\nsave_steps: 3\nmax_length: 64")
+
+    def adapter(name, config=config, **kwargs):
+        outcome = train_lora(base, records, config, tmp_path / name, **kwargs)
+        return load_file(outcome.adapter_dir / "adapter_model.safetensors"), outcome
+
+    first, _ = adapter("first")
+    again, _ = adapter("again")
+    store, key = CheckpointStore(str(tmp_path / "store")), "k"
+    with pytest.raises(InjectedFailure):
+        adapter("failed", store=store, key=key, fail_at_step=5)
+    resumed, outcome = adapter("resumed", store=store, key=key)
+    other, _ = adapter("other", config=config.model_copy(update={"seed": 1}))
+    assert outcome.resumed_from_step == 3 and outcome.steps == 8
+    assert first.keys() == again.keys() == resumed.keys()
+    assert all((first[k] == again[k]).all() and (first[k] == resumed[k]).all() for k in first)
+    assert any((first[k] != other[k]).any() for k in first)
+
+
 def _checkpoint(folder, step):
     folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(bytes([step]) * 10)

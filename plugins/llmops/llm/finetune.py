@@ -307,8 +307,9 @@ def train_lora(
 ) -> TrainOutcome:
     """Train a LoRA adapter; returns where it was saved (``workdir/adapter``) and how it went."""
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
+    set_seed(config.seed)  # the adapter's initial weights too: one seed, one adapter
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_path, revision)
     model = load_causal_lm(base_path, device, dtype, revision)
