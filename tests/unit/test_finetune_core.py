@@ -10,6 +10,7 @@ from llmops.gates import PolicyError, evaluate_gate, parse_policy
 from llmops.llm.checkpoints import CheckpointStore, checkpoint_key, default_root
 from llmops.llm.finetune import (
     FAIL_AT_STEP_ENV,
+    InjectedFailure,
     TrainingConfigError,
     build_example,
     fail_at_step_from_env,
@@ -17,6 +18,7 @@ from llmops.llm.finetune import (
     parse_training_config,
     read_folder,
     render_prompt,
+    train_lora,
     write_folder,
 )
 from llmops.llm.lm_eval import compare, exact_match, rouge_l
@@ -159,7 +161,6 @@ def test_one_seed_trains_one_adapter_whether_or_not_the_training_was_interrupted
     the champion without reading noise as a regression."""
     from safetensors.torch import load_file
 
-    from llmops.llm.finetune import InjectedFailure, train_lora
     from llmops.llm.tiny import build_tiny_causal_lm
 
     base = str(build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300))
