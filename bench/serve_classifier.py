@@ -13,15 +13,16 @@ throwaway BentoML home and trains a small model into it when there is no champio
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from llmops.server_process import bento_server, free_port, started_server
+
+SERVICE = "services.classifier:Classifier"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,39 +137,6 @@ def run_bare_server(port: int, name: str) -> None:
 # ---- servers and load ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def started(command: list[str], port: int, log: Path, env: dict[str, str]):
-    import httpx
-
-    with open(log, "w") as sink:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{command[:4]} did not become ready; see {log}:\n{log.read_text()[-3000:]}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 async def load(url: str, bodies: list[dict], seconds: float, concurrency: int, max_requests: int):
     """Latencies (s) of successful requests and the error count, from `concurrency` workers."""
     import httpx
@@ -245,14 +213,15 @@ def main(argv: list[str] | None = None) -> None:
         env = os.environ | {"LLMOPS_MODEL": args.model, "LLMOPS_INFERENCE_LOG_DIR": str(scratch / "log")}
         env.pop("LLMOPS_API_KEY", None)
         env.pop("LLMOPS_MODEL_VERSION", None)
-        service_port, bare_port = free_port(), free_port()
-        service_cmd = [sys.executable, "-m", "bentoml", "serve", "services.classifier:Classifier",
-                       "--host", "127.0.0.1", "--port", str(service_port)]  # fmt: skip
+        bare_port = free_port()
         bare_cmd = [sys.executable, __file__, "--model", args.model, "--bare-server", str(bare_port)]
         with (
-            started(service_cmd, service_port, scratch / "service.log", env) as service_url,
-            started(bare_cmd, bare_port, scratch / "bare.log", env) as bare_url,
+            bento_server(
+                "services.classifier:Classifier", env=env, log=scratch / "service.log", cwd=REPO
+            ) as service,
+            started_server(bare_cmd, bare_port, env=env, log=scratch / "bare.log", cwd=REPO) as bare,
         ):
+            service_url, bare_url = service.url, bare.url
             if not same_answers(service_url, bare_url, bodies[0]):
                 print("warning: the two servers disagree on the first request")
             results = [

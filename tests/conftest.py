@@ -7,8 +7,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from llmops.server_process import free_port as find_free_port
+from llmops.server_process import stop
 
 REPO = Path(__file__).resolve().parents[1]
 _STATE = Path(tempfile.mkdtemp(prefix="llmops-tests-"))
@@ -35,13 +36,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 def model_name() -> str:
     """A registry name no other test uses (tests share one BentoML home)."""
     return "clf-" + uuid.uuid4().hex[:8]
-
-
-def find_free_port() -> int:
-    """A port on 127.0.0.1 that the OS says is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -70,38 +64,20 @@ def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> 
     /readyz answers 200, and stops the server (and its workers) afterwards."""
     import httpx
 
+    from llmops.server_process import ServerError, bento_server
+
     port = find_free_port()
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_API")}
     server_env |= {"LLMOPS_INFERENCE_LOG_DIR": str(log_dir), "LLMOPS_INFERENCE_LOG_FLUSH_S": "0.1", **env}
-    output = log_dir / f"server-{port}.log"
-    with open(output, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=server_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    log = log_dir / f"server-{port}.log"
     try:
-        deadline = time.monotonic() + ready_s
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"bentoml serve exited {process.returncode}:\n{output.read_text()[-4000:]}")
-            if "Application startup failed" in output.read_text():  # BentoML restarts, never exits
-                pytest.fail(f"bentoml serve could not start the service:\n{output.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve not ready after {ready_s} s:\n{output.read_text()[-4000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if client.get("/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield client
-    finally:
-        client.close()
-        process.terminate()  # the arbiter stops its workers on SIGTERM
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the session this test started
-            process.wait()
+        with (
+            bento_server(target, port=port, env=server_env, log=log, ready_s=ready_s, cwd=REPO) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            yield client
+    except ServerError as exc:  # raised only while starting
+        pytest.fail(str(exc))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -158,12 +134,7 @@ def s3_server() -> Iterator[dict[str, str]]:
                 time.sleep(0.3)
         yield env
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, grace_s=10)
 
 
 @pytest.fixture
