@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmops import paths
-from llmops.errors import field_problems
+from llmops.errors import parse_yaml_model
 
 PROMPTS_DIR_ENV = "LLMOPS_PROMPTS_DIR"
 
@@ -119,16 +119,9 @@ def prompts_dir() -> Path:
 
 
 def parse_prompt(text: str, source: str) -> PromptTemplate:
+    prompt = parse_yaml_model(text, PromptTemplate, source, PromptError)
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PromptError(f"{source}: not valid YAML: {exc}") from exc
-    try:
-        prompt = PromptTemplate.model_validate(raw)
         used = prompt.used_variables()
-    except ValidationError as exc:
-        problems = field_problems(exc)
-        raise PromptError(f"{source}: {problems}") from None
     except PromptError as exc:
         raise PromptError(f"{source}: {exc}") from None
     undeclared = sorted(used - set(prompt.input_variables))

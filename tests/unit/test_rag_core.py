@@ -593,7 +593,7 @@ def test_golden_file_errors_name_the_entry(tmp_path):
     with pytest.raises(GoldenError, match=r"--golden: no such file"):
         load_golden(tmp_path / "missing.yaml")
     path.write_text("questions: [unclosed\n")
-    with pytest.raises(GoldenError, match=r"--golden: .* is not valid YAML"):
+    with pytest.raises(GoldenError, match=r"--golden: .*golden.yaml: not valid YAML"):
         load_golden(path)
 
 

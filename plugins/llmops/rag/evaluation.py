@@ -25,10 +25,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.errors import field_problems
+from llmops.errors import parse_yaml_model
 from llmops.rag.pipeline import RagAnswer
 
 NON_LLM_METRICS = ("context_precision", "context_recall", "string_similarity", "rouge_l")
@@ -67,15 +66,7 @@ def load_golden(path: str | Path, field: str = "--golden") -> GoldenSet:
     path = Path(path)
     if not path.is_file():
         raise GoldenError(f"{field}: no such file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise GoldenError(f"{field}: {path} is not valid YAML: {exc}") from None
-    try:
-        return GoldenSet.model_validate(raw)
-    except ValidationError as exc:
-        problems = field_problems(exc)
-        raise GoldenError(f"{field}: {path}: {problems}") from None
+    return parse_yaml_model(path.read_text(), GoldenSet, f"{field}: {path}", GoldenError)
 
 
 def _squash(text: str) -> str:
