@@ -22,9 +22,8 @@ from filelock import Timeout
 from rich.console import Console
 from rich.table import Table
 
-from llmops.prompts import PromptError
+from llmops.errors import LlmopsError
 from llmops.registry import CHAMPION, Registry, RegistryError, check_name
-from llmops.storage import StorageError
 
 console = Console()
 # the headline scores of each kind of model: classifier, RAG release, LLM release
@@ -317,20 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    errors: tuple[type[Exception], ...] = (
-        RegistryError,
-        PromptError,
-        StorageError,
-        Timeout,
-        json.JSONDecodeError,
-    )
-    if args.group == "index":
-        from llmops.rag.index import IndexNotFound, IndexTransferError
-
-        errors += (IndexNotFound, IndexTransferError)
     try:
         args.func(args)
-    except errors as exc:
+    except (LlmopsError, Timeout, json.JSONDecodeError) as exc:  # a file lock held too long, a bad JSON file
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
     return 0

@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from llmops.errors import LlmopsError
+
 ColumnKind = Literal["numeric", "categorical"]
 DEFAULT_DATASET = "sklearn:breast_cancer"
 _SKLEARN_DATASETS = {"breast_cancer", "iris", "wine"}
 
 
-class DataError(ValueError):
+class DataError(LlmopsError, ValueError):
     """Input data that cannot be used; the message names the field and the problem."""
 
 

@@ -52,6 +52,7 @@ from llmops.drift_stats import (
     psi,
     z_test,
 )
+from llmops.errors import LlmopsError
 from llmops.profile import OTHER, ColumnProfile, Profile, category_counts, finite_values, numeric_bin_counts
 
 Test = Literal["ks", "wasserstein", "chi2", "chi2_homogeneity", "z", "js", "psi"]
@@ -72,7 +73,7 @@ SMALL_REFERENCE = 1000  # Evidently: up to this many reference rows, statistical
 FEW_VALUES = 5  # numeric columns with this many distinct values or fewer are tested as categories
 
 
-class DriftError(ValueError):
+class DriftError(LlmopsError, ValueError):
     """A drift check that cannot be made as asked; the message names the column and what to change."""
 
 

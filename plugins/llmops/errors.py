@@ -1,4 +1,10 @@
-"""Error messages that name the field: shared by every loader of user files."""
+"""The errors llmops raises for things a user can fix, and messages that name the field.
+
+:class:`LlmopsError` is the base of every such error (bad input, a missing version, a refused
+setting): the CLI and the flows show its message, never a traceback. Each module's error also
+keeps the builtin it always was (``ValueError``, ``LookupError``), so callers that catch those
+still do.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class LlmopsError(Exception):
+    """A problem the user can fix; the message names the field or the thing and says what is wrong."""
 
 
 def field_problems(exc: ValidationError) -> str:

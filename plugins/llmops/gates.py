@@ -16,11 +16,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmops.drift import DriftReport, DriftRule  # DriftRule: the `drift:` section, kept with the tests
-from llmops.errors import parse_yaml_model
+from llmops.errors import LlmopsError, parse_yaml_model
 from llmops.validation import DataRules
 
 
-class PolicyError(ValueError):
+class PolicyError(LlmopsError, ValueError):
     """A policy file that cannot be used; the message names the file and the field."""
 
 

@@ -23,12 +23,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmops import paths
-from llmops.errors import parse_yaml_model
+from llmops.errors import LlmopsError, parse_yaml_model
 
 PROMPTS_DIR_ENV = "LLMOPS_PROMPTS_DIR"
 
 
-class PromptError(ValueError):
+class PromptError(LlmopsError, ValueError):
     """A prompt file or a rendering request that cannot be used; names the file and the field."""
 
 

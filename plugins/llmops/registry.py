@@ -25,12 +25,14 @@ import bentoml
 from filelock import FileLock
 from pydantic import BaseModel
 
+from llmops.errors import LlmopsError
+
 CHAMPION = "champion"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _UNSET: Any = object()
 
 
-class RegistryError(Exception):
+class RegistryError(LlmopsError):
     """A registry request that cannot be done; the message says why and what to do."""
 
 

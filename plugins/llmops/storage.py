@@ -27,13 +27,15 @@ from os import PathLike
 from pathlib import Path, PurePath
 from typing import Any
 
+from llmops.errors import LlmopsError
+
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # boto3 reads these itself
 METAFLOW_ENDPOINT_ENV = "METAFLOW_S3_ENDPOINT_URL"
 # S3's bucket naming rule (general purpose buckets): 3-63 of a-z 0-9 . -, alphanumeric at both ends
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class StorageError(ValueError):
+class StorageError(LlmopsError, ValueError):
     """A location or key that cannot be used, or a store that refused a request; says which."""
 
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from llmops.errors import LlmopsError
 
-class BackendError(ValueError):
+
+class BackendError(LlmopsError, ValueError):
     """A model or setting a backend cannot use; names the setting."""
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.errors import parse_yaml_model
+from llmops.errors import LlmopsError, parse_yaml_model
 from llmops.llm.checkpoints import CheckpointStore
 from llmops.llm.sft_data import InstructionRecord
 
@@ -31,7 +31,7 @@ TINY = "tiny"  # the base-model spec that builds the project's tiny local model
 FAIL_AT_STEP_ENV = "LLMOPS_FINETUNE_FAIL_AT_STEP"  # fault injection, to exercise recovery
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(LlmopsError, ValueError):
     """A training config that cannot be used; names the field."""
 
 

@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
+from llmops.errors import LlmopsError
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])|\n+")
 
 
-class GeneratorError(ValueError):
+class GeneratorError(LlmopsError, ValueError):
     """A generator spec or request that cannot be used; names the field."""
 
 

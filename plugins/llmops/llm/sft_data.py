@@ -17,12 +17,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmops.errors import field_problems
+from llmops.errors import LlmopsError, field_problems
 
 MAX_REPORTED = 20  # bad lines named in one error
 
 
-class DatasetError(ValueError):
+class DatasetError(LlmopsError, ValueError):
     """A dataset file that cannot be used; names the file, the line and the field."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llmops.errors import LlmopsError
+
 KINDS = {
     ".md": "markdown",
     ".markdown": "markdown",
@@ -26,7 +28,7 @@ KINDS = {
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
-class CorpusError(ValueError):
+class CorpusError(LlmopsError, ValueError):
     """A corpus folder that cannot be used; the message names the parameter."""
 
 

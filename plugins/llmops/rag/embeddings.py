@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from llmops.errors import LlmopsError
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(LlmopsError, ValueError):
     """An embedding model that cannot be used; names the setting."""
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.errors import parse_yaml_model
+from llmops.errors import LlmopsError, parse_yaml_model
 from llmops.rag.pipeline import RagAnswer
 
 NON_LLM_METRICS = ("context_precision", "context_recall", "string_similarity", "rouge_l")
@@ -37,7 +37,7 @@ METRICS = RETRIEVAL_METRICS + NON_LLM_METRICS + JUDGED_METRICS
 RELEVANCE_MIN_RATIO = 90  # rapidfuzz partial_ratio of a reference context inside a chunk
 
 
-class GoldenError(ValueError):
+class GoldenError(LlmopsError, ValueError):
     """A golden set that cannot be used; names the entry and the field."""
 
 

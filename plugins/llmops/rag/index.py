@@ -27,12 +27,13 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel
 
+from llmops.errors import LlmopsError
 from llmops.rag.chunking import Chunk, ChunkingConfig
 
 SCRATCH_PREFIX = "building-"
 
 
-class IndexNotFound(LookupError):
+class IndexNotFound(LlmopsError, LookupError):
     """An index that cannot be found or opened; says which versions exist."""
 
 
@@ -263,7 +264,7 @@ EXPORT_MANIFEST = "index.json"
 EXPORT_RECORDS = "records.parquet"
 
 
-class IndexTransferError(ValueError):
+class IndexTransferError(LlmopsError, ValueError):
     """An export that cannot be read or an import that would overwrite another index; says why."""
 
 

@@ -12,13 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from llmops.errors import LlmopsError
 from llmops.rag.embeddings import Embedder
 
 FILTER_KEYS = ("source", "kind", "doc_hash")
 MAX_K = 50
 
 
-class RetrievalError(ValueError):
+class RetrievalError(LlmopsError, ValueError):
     """A retrieval request that cannot be answered; names the field."""
 
 
