@@ -1,8 +1,11 @@
 """Every plugin the extension registers must import and carry the name it is registered under."""
 
+import base64
 import importlib
+import re
 
 import metaflow
+import pytest
 from metaflow.plugins.cards.card_modules.card import MetaflowCard
 
 
@@ -37,3 +40,32 @@ def test_metaflow_exposes_the_decorator_and_cards():
 
     assert callable(metaflow.gate)
     assert {"llmops_gate", "llmops_eval", "llmops_data_profile"} <= {c.type for c in CARDS}
+
+
+class _Task(dict):
+    """What a card reads of a Metaflow task: ``name in task``, ``task[name].data`` and its pathspec."""
+
+    pathspec = "Flow/1/step/1"
+
+    def __getitem__(self, name):
+        return type("Artifact", (), {"data": dict.__getitem__(self, name)})
+
+
+def _card_text(card, task):
+    """The component tree the rendered HTML embeds (base64 JSON), as text."""
+    blobs = re.findall(r"[A-Za-z0-9+/=]{200,}", card.render(task))
+    return " ".join(base64.b64decode(b).decode("utf-8", "replace") for b in blobs)
+
+
+def test_cards_take_artifact_names_from_their_options():
+    from metaflow_extensions.llmops.plugins.cards.llmops_cards import CARDS, GateCard
+
+    decision = {"passed": False, "model": "clf", "policy_version": "policy-1", "rules": []}
+    renamed = GateCard(options={"gate_decision": "holdout_decision", "title": "Holdout gate"})
+    text = _card_text(renamed, _Task(holdout_decision=decision))
+    assert "Gate FAILED for `clf`" in text and "Holdout gate" in text
+    assert "No `gate_decision` artifact" in _card_text(GateCard(), _Task(holdout_decision=decision))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['scores'\]"):
+        GateCard(options={"scores": "x"})
+    for card in CARDS:  # a task without the artifacts renders, it does not raise
+        assert _card_text(card(), _Task())

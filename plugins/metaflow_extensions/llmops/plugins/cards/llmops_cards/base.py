@@ -1,0 +1,55 @@
+"""What every llmops card shares: artifacts read by name, names overridable by card options, and
+matplotlib figures turned into card images."""
+
+from metaflow.plugins.cards.card_modules.basic import BlankCard
+
+
+def figure(fig):
+    """A matplotlib figure as a card image (the figure is closed)."""
+    import matplotlib.pyplot as plt
+    from metaflow.cards import Image
+
+    image = Image.from_matplotlib(fig)
+    plt.close(fig)
+    return image
+
+
+def fmt(value, spec=".4f"):
+    """A number for a table cell; blank for a missing one."""
+    return "" if value is None else f"{value:{spec}}"
+
+
+class ArtifactCard(BlankCard):
+    """A card built from the task's artifacts.
+
+    ``artifacts`` names the artifacts a card reads, as the project's flows name them. A flow that
+    names one differently says so in the card's options, e.g.
+    ``@card(type="llmops_eval", options={"eval_scores": "holdout_scores"})``; ``title`` may be set too.
+    """
+
+    type = None
+    title = ""
+    artifacts: tuple = ()
+
+    def __init__(self, options=None, components=None, graph=None, **kwargs):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.artifacts) - {"title"})
+        if unknown:
+            raise ValueError(
+                f"@card(type={self.type!r}): unknown option(s) {unknown}; "
+                f"it takes 'title' and artifact names {list(self.artifacts)}"
+            )
+        self._names = {name: options.get(name, name) for name in self.artifacts}
+        title = options.get("title", self.title)
+        super().__init__(options={"title": title}, components=[], graph=graph, **kwargs)
+
+    def artifact(self, task, name, default=None):
+        """The artifact this card calls ``name`` (renamed by the card's options), or ``default``."""
+        actual = self._names[name]
+        return task[actual].data if actual in task else default
+
+    def render(self, task, components=None, runtime=False):
+        return super().render(task, components=self.components(task), runtime=runtime)
+
+    def components(self, task):
+        raise NotImplementedError

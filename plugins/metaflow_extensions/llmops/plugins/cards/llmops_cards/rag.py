@@ -1,0 +1,91 @@
+"""Cards of the RAG pipeline: the corpus and its index, the evaluation on the golden set."""
+
+from .base import ArtifactCard, fmt
+
+
+class CorpusCard(ArtifactCard):
+    type = "llmops_corpus"
+    title = "RAG corpus and index"
+    artifacts = (
+        "corpus_stats",
+        "index_version",
+        "corpus_version",
+        "chroma_location",
+        "embedding_model_id",
+        "chunking",
+        "embedded_chunks",
+        "reused_from",
+        "reused_chunks",
+    )
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        stats = self.artifact(task, "corpus_stats") or {}
+        counts = [
+            ["files", stats.get("files")],
+            ["chunks", stats.get("chunks")],
+            ["characters", stats.get("characters")],
+            ["tokens (embedding model)", stats.get("tokens")],
+            ["chunks embedded in this run", self.artifact(task, "embedded_chunks")],
+            [
+                f"chunks reused from {self.artifact(task, 'reused_from') or '-'}",
+                self.artifact(task, "reused_chunks"),
+            ],
+            *([f"files: {kind}", n] for kind, n in (stats.get("by_kind") or {}).items() if n),
+        ]
+        out = [
+            Markdown(f"## Index `{self.artifact(task, 'index_version', '?')}`"),
+            Markdown(
+                f"Corpus `{self.artifact(task, 'corpus_version')}` "
+                f"in `{self.artifact(task, 'chroma_location')}`; "
+                f"embedding model `{self.artifact(task, 'embedding_model_id')}`; "
+                f"chunking `{self.artifact(task, 'chunking')}`"
+            ),
+            Table(counts, headers=["", "count"]),
+        ]
+        skipped = stats.get("skipped") or []
+        out.append(Markdown(f"### Skipped files ({len(skipped)})"))
+        if skipped:
+            out.append(Table([[s["path"], s["reason"]] for s in skipped], headers=["file", "why"]))
+        return out
+
+
+class RagEvalCard(ArtifactCard):
+    type = "llmops_rag_eval"
+    title = "RAG evaluation"
+    artifacts = (
+        "eval_scores",
+        "index_version",
+        "prompt_ref",
+        "generator_settings",
+        "eval_notes",
+        "eval_rows",
+    )
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        scores = self.artifact(task, "eval_scores") or {}
+        generator = (self.artifact(task, "generator_settings") or {}).get("backend", "?")
+        out = [
+            Markdown(
+                f"## Index `{self.artifact(task, 'index_version', '?')}`, "
+                f"prompt `{self.artifact(task, 'prompt_ref', '?')}`, generator `{generator}`"
+            ),
+            Table([[k, fmt(v)] for k, v in scores.items()], headers=["metric (mean)", "value"]),
+        ]
+        notes = self.artifact(task, "eval_notes") or []
+        if notes:
+            out.append(Markdown("### Not scored\n" + "\n".join(f"- {n}" for n in notes[:20])))
+        rows = self.artifact(task, "eval_rows") or []
+        if rows:
+            metrics = list(rows[0]["scores"])
+            table = [
+                [r["question"], r["answer"][:200], ", ".join(r["sources"][:3])]
+                + [fmt(r["scores"].get(m), ".2f") for m in metrics]
+                for r in rows
+            ]
+            out.append(Markdown("### Per question"))
+            out.append(Table(table, headers=["question", "answer", "sources", *metrics]))
+        return out
