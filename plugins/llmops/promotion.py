@@ -24,9 +24,13 @@ KILL_ENV = "LLMOPS_TEST_KILL_PROMOTE"
 
 def registered_by(registry: Registry, name: str, runs: Sequence[str]) -> ModelVersion | None:
     """The gated version of ``name`` that one of ``runs`` registered (the latest, if several)."""
-    found = [
-        v for v in registry.versions(name) if v.metadata.get("run") in runs and v.metadata.get("gate_passed")
-    ]
+    import bentoml
+
+    try:
+        versions = registry.versions(name)
+    except bentoml.exceptions.NotFound:  # no version of this name yet
+        return None
+    found = [v for v in versions if v.metadata.get("run") in runs and v.metadata.get("gate_passed")]
     return found[-1] if found else None
 
 
