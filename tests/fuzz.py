@@ -77,6 +77,7 @@ def fuzz_service(
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
+    from schemathesis.core.failures import FailureGroup
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
         response_schema_conformance,
@@ -118,7 +119,7 @@ def fuzz_service(
                 where = f"{case.method} {case.path} [{generated}] body={_short(case.body)}"
                 try:
                     case.validate_response(response, checks=checks, headers=headers)
-                except Exception as exc:  # a failed check: keep it and go on
+                except (Exception, FailureGroup) as exc:  # failed checks: keep them, go on
                     report.problems.append(f"{where} -> {response.status_code}: {_short(str(exc), 600)}")
                 try:
                     body = response.json()
