@@ -47,6 +47,16 @@ def _finish(registry: Registry, name: str, version: ModelVersion, expected: str 
     current = registry.aliases(name).get(CHAMPION)
     if current == version.version:
         return True, f"promoted {version.tag} to {CHAMPION} (an earlier attempt of this run had done it)"
+    moved = [
+        e
+        for e in registry.history(name)
+        if e["alias"] == CHAMPION and e["action"] == "promote" and e["version"] == version.version
+    ]
+    if moved:  # it was promoted, and another promotion has replaced it since: leave that one
+        return True, (
+            f"promoted {version.tag} to {CHAMPION} (an earlier attempt of this run had done it; "
+            f"{CHAMPION} has moved on to {current} since)"
+        )
     promoted, note = _promote(registry, name, version, expected)
     return promoted, f"{note} (registered by an earlier attempt of this run)"
 
