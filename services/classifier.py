@@ -7,11 +7,16 @@
 Environment: LLMOPS_MODEL (registry name), LLMOPS_MODEL_VERSION (a version or alias;
 default the champion), LLMOPS_API_KEY (optional bearer key for /predict and /reload),
 LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_BATCH_SIZE, LLMOPS_MAX_LATENCY_MS,
-LLMOPS_MAX_RECORDS (per request), LLMOPS_TIMEOUT_S, LLMOPS_RELOAD_POLL_S (0: off).
+LLMOPS_MAX_RECORDS (per request), LLMOPS_MAX_BODY_BYTES (larger bodies: 413), LLMOPS_TIMEOUT_S,
+LLMOPS_RELOAD_POLL_S (0: off).
 
 The request model is built at import from the served version's ``schema.json``, so BentoML
 validates every request (missing, unknown or mistyped column → 400 naming it) *before*
-the request joins a batch: one bad request can never fail the batch it would have shared.
+the request joins a batch. That includes each numeric value's range: the estimator computes on
+the scaled value in float64 (float32 for tree ensembles), so a finite but huge number would
+overflow there; outside the served version's range it is a 400 naming the column and the range.
+And should a validated record still make the model call fail, the batch is bisected: only that
+record's request gets a 400 naming the record, every other request of the batch its answer.
 ``/predict`` itself is the batchable API, because BentoML batches only HTTP calls to a
 ``batchable=True`` method. /livez, /readyz and /metrics are BentoML's and stay open.
 
@@ -54,7 +59,13 @@ from pydantic import (
 )
 
 from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
-from llmops.serving import protect, settings_from_env
+from llmops.serving import (
+    DEFAULT_MAX_BODY_BYTES,
+    BatchResults,
+    protect,
+    request_error,
+    settings_from_env,
+)
 
 if TYPE_CHECKING:
     from llmops.data import TableSchema
@@ -72,6 +83,7 @@ class Settings(BaseModel):
     max_batch_size: int = Field(64, gt=1)
     max_latency_ms: int = Field(1000, gt=0)  # a request queued longer than this is shed (503)
     max_records: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
     timeout_s: float = Field(30.0, gt=0)
     reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload
 
@@ -102,6 +114,22 @@ class Prediction(BaseModel):
     request_id: str  # shared by the records of one request; the key into the inference log
 
 
+# column -> (low, high): what the served version's estimator can take; set when a version loads
+LIMITS: dict[str, tuple[float, float]] = {}
+LIMITS_DTYPE = ["float64"]
+
+
+def _within_limits(column: str, value: float | None) -> float | None:
+    """Runs per numeric value at validation, before batching (see ``llmops.classifier.input_limits``)."""
+    low, high = LIMITS.get(column, (-float("inf"), float("inf")))
+    if value is not None and not low <= value <= high:
+        raise ValueError(
+            f"{value!r} is outside what the served model can score: {column!r} must lie within "
+            f"[{low:.6g}, {high:.6g}] (the model computes in {LIMITS_DTYPE[0]})"
+        )
+    return value
+
+
 def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]:
     """The version to serve and a request model built from its schema (permissive if none)."""
     from llmops.data import TableSchema
@@ -115,7 +143,9 @@ def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]
     # field names must be identifiers, column names need not be ("mean radius"): alias them
     fields: dict[str, Any] = {
         f"c{i}": (
-            float | None if kind == "numeric" else str | None,
+            Annotated[float | None, AfterValidator(partial(_within_limits, column))]
+            if kind == "numeric"
+            else str | None,
             Field(alias=column, title=column, strict=True, allow_inf_nan=False)
             if kind == "numeric"
             else Field(alias=column, title=column),
@@ -143,15 +173,25 @@ class Served:
     schema: "TableSchema"
     model: Any  # a fitted scikit-learn pipeline
     classes: tuple[str, ...]  # model.classes_, the column order of predict_proba
+    limits: dict[str, tuple[float, float]]  # numeric column -> the range its estimator can take
+    dtype: str  # what the estimator computes in
 
 
 def _load(version: ModelVersion) -> Served:
-    from llmops.classifier import load_model
+    from llmops.classifier import input_limits, load_model
     from llmops.data import TableSchema
 
     model = load_model(version.path)
     schema = TableSchema.model_validate(version.read_json("schema.json"))
-    return Served(version, schema, model, tuple(str(c) for c in model.classes_))
+    dtype, limits = input_limits(model, schema)
+    return Served(version, schema, model, tuple(str(c) for c in model.classes_), limits, dtype)
+
+
+def _serve_limits(served: Served) -> None:
+    """Validate the next requests against ``served``'s ranges (one dict swap, like ``served``)."""
+    global LIMITS
+    LIMITS_DTYPE[0] = served.dtype
+    LIMITS = served.limits
 
 
 def _schema_change(old: Served, new: Served) -> str | None:
@@ -212,6 +252,7 @@ class Classifier:
                 f"restart it so requests are validated against that version's schema"
             )
         self.served = _load(SERVED)  # replaced, never mutated: see _reload
+        _serve_limits(self.served)
         self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, SERVED.name)
         self._reload_lock = threading.Lock()
         self._refused: dict[str, str] = {}  # version -> why; versions are immutable, so it stays refused
@@ -243,6 +284,7 @@ class Classifier:
         """Class and class probabilities per record; records of concurrent requests arrive batched."""
         import pandas as pd
 
+        from llmops.classifier import predict_proba_rows
         from llmops.data import normalize
         from llmops.inference_log import utc_now
 
@@ -250,11 +292,29 @@ class Classifier:
         columns = list(served.schema.features)  # the Record's field order (a reload keeps the schema)
         values = [tuple(record.__dict__.values()) for record in records]  # (n, features), schema order
         frame = normalize(pd.DataFrame(values, columns=columns), served.schema)
-        proba = served.model.predict_proba(frame)  # (n, classes), columns in served.classes order
+        # (n, classes), columns in served.classes order; a row the model cannot score fails alone
+        proba, failures = predict_proba_rows(served.model, frame)
+        failed: dict[str, Exception] = {}  # request id -> its 400
+        for i, why in failures.items():
+            record = records[i]
+            if record._request_id not in failed:
+                logger.warning(
+                    "request %s: record %d could not be scored by %s: %s",
+                    record._request_id,
+                    record._row,
+                    served.version.tag,
+                    why,
+                )
+                failed[record._request_id] = request_error(
+                    ("records", record._row), f"the model could not score this record: {why}"
+                )
         best = proba.argmax(axis=1)
         name, version, now = served.version.name, served.version.version, utc_now()
-        results, log_rows = [], []
+        results, log_rows = BatchResults(), []
         for record, row_values, probs, k in zip(records, values, proba.tolist(), best, strict=True):
+            if record._request_id in failed:  # the whole request is answered 400, nothing logged
+                results.append(failed[record._request_id])
+                continue
             label = served.classes[k]
             results.append(
                 Prediction(
@@ -307,6 +367,7 @@ class Classifier:
                     logger.warning("not reloaded, still serving %s: %s", old.version.tag, problem)
                 else:
                     self.served = new  # one reference store: the swap is atomic
+                    _serve_limits(new)
                     logger.info("reloaded: serving %s (was %s)", version.tag, old.version.tag)
                     return HTTPStatus.OK, answer(current=version.version, reloaded=True)
             error = self._refused[version.version]
@@ -335,4 +396,14 @@ class Classifier:
         self.inference_log.close()
 
 
-protect(Classifier, SETTINGS.api_key)
+def _document_limits(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document states each numeric column's range (see ``_within_limits``)."""
+    record = doc.get("components", {}).get("schemas", {}).get("Record", {})
+    for column, (low, high) in LIMITS.items():
+        for branch in record.get("properties", {}).get(column, {}).get("anyOf", []):
+            if branch.get("type") == "number":
+                branch.update(minimum=low, maximum=high)
+    return doc
+
+
+protect(Classifier, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=_document_limits)

@@ -15,7 +15,8 @@ for monitoring.
 Environment: LLMOPS_RAG_RELEASE (registry name, default ``rag``), LLMOPS_RAG_RELEASE_VERSION
 (a version or alias; default the champion), LLMOPS_GENERATOR (override the release's generator:
 ``extractive``, ``transformers:/folder``, ``openai:http://host:port/v1#model``), LLMOPS_API_KEY,
-LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S.
+LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S,
+LLMOPS_MAX_BODY_BYTES (larger request bodies: 413).
 """
 
 import logging
@@ -24,10 +25,11 @@ import uuid
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import AfterValidator, BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, create_model
 
+from llmops.rag.retriever import FILTER_KEYS
 from llmops.registry import CHAMPION
-from llmops.serving import protect, settings_from_env
+from llmops.serving import DEFAULT_MAX_BODY_BYTES, protect, settings_from_env
 
 logger = logging.getLogger("bentoml.service.rag")
 
@@ -43,6 +45,7 @@ class Settings(BaseModel):
     max_question_chars: int = Field(2000, ge=1)
     max_k: int = Field(20, ge=1, le=50)
     timeout_s: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
 
 
 SETTINGS = settings_from_env(Settings)
@@ -55,16 +58,27 @@ def _question(text: str) -> str:
     return text
 
 
-def _filters(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _filters(value: BaseModel | None) -> dict[str, Any] | None:
+    """The set filters as the dict the retriever takes (None: no filter)."""
     from llmops.rag.retriever import chroma_where
 
-    chroma_where(value)  # unknown keys or values fail here, as a 400 naming the filter
-    return value
+    filters = value.model_dump(exclude_none=True) if value is not None else {}
+    chroma_where(filters)  # the retriever's own check, so the two cannot disagree
+    return filters or None
 
 
-Question = Annotated[str, Field(max_length=SETTINGS.max_question_chars), AfterValidator(_question)]
+# one optional field per filter key, so the OpenAPI document enumerates them and an unknown key
+# is a 400 naming it: an exact value, or a non-empty list of values any of which matches
+FilterKeys = create_model(
+    "Filters",
+    __config__=ConfigDict(extra="forbid"),
+    **{key: (str | Annotated[list[str], Field(min_length=1)] | None, None) for key in FILTER_KEYS},
+)
+Question = Annotated[
+    str, Field(min_length=1, max_length=SETTINGS.max_question_chars), AfterValidator(_question)
+]
 K = Annotated[int, Field(ge=1, le=SETTINGS.max_k)]
-Filters = Annotated[dict[str, str | list[str]] | None, AfterValidator(_filters)]
+Filters = Annotated[FilterKeys | None, AfterValidator(_filters)]
 
 
 class SourceOut(BaseModel):
@@ -180,4 +194,4 @@ def _store_overridden() -> bool:
     return bool(os.environ.get("LLMOPS_CHROMA_PATH") or os.environ.get("LLMOPS_CHROMA_URL"))
 
 
-protect(Rag, SETTINGS.api_key)
+protect(Rag, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes)

@@ -16,11 +16,17 @@ import pandas as pd
 from pydantic import BaseModel
 from sklearn import metrics as skm
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.tree import BaseDecisionTree
 
 from llmops.data import TableSchema
 
@@ -87,6 +93,69 @@ def build_pipeline(schema: TableSchema, candidate: Candidate, seed: int = 0) -> 
     if "random_state" in estimator_cls().get_params():
         params["random_state"] = seed
     return Pipeline([("preprocess", preprocess), ("model", estimator_cls(**params))])
+
+
+# estimators whose fit/predict cast X to float32: a value beyond float32's range becomes inf there
+FLOAT32_ESTIMATORS = (
+    BaseDecisionTree,
+    RandomForestClassifier,
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+)
+
+
+def input_limits(model: Pipeline, schema: TableSchema) -> tuple[str, dict[str, tuple[float, float]]]:
+    """The closed range of raw values each numeric column may take so the estimator sees finite
+    numbers: (dtype name, column -> (low, high)).
+
+    The estimator computes in float32 (trees) or float64 on the *scaled* value (x - mean) / scale,
+    so a finite float64 can still overflow there; a value outside its range is a 400 before it
+    can join a batch. Without a fitted StandardScaler the range is the dtype's own."""
+    estimator = model.steps[-1][1] if isinstance(model, Pipeline) else model
+    dtype = np.float32 if isinstance(estimator, FLOAT32_ESTIMATORS) else np.float64
+    top = float(np.finfo(dtype).max)
+    limits = {column: (-top, top) for column in schema.numeric}
+    try:
+        scaler = model.named_steps["preprocess"].named_transformers_["numeric"].named_steps["scale"]
+    except (AttributeError, KeyError):
+        return np.dtype(dtype).name, limits
+    if isinstance(scaler, StandardScaler) and hasattr(scaler, "scale_"):
+        mean = scaler.mean_ if scaler.mean_ is not None else np.zeros(len(schema.numeric))
+        with np.errstate(over="ignore"):
+            spread = np.minimum(top * 0.5 * np.asarray(scaler.scale_, dtype=np.float64), 1e308)
+        for column, centre, width in zip(schema.numeric, mean.tolist(), spread.tolist(), strict=True):
+            # half the dtype's range: the estimator adds and multiplies these, keep headroom
+            limits[column] = (max(centre - width, -1e308), min(centre + width, 1e308))
+    return np.dtype(dtype).name, limits
+
+
+def predict_proba_rows(model: Pipeline, frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
+    """``model.predict_proba(frame)`` where one row the model cannot score fails only that row.
+
+    Returns (proba (n, classes), {row: why}); a failed row's probabilities are NaN. A raising
+    call is bisected, so k bad rows in n cost about k·log2(n) extra calls and good rows are
+    scored as usual; a row whose probabilities are not finite (an overflow inside the model)
+    fails too, since no client can use them."""
+    proba = np.full((len(frame), len(model.classes_)), np.nan)
+    failures: dict[int, str] = {}
+
+    def score(lo: int, hi: int) -> None:  # rows [lo, hi)
+        try:
+            with np.errstate(all="ignore"):  # an overflow shows up as non-finite output below
+                proba[lo:hi] = model.predict_proba(frame.iloc[lo:hi])
+        except Exception as exc:  # whatever the estimator raises for an input it cannot take
+            if hi - lo == 1:
+                failures[lo] = f"{type(exc).__name__}: {exc}"
+                return
+            mid = (lo + hi) // 2
+            score(lo, mid)
+            score(mid, hi)
+
+    if len(frame):
+        score(0, len(frame))
+    for row in np.flatnonzero(~np.isfinite(proba).all(axis=1)).tolist():
+        failures.setdefault(row, "the model's probabilities for it are not finite numbers")
+    return proba, failures
 
 
 def features(frame: pd.DataFrame, schema: TableSchema) -> pd.DataFrame:

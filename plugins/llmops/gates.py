@@ -90,7 +90,8 @@ class RuleResult(BaseModel):
     value: float | None
     limit: float | None
     passed: bool
-    detail: str = ""
+    detail: str = ""  # for a rule not applied: why
+    applied: bool = True  # False: nothing to compare yet (see evaluate_gate); it passes, saying why
 
 
 class GateDecision(BaseModel):
@@ -104,9 +105,17 @@ class GateDecision(BaseModel):
     def failed_rules(self) -> list[RuleResult]:
         return [r for r in self.rules if not r.passed]
 
+    @property
+    def not_applied(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.applied]
+
     def summary(self) -> str:
         if self.passed:
-            return f"gate PASSED for {self.model!r}: {len(self.rules)} rules held"
+            held = f"gate PASSED for {self.model!r}: {len(self.rules)} rules held"
+            if not self.not_applied:
+                return held
+            why = "; ".join(f"{r.rule} ({r.detail})" for r in self.not_applied)
+            return f"{held}, {len(self.not_applied)} of them not applied: {why}"
         failed = ", ".join(
             f"{r.rule} (measured {_fmt(r.value)}, limit {_fmt(r.limit)})" for r in self.failed_rules
         )
@@ -127,7 +136,17 @@ def evaluate_gate(
     group_sizes: dict[str, int] | None = None,
     drift: DriftReport | None = None,
 ) -> GateDecision:
-    """Apply every rule of ``policy``; a rule whose input is missing fails (never silently passes)."""
+    """Apply every rule of ``policy``. What a missing input means is decided per rule:
+
+    - ``metrics.*``: a metric that was not measured (or is NaN) fails.
+    - ``regression.*``: without a champion the rule is not applied (nothing to regress from);
+      with one, a metric missing on either side fails.
+    - ``fairness.*``: without group scores (no group column given), or with fewer than two groups
+      of ``min_group_size`` rows, it is not applied; a metric measured for no group fails.
+    - ``drift.*``: without the champion's reference profile it is not applied.
+
+    A rule not applied passes with ``applied=False`` and a detail that says why, so the decision
+    record shows it was not checked rather than that it held."""
     rules: list[RuleResult] = []
     bad = [k for k, v in scores.items() if not isinstance(v, int | float)]
     if bad:
@@ -160,6 +179,7 @@ def evaluate_gate(
                     value=None,
                     limit=allowed_drop,
                     passed=True,
+                    applied=False,
                     detail="no champion yet: nothing to regress from",
                 )
             )
@@ -199,6 +219,7 @@ def evaluate_gate(
                     value=None,
                     limit=limit,
                     passed=True,
+                    applied=False,
                     detail="no champion reference: drift not measured",
                 )
             )
@@ -234,6 +255,7 @@ def _fairness_rule(
             value=None,
             limit=rule.max_gap,
             passed=True,
+            applied=False,
             detail="no group column given: fairness not measured",
         )
     if not any(rule.metric in metrics for metrics in group_scores.values()):
@@ -256,6 +278,7 @@ def _fairness_rule(
             value=None,
             limit=rule.max_gap,
             passed=True,
+            applied=False,
             detail=f"fewer than 2 groups with >= {rule.min_group_size} rows",
         )
     worst, best = min(values, key=values.get), max(values, key=values.get)

@@ -1,14 +1,69 @@
-"""Register a gated version with its lineage and move the champion alias (compare-and-set)."""
+"""Register a gated version with its lineage and move the champion alias (compare-and-set).
+
+Promotion is idempotent per run: a run (or a resume of it) that was stopped after registering,
+before or after moving the alias, finds the version it registered by its run pathspec and
+finishes from there instead of registering a second one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from llmops.classifier import save_model
-from llmops.lineage import code_version
-from llmops.registry import CHAMPION, AliasConflict, Registry
+from llmops.lineage import code_version, resumed_runs
+from llmops.registry import CHAMPION, AliasConflict, ModelVersion, Registry
+
+# Test hook: ``registered`` or ``promoted`` kills this process (SIGKILL) right after that point,
+# as a crash or a lost machine would; the resume tests use it.
+KILL_ENV = "LLMOPS_TEST_KILL_PROMOTE"
+
+
+def registered_by(registry: Registry, name: str, runs: Sequence[str]) -> ModelVersion | None:
+    """The gated version of ``name`` that one of ``runs`` registered (the latest, if several)."""
+    import bentoml
+
+    try:
+        versions = registry.versions(name)
+    except bentoml.exceptions.NotFound:  # no version of this name yet
+        return None
+    found = [v for v in versions if v.metadata.get("run") in runs and v.metadata.get("gate_passed")]
+    return found[-1] if found else None
+
+
+def _promote(registry: Registry, name: str, version: ModelVersion, expected: str | None) -> tuple[bool, str]:
+    try:
+        registry.promote(name, version.version, expected=expected)
+    except AliasConflict as exc:
+        return False, f"registered {version.tag}, not promoted: {exc}"
+    return True, f"promoted {version.tag} to {CHAMPION}"
+
+
+def _finish(registry: Registry, name: str, version: ModelVersion, expected: str | None) -> tuple[bool, str]:
+    """An earlier attempt of this run registered ``version``: move the alias if it has not."""
+    current = registry.aliases(name).get(CHAMPION)
+    if current == version.version:
+        return True, f"promoted {version.tag} to {CHAMPION} (an earlier attempt of this run had done it)"
+    moved = [
+        e
+        for e in registry.history(name)
+        if e["alias"] == CHAMPION and e["action"] == "promote" and e["version"] == version.version
+    ]
+    if moved:  # it was promoted, and another promotion has replaced it since: leave that one
+        return True, (
+            f"promoted {version.tag} to {CHAMPION} (an earlier attempt of this run had done it; "
+            f"{CHAMPION} has moved on to {current} since)"
+        )
+    promoted, note = _promote(registry, name, version, expected)
+    return promoted, f"{note} (registered by an earlier attempt of this run)"
+
+
+def _kill_here(point: str) -> None:
+    if os.environ.get(KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def register_gated(
@@ -22,10 +77,18 @@ def register_gated(
 ) -> tuple[str, bool, str]:
     """Register a new version and promote it if the champion is still the one the gate saw.
 
-    Returns (version, promoted, note). Refuses a failed gate decision outright."""
+    Returns (version, promoted, note). Refuses a failed gate decision outright. When this run
+    (``metadata["run"]``) or a run it resumes already registered a version, no second one is
+    registered: the alias is moved to that one if it is not there yet."""
     if not gate_decision.get("passed"):
         raise ValueError("gate_decision: the gate failed; a failed gate never registers a champion")
     registry = Registry()
+    expected = gate_decision.get("champion_version")
+    if metadata.get("run"):
+        earlier = registered_by(registry, name, resumed_runs(metadata["run"]))
+        if earlier is not None:
+            promoted, note = _finish(registry, name, earlier, expected)
+            return earlier.version, promoted, note
     version = registry.register(
         name,
         write_files,
@@ -38,11 +101,10 @@ def register_gated(
         },
         json_files={**json_files, "gate_decision.json": gate_decision},
     )
-    try:
-        registry.promote(name, version.version, expected=gate_decision.get("champion_version"))
-    except AliasConflict as exc:
-        return version.version, False, f"registered {version.tag}, not promoted: {exc}"
-    return version.version, True, f"promoted {version.tag} to {CHAMPION}"
+    _kill_here("registered")
+    promoted, note = _promote(registry, name, version, expected)
+    _kill_here("promoted")
+    return version.version, promoted, note
 
 
 def register_classifier(

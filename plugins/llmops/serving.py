@@ -1,16 +1,26 @@
 """What every service shares: settings from ``LLMOPS_*`` variables, the optional bearer API key,
-and JSON-only POSTs (ASGI middlewares, added with ``Service.add_asgi_middleware``)."""
+JSON-only POSTs, a request-body limit, loopback-only ``/reload`` without a key (ASGI middlewares,
+added with ``Service.add_asgi_middleware``), and client errors logged as one line."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import itertools
+import json
+import logging
 import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.responses import JSONResponse
 
 S = TypeVar("S", bound=BaseModel)
+logger = logging.getLogger("bentoml.llmops.serving")
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 def settings_from_env(cls: type[S], env: dict[str, str] | None = None) -> S:
@@ -79,8 +89,314 @@ class BearerAuth:
         return await self.app(scope, receive, send)
 
 
-def protect(service: Any, api_key: SecretStr | None) -> None:
-    """Add the middlewares to a BentoML service class: the key check first (outermost)."""
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before anything parses it.
+
+    A declared Content-Length is checked first; a chunked body is read up to the limit and then
+    handed on whole (BentoML reads it whole anyway), so an oversized one never reaches the app."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._too_large(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        return await self.app(scope, _replay(chunks, receive), send)
+
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _reject(
+            scope,
+            receive,
+            send,
+            413,
+            f"request body larger than {self.max_bytes} bytes (the service's LLMOPS_MAX_BODY_BYTES)",
+        )
+
+
+def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+    """A ``receive`` that hands out the already-read ``messages`` first, then the real one."""
+    pending = list(messages)
+
+    async def replay() -> dict[str, Any]:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class LoopbackOnly:
+    """ASGI middleware for a service without an API key: ``paths`` (``/reload``) answer only
+    clients on this machine; anyone else gets 403 and is told to set a key."""
+
+    def __init__(self, app: Any, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            client = scope.get("client") or (None, None)
+            if not is_loopback(client[0]):
+                return await _reject(
+                    scope,
+                    receive,
+                    send,
+                    403,
+                    f"{scope['path']} answers only clients on this machine unless LLMOPS_API_KEY is set",
+                )
+        return await self.app(scope, receive, send)
+
+
+class ClientErrorsAsOneLine(logging.Filter):
+    """BentoML logs every failed request at ERROR with a traceback, a bad request included.
+    This filter (on BentoML's HTTP app logger) turns a client error (a 4xx: a failed validation or
+    a BentoML error with a 4xx code) into one WARNING line with the request id that the response's
+    X-BentoML-Request-ID header carries; server errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        status = _client_status(error)
+        if status is None:
+            return True
+        from bentoml._internal.context import trace_context
+
+        request_id = trace_context.request_id
+        summary = _summary(error)
+        where = record.getMessage().removeprefix("Exception on ")  # "/predict [POST]"
+        record.msg = "client error %s on %s (request %s): %s"
+        record.args = (status, where, _hex(request_id), summary)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _summary(error: BaseException) -> str:
+    """Where and why, never the input itself (a request may hold data that must not be logged)."""
+    if isinstance(error, ValidationError):
+        parts = [
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+            for e in error.errors(include_input=False, include_url=False)
+        ]
+        text = "; ".join(parts)
+    else:
+        text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _client_status(error: BaseException | None) -> int | None:
+    if isinstance(error, ValidationError):
+        return 400
+    code = getattr(getattr(error, "error_code", None), "value", None)
+    return code if isinstance(code, int) and 400 <= code < 500 else None
+
+
+def _hex(request_id: int | None) -> str:
+    return "-" if request_id is None else format(request_id, "016x")
+
+
+def listening_address() -> str | None:
+    """The address this BentoML worker serves on: it gets the bound socket as ``--fd N``."""
+    if "--fd" not in sys.argv[:-1]:
+        return None
+    try:
+        sock = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
+    except (ValueError, OSError):
+        return None
+    try:
+        return str(sock.getsockname()[0])
+    except OSError:
+        return None
+    finally:
+        sock.detach()  # the worker's socket: never close it
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "title": "Message"},
+        "detail": {
+            "type": "array",
+            "title": "Error Detail",
+            "items": {  # one per invalid field: where (e.g. ["records", 0, "mean radius"]) and why
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+# what the middlewares and BentoML answer besides each API's own 200/400/404/500
+EXTRA_RESPONSES = {
+    "413": "Request body too large (LLMOPS_MAX_BODY_BYTES)",
+    "415": "Not JSON",
+    "503": "Overloaded: the request waited longer than the service allows",
+}
+
+
+def fix_openapi(doc: dict[str, Any], *, api_key: bool, loopback_paths: frozenset[str]) -> dict[str, Any]:
+    """Make BentoML's generated OpenAPI document say what the service answers: the error body's
+    ``detail`` is a list of field errors, a body with required fields is itself required, a field
+    that defaults to null is nullable, and the middlewares' 401/403/413/415 (and 503) are listed."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
+        if name in schemas:
+            schemas[name] = {
+                **ERROR_SCHEMA,
+                "title": name,
+                "description": schemas[name].get("description", ""),
+            }
+    schemas["Error"] = ERROR_SCHEMA
+    for schema in schemas.values():
+        _mark_nullable(schema)
+    error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, operations in doc.get("paths", {}).items():
+        operation = operations.get("post")
+        if operation is None:
+            continue
+        body = (
+            operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+        )
+        _mark_nullable(body)
+        if body.get("required"):
+            operation["requestBody"]["required"] = True
+        extra = dict(EXTRA_RESPONSES)
+        if api_key:
+            extra["401"] = "Missing or wrong API key (Authorization: Bearer <LLMOPS_API_KEY>)"
+        elif path in loopback_paths:
+            extra["403"] = "Only clients on this machine may call this without LLMOPS_API_KEY"
+        for status, description in extra.items():
+            operation["responses"].setdefault(status, {"description": description, **error_ref})
+        for response in operation["responses"].values():
+            _mark_nullable(response.get("content", {}).get("application/json", {}).get("schema", {}))
+    return doc
+
+
+def _mark_nullable(schema: dict[str, Any]) -> None:
+    """BentoML turns ``x: str | None = None`` into ``{"type": "string", "default": null}``."""
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", ...) is None and "type" in prop:
+            prop["nullable"] = True
+
+
+class OpenAPIFix:
+    """ASGI middleware: ``GET /docs.json`` answered with :func:`fix_openapi` applied, then the
+    service's own ``patch`` (e.g. routes BentoML does not know of)."""
+
+    def __init__(self, app: Any, fix: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.app = app
+        self.fix = fix
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith("/docs.json"):
+            return await self.app(scope, receive, send)
+        start: dict[str, Any] = {}
+        body = bytearray()
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                body.extend(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start.get("status") != 200:
+            await send(start)
+            return await send({"type": "http.response.body", "body": bytes(body)})
+        await JSONResponse(self.fix(json.loads(body)))(scope, receive, send)
+
+
+def protect(
+    service: Any,
+    api_key: SecretStr | None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    loopback_paths: frozenset[str] = frozenset({"/reload"}),
+    openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Add the middlewares to a BentoML service class (the key check outermost), one-line logs of
+    client errors, and a warning when a worker serves a non-loopback address without a key.
+    ``openapi`` further edits the OpenAPI document after :func:`fix_openapi`."""
+
+    def fix(doc: dict[str, Any]) -> dict[str, Any]:
+        doc = fix_openapi(doc, api_key=api_key is not None, loopback_paths=loopback_paths)
+        return openapi(doc) if openapi else doc
+
+    service.add_asgi_middleware(OpenAPIFix, fix=fix)
     if api_key is not None:
         service.add_asgi_middleware(BearerAuth, api_key=api_key)
+    else:
+        service.add_asgi_middleware(LoopbackOnly, paths=loopback_paths)
+        host = listening_address()
+        if host is not None and not is_loopback(host):
+            logger.warning(
+                "serving on %s without LLMOPS_API_KEY: anyone who can reach this address can call "
+                "the service; set LLMOPS_API_KEY or serve with --host 127.0.0.1",
+                host,
+            )
+    service.add_asgi_middleware(BodyLimit, max_bytes=max_body_bytes)
     service.add_asgi_middleware(JSONOnly)
+    http_log = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, ClientErrorsAsOneLine) for f in http_log.filters):
+        http_log.addFilter(ClientErrorsAsOneLine())
+
+
+class BatchResults(list):
+    """What a ``batchable`` API returns so that one request of a batch can fail alone: one entry
+    per input item, and for each item of a failed request the exception to answer it with.
+
+    BentoML splits a batch's result per request and raises, for that request only, an exception
+    it finds in its place; the container below puts the request's exception there."""
+
+
+def _register_batch_results() -> None:
+    from bentoml._internal.runner.container import DataContainerRegistry, DefaultContainer
+
+    class BatchResultsContainer(DefaultContainer):
+        @classmethod
+        def batch_to_batches(cls, batch: list[Any], indices: Sequence[int], batch_dim: int = 0) -> list[Any]:
+            parts = []
+            for lo, hi in itertools.pairwise(indices):
+                part = batch[lo:hi]
+                failed = next((item for item in part if isinstance(item, Exception)), None)
+                parts.append(failed if failed is not None else list(part))
+            return parts
+
+    DataContainerRegistry.register_container(BatchResults, BatchResults, BatchResultsContainer)
+
+
+_register_batch_results()
+
+
+def request_error(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> ValidationError:
+    """A 400 for one request, shaped as BentoML answers every validation error:
+    ``{"error": ..., "detail": [{"loc": loc, "msg": message, "type": kind}]}``."""
+    from pydantic_core import PydanticCustomError
+
+    error = PydanticCustomError(kind, "{reason}", {"reason": message})
+    return ValidationError.from_exception_data("request", [{"type": error, "loc": loc, "input": None}])

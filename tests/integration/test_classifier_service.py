@@ -206,3 +206,135 @@ def test_metrics_count_predictions(server):
     metrics = server.get("/metrics").text
     assert 'endpoint="/predict"' in metrics
     assert "adaptive_batch_size" in metrics
+
+
+# ---- hardening (issue 11): each test names the finding it guards --------------------------------
+
+
+def test_a_huge_finite_value_is_a_400_naming_the_column_and_the_range(server, champion):
+    """Finding 1: 1.7976931348623157e308 passed validation and the model call answered 500."""
+    _, held_out = champion
+    good, bad = records(held_out.iloc[:2])
+    bad["smoothness error"] = 1.7976931348623157e308
+    response = server.post("/predict", json={"records": [good, bad]})
+    assert response.status_code == 400, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["records", 1, "smoothness error"]
+    assert "must lie within [" in error["msg"] and "float64" in error["msg"]
+
+
+def test_good_requests_sent_with_an_out_of_range_one_all_get_200(server, champion):
+    """Finding 2 (validation path): 12 good requests and 1 overflowing one, sent together, 10 rounds."""
+    _, held_out = champion
+    good = [{"records": records(held_out.iloc[i : i + 2])} for i in range(12)]
+    bad_record = dict(records(held_out.iloc[:1])[0], **{"worst area": -1.7e308})
+    for _ in range(10):
+        with ThreadPoolExecutor(13) as pool:
+            answers = list(
+                pool.map(lambda body: server.post("/predict", json=body), [*good, {"records": [bad_record]}])
+            )
+        assert [a.status_code for a in answers] == [200] * 12 + [400], [a.text[:200] for a in answers]
+        assert answers[-1].json()["detail"][0]["loc"] == ["records", 0, "worst area"]
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory):
+    """A model that takes 1/x of every feature: a record with a 0 passes validation (it is in range)
+    but makes the model call raise ("Input X contains infinity"), as any estimator may for an input
+    it cannot take. Registered in the real store; held-out rows are shifted to stay positive."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    raw = load_table()
+    schema = infer_schema(raw, "target")
+    data = normalize(raw, schema)
+    features = data[list(schema.features)] + 1.0
+    model = make_pipeline(FunctionTransformer(np.reciprocal), LogisticRegression(max_iter=2000))
+    model.fit(features.iloc[:-HELD_OUT], data[schema.target].iloc[:-HELD_OUT])
+    name = "fragile-" + uuid.uuid4().hex[:8]
+    _, promoted, note = register_classifier(
+        name=name, model=model, schema=schema.model_dump(), reference_profile={}, metrics={},
+        gate_decision={"passed": True, "policy_version": "test", "champion_version": None, "rules": []},
+        dataset_version="ds-test", run_pathspec="TestFlow/2", candidate="reciprocal",
+    )  # fmt: skip
+    assert promoted, note
+    log_dir = tmp_path_factory.mktemp("fragile-log")
+    with serve(name, log_dir) as client:
+        yield client, features.iloc[-HELD_OUT:].reset_index(drop=True), log_dir
+
+
+def test_a_record_the_model_cannot_score_fails_only_its_own_request(fragile):
+    """Finding 2 (model path): a validated record that makes the model call fail is isolated."""
+    client, held_out, log_dir = fragile
+    good = [{"records": records(held_out.iloc[i : i + 3])} for i in range(12)]
+    bad_body = {"records": records(held_out.iloc[:2])}
+    bad_body["records"][1]["mean texture"] = 0.0  # in range, but 1/0 is inf inside the model
+    for _ in range(3):
+        with ThreadPoolExecutor(13) as pool:
+            answers = list(pool.map(lambda body: client.post("/predict", json=body), [bad_body, *good]))
+        assert [a.status_code for a in answers] == [400] + [200] * 12, [a.text[:200] for a in answers]
+        assert all(len(a.json()) == 3 for a in answers[1:])
+        [error] = answers[0].json()["detail"]
+        assert error["loc"] == ["records", 1]
+        assert "could not score" in error["msg"] and "infinity" in error["msg"]
+    server_log = "".join(path.read_text() for path in log_dir.glob("server-*.log"))
+    assert "record 1 could not be scored" in server_log
+    assert "Traceback" not in server_log
+
+
+def test_an_oversized_body_is_413_before_parsing(server):
+    """Finding 7: no body limit. The default is 4 MiB (LLMOPS_MAX_BODY_BYTES); declared or chunked."""
+    big = b'{"records": [' + b"1," * (2_200_000) + b"1]}"
+    declared = server.post("/predict", content=big, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413, declared.text
+    assert "LLMOPS_MAX_BODY_BYTES" in declared.json()["error"]
+    chunked = server.post(
+        "/predict",
+        content=(big[i : i + 65536] for i in range(0, len(big), 65536)),  # no Content-Length
+        headers={"Content-Type": "application/json"},
+    )
+    assert chunked.status_code == 413, chunked.text
+    assert server.get("/readyz").status_code == 200
+
+
+def test_client_errors_are_one_warning_line_with_the_request_id(server, log_dir):
+    """Finding 8: every 400 was logged at ERROR with a full traceback."""
+    answer = server.post("/predict", json={"records": [{"mean radius": "abc"}]})
+    assert answer.status_code == 400
+    request_id = answer.headers["X-BentoML-Request-ID"]
+    deadline = time.monotonic() + 5
+    lines: list[str] = []
+    while not lines and time.monotonic() < deadline:
+        server_log = "".join(path.read_text() for path in log_dir.glob("server-*.log"))
+        lines = [line for line in server_log.splitlines() if f"(request {request_id})" in line]
+        time.sleep(0.1)
+    assert len(lines) == 1, server_log[-2000:]
+    assert "[WARNING]" in lines[0] and "client error 400 on /predict [POST]" in lines[0]
+    assert "records.0.mean radius" in lines[0] and "abc" not in lines[0]  # where, never the input
+    assert "Traceback" not in server_log
+
+
+def test_the_openapi_document_says_what_the_service_answers(server):
+    """Finding 4: detail declared a string (is a list), /reload's error not nullable, body not required."""
+    doc = server.get("/docs.json").json()
+    schemas = doc["components"]["schemas"]
+    assert schemas["InvalidArgument"]["properties"]["detail"]["type"] == "array"
+    error = schemas["ReloadIODescriptor"]["properties"]["error"]
+    assert error.get("nullable") or {"type": "null"} in error.get("anyOf", [])
+    predict = doc["paths"]["/predict"]["post"]
+    assert predict["requestBody"]["required"] is True
+    assert {"400", "413", "415"} <= set(predict["responses"])
+    assert "403" in doc["paths"]["/reload"]["post"]["responses"]  # loopback-only without a key
+    radius = schemas["Record"]["properties"]["mean radius"]["anyOf"][0]
+    assert radius["type"] == "number" and radius["maximum"] < 1.8e308
+
+
+def test_fuzz_the_classifier_openapi(server):
+    """A bounded schemathesis fuzz of every operation: no 5xx, answers as documented, 4xx name fields."""
+    from tests.fuzz import fuzz_service
+
+    report = fuzz_service(str(server.base_url).rstrip("/"), examples=40)
+    print(report.summary())
+    assert report.requests >= 150, report.summary()
+    assert report.server_errors == 0 and report.problems == [], report.summary()

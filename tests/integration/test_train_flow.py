@@ -144,3 +144,39 @@ def test_bad_parameters_are_named_before_any_work(tmp_path, model_name, cancer_c
 def test_missing_data_file_is_named(tmp_path, model_name):
     result, _ = train(tmp_path, tmp_path / "nope.csv", model_name)
     assert result.returncode != 0 and "--data: no such file" in result.stdout + result.stderr
+
+
+def test_resume_after_a_kill_inside_promote_leaves_one_version_with_the_alias(
+    tmp_path, cancer_csv, model_name, monkeypatch
+):
+    """Finding 5: a run killed after registering (before the alias moved) and then resumed
+    registered a second, orphan version. The promote guard is shared by the three flows."""
+    import os
+    import subprocess
+    import sys
+
+    from llmops.promotion import KILL_ENV
+    from tests.conftest import REPO
+
+    monkeypatch.setenv(KILL_ENV, "registered")  # SIGKILL right after the version is registered
+    killed, run = train(tmp_path, cancer_csv, model_name)
+    assert killed.returncode != 0 and run is not None
+    registry = Registry()
+    [orphan] = registry.versions(model_name)
+    assert registry.aliases(model_name) == {}  # killed before the alias moved
+    monkeypatch.delenv(KILL_ENV)
+
+    run_id_file = tmp_path / "resumed-run-id"
+    resumed = subprocess.run(
+        [sys.executable, str(REPO / "flows" / "train_classifier.py"), "--no-pylint", "resume",
+         "--origin-run-id", run.id, "--run-id-file", str(run_id_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=420, env=os.environ.copy(),
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [v.version for v in registry.versions(model_name)] == [orphan.version]  # no second one
+    assert registry.aliases(model_name) == {"champion": orphan.version}
+    resumed_run = Run(f"TrainClassifierFlow/{run_id_file.read_text().strip()}")
+    promote = resumed_run["promote"].task
+    assert promote["model_version"].data == orphan.version and promote["promoted"].data
+    assert "earlier attempt of this run" in promote["promotion_note"].data
+    assert orphan.metadata["run"] == f"TrainClassifierFlow/{run.id}"

@@ -113,3 +113,26 @@ def test_fairness_on_a_metric_no_group_has_fails():
 def test_non_numeric_scores_are_named():
     with pytest.raises(PolicyError, match=r"eval_scores.accuracy: expected a number"):
         evaluate_gate(parse_policy(POLICY), dict(GOOD, accuracy="high"))
+
+
+def test_each_rule_without_its_input_is_decided_and_the_record_says_why():
+    """Finding 10: the docstring said a missing input fails, but three rules passed silently.
+    Now: a missing metric fails; a rule with nothing to compare with is marked not applied, with why."""
+    policy = parse_policy(POLICY)
+    assert policy.fairness is not None and policy.drift is not None and policy.regression
+    decision = evaluate_gate(policy, GOOD)  # no champion, no groups, no drift report
+    rules = by_rule(decision)
+    not_applied = {r.rule for r in decision.not_applied}
+    assert not_applied == {"regression.accuracy", "fairness.recall.gap", "drift.training_drifted_share"}
+    assert all(rules[name].passed and rules[name].detail for name in not_applied)
+    assert all(r.applied for r in decision.rules if r.rule.startswith("metrics."))
+    assert "3 of them not applied" in decision.summary()
+    assert "regression.accuracy (no champion yet: nothing to regress from)" in decision.summary()
+    # a champion without the metric is no excuse: the regression rule is applied and fails
+    missing = evaluate_gate(policy, GOOD, champion_scores={"f1": 0.9}, champion_version="v1")
+    assert by_rule(missing)["regression.accuracy"].applied
+    assert [r.rule for r in missing.failed_rules] == ["regression.accuracy"]
+    # one group large enough: fairness not applied, and says so
+    small = evaluate_gate(policy, GOOD, group_scores={"a": {"recall": 0.9}}, group_sizes={"a": 50})
+    assert not by_rule(small)["fairness.recall.gap"].applied
+    assert "fewer than 2 groups" in by_rule(small)["fairness.recall.gap"].detail

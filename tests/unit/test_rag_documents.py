@@ -112,14 +112,34 @@ def test_unreadable_files_are_skipped_with_reasons(tmp_path):
     assert [d.path for d in corpus.documents] == ["good.md"]
     assert [s.path for s in corpus.skipped] == sorted(s.path for s in corpus.skipped)
     reasons = {s.path: s.reason for s in corpus.skipped}
-    assert set(reasons) == {"latin1.txt", "broken.pdf", "image.png", "empty.md", "link.md"}
+    assert set(reasons) == {
+        "latin1.txt", "broken.pdf", "image.png", "empty.md", "link.md", ".git/", ".hidden.md"
+    }  # fmt: skip
     assert "unreadable text" in reasons["latin1.txt"] and "UTF-8" in reasons["latin1.txt"]
     assert reasons["broken.pdf"].startswith("unreadable pdf")
     assert "unsupported file type .png" in reasons["image.png"]
     assert reasons["empty.md"] == "no text"
     assert "links outside" in reasons["link.md"]
-    # hidden files and folders are neither loaded nor reported
-    assert not any(".git" in p or ".hidden" in p for p in [*reasons, *(d.path for d in corpus.documents)])
+    # hidden files and folders are not loaded, but named: a hidden folder once, not file by file
+    assert reasons[".hidden.md"] == "hidden file (name starts with '.')"
+    assert reasons[".git/"].startswith("hidden folder")
+
+
+def test_dot_named_files_are_listed_among_skipped_with_a_reason(tmp_path):
+    """Finding 6: names that look like path tricks were dropped without a word."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "good.md").write_text("# Good\n\nIndexed.\n")
+    tricky = ["....md", "..\\..\\etc\\passwd.md", "..%2f..%2fetc%2fpasswd.md"]
+    for name in tricky:
+        (root / name).write_text("# Tricky\n\nNot indexed.\n")
+    corpus = load_corpus(root)
+    assert [d.path for d in corpus.documents] == ["good.md"]
+    assert {s.path: s.reason for s in corpus.skipped} == {
+        name: "hidden file (name starts with '.')" for name in tricky
+    }
+    # the count a flow reports covers every file that was not indexed
+    assert len(corpus.documents) + len(corpus.skipped) == len(list(root.iterdir()))
 
 
 def test_a_link_inside_the_folder_is_loaded(tmp_path):

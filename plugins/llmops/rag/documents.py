@@ -1,8 +1,10 @@
 """Load a corpus folder: Markdown, text, HTML and PDF files become text documents.
 
 Paths stay inside the folder (a link that leads out of it is skipped), hidden files and folders
-are ignored, and a file that cannot be read is reported in ``Corpus.skipped`` with the reason;
-it never stops the load. The corpus version is a hash of every (path, content hash) pair.
+(a name that starts with ``.``, e.g. ``.git``, ``....md``) are not read, and a file that cannot be
+read is skipped. Every file not indexed is listed in ``Corpus.skipped`` with the reason (a hidden
+folder once, as ``name/``, not file by file); none of it stops the load. The corpus version is a
+hash of every (path, content hash) pair.
 """
 
 from __future__ import annotations
@@ -72,12 +74,18 @@ def load_corpus(root: str | Path, field: str = "--docs") -> Corpus:
     base = base.resolve()
     documents, skipped = [], []
     for folder, dirs, files in os.walk(base):
+        for name in (d for d in dirs if d.startswith(".")):
+            relative = (Path(folder) / name).relative_to(base).as_posix()
+            skipped.append(
+                Skipped(path=relative + "/", reason="hidden folder (name starts with '.'): not read")
+            )
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.startswith("."):
-                continue
             path = Path(folder) / name
             relative = path.relative_to(base).as_posix()
+            if name.startswith("."):
+                skipped.append(Skipped(path=relative, reason="hidden file (name starts with '.')"))
+                continue
             kind = KINDS.get(path.suffix.lower())
             if kind is None:
                 skipped.append(
