@@ -60,10 +60,13 @@ def _card_text(card, task):
 def test_cards_take_artifact_names_from_their_options():
     from metaflow_extensions.llmops.plugins.cards.llmops_cards import CARDS, GateCard
 
-    decision = {"passed": False, "model": "clf", "policy_version": "policy-1", "rules": []}
+    not_applied = {"rule": "regression.f1", "value": None, "limit": 0.02, "passed": True, "applied": False,
+                   "detail": "no champion yet: nothing to regress from"}  # fmt: skip
+    decision = {"passed": False, "model": "clf", "policy_version": "policy-1", "rules": [not_applied]}
     renamed = GateCard(options={"gate_decision": "holdout_decision", "title": "Holdout gate"})
     text = _card_text(renamed, _Task(holdout_decision=decision))
     assert "Gate FAILED for `clf`" in text and "Holdout gate" in text
+    assert "not applied" in text and "no champion yet" in text
     assert "No `gate_decision` artifact" in _card_text(GateCard(), _Task(holdout_decision=decision))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['scores'\]"):
         GateCard(options={"scores": "x"})

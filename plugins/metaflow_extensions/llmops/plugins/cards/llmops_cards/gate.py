@@ -23,7 +23,7 @@ class GateCard(ArtifactCard):
                 r["rule"],
                 "" if r["value"] is None else r["value"],
                 "" if r["limit"] is None else r["limit"],
-                "ok" if r["passed"] else "FAIL",
+                ("ok" if r.get("applied", True) else "not applied") if r["passed"] else "FAIL",
                 r["detail"],
             ]
             for r in decision["rules"]
