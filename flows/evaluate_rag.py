@@ -110,15 +110,14 @@ class EvaluateRagFlow(FlowSpec):
 
     @step
     def promote(self):
+        from llmops.promotion import gate_refusal
         from llmops.prompts import PromptStore
         from llmops.rag.index import IndexInfo
         from llmops.rag.release import RagRelease, register_rag_release
 
         self.release_version, self.promoted = None, False
-        if not self.gate_decision["passed"]:
-            failed = [r["rule"] for r in self.gate_decision["rules"] if not r["passed"]]
-            self.promotion_note = f"not promoted: gate failed on {failed}"
-        else:
+        self.promotion_note = gate_refusal(self.gate_decision)
+        if self.promotion_note is None:
             release = RagRelease(
                 index=IndexInfo.from_metadata(self.index_metadata),
                 chroma=self.chroma_location,

@@ -192,11 +192,11 @@ class FinetuneLlmFlow(FlowSpec):
 
         from llmops.llm.finetune import materialize_base, write_folder
         from llmops.llm.release import LlmRelease, merge_adapter, register_llm_release
+        from llmops.promotion import gate_refusal
 
         self.release_version, self.promoted = None, False
-        if not self.gate_decision["passed"]:
-            failed = [r["rule"] for r in self.gate_decision["rules"] if not r["passed"]]
-            self.promotion_note = f"not promoted: gate failed on {', '.join(failed)}"
+        self.promotion_note = gate_refusal(self.gate_decision)
+        if self.promotion_note is not None:
             print(self.promotion_note)
             self.next(self.end)
             return

@@ -213,13 +213,11 @@ class TrainClassifierFlow(FlowSpec):
 
     @step
     def promote(self):
-        from llmops.promotion import register_classifier
+        from llmops.promotion import gate_refusal, register_classifier
 
-        self.promoted, self.model_version, self.promotion_note = False, None, ""
-        if not self.gate_decision["passed"]:
-            failed = [r["rule"] for r in self.gate_decision["rules"] if not r["passed"]]
-            self.promotion_note = f"not promoted: gate failed on {', '.join(failed)}"
-        else:
+        self.promoted, self.model_version = False, None
+        self.promotion_note = gate_refusal(self.gate_decision)
+        if self.promotion_note is None:
             self.model_version, self.promoted, self.promotion_note = register_classifier(
                 name=self.registry_name,
                 model=self.model,

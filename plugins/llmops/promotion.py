@@ -22,6 +22,15 @@ from llmops.registry import CHAMPION, AliasConflict, ModelVersion, Registry
 KILL_ENV = "LLMOPS_TEST_KILL_PROMOTE"
 
 
+def gate_refusal(gate_decision: dict[str, Any]) -> str | None:
+    """The promote step's note when the gate failed (``None`` when it passed): every flow says it
+    the same way, naming the rules that failed."""
+    if gate_decision.get("passed"):
+        return None
+    failed = [r["rule"] for r in gate_decision.get("rules", []) if not r["passed"]]
+    return f"not promoted: gate failed on {', '.join(failed) or 'no rule (the decision says failed)'}"
+
+
 def registered_by(registry: Registry, name: str, runs: Sequence[str]) -> ModelVersion | None:
     """The gated version of ``name`` that one of ``runs`` registered (the latest, if several)."""
     import bentoml

@@ -68,3 +68,14 @@ def test_a_different_run_registers_its_own_version(model_name):
 
 def test_a_run_metaflow_does_not_know_is_its_own_lineage():
     assert resumed_runs("NoSuchFlow/12345") == ["NoSuchFlow/12345"]
+
+
+def test_every_flow_refuses_a_failed_gate_with_the_same_note():
+    from llmops.promotion import gate_refusal
+
+    rules = [{"rule": "metrics.f1.min", "passed": False}, {"rule": "regression.f1", "passed": True},
+             {"rule": "drift.max_drifted_share", "passed": False}]  # fmt: skip
+    assert gate_refusal({"passed": True, "rules": rules}) is None
+    assert gate_refusal({"passed": False, "rules": rules}) == (
+        "not promoted: gate failed on metrics.f1.min, drift.max_drifted_share"
+    )
