@@ -37,11 +37,13 @@ demo: setup
 demo-loop: setup
 	$(PY) scripts/demo_loop.py
 
+# the run ends with its 15 slowest tests: where the suite's time goes, in every CI log
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
+# the edit loop: unit tests and fast seams, no flow runs or servers (a few minutes at most)
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=5
 
 lint: setup
 	$(VENV)/bin/ruff check .
