@@ -1,7 +1,10 @@
 """The OpenAI-compatible LLM service for real (transformers backend, a tiny local model), spoken
 to by the official `openai` client and LangChain's ChatOpenAI; and the RAG pieces that use any
-OpenAI-compatible endpoint (the `openai:` generator, the ragas judge) pointed at it."""
+OpenAI-compatible endpoint (the `openai:` generator, the ragas judge) pointed at it. The /v1
+routes are in its OpenAPI document and a schemathesis fuzz over them finds no 5xx; a client that
+goes away, streaming or not, frees the server."""
 
+import time
 import uuid
 
 import httpx
@@ -96,6 +99,17 @@ def test_langchain_chat_openai(llm):
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 8}, 400, "messages"),
+        ({"seed": 2**64, "temperature": 1.0}, 400, "seed"),
+        ({"seed": -1, "temperature": 1.0}, 400, "seed"),
+        ({"logprobs": True}, 400, "logprobs"),
+        ({"top_logprobs": 2}, 400, "top_logprobs"),
+        ({"n": 2}, 400, "n"),
+        ({"presence_penalty": 0.5}, 400, "presence_penalty"),
+        ({"frequency_penalty": -1}, 400, "frequency_penalty"),
+        ({"logit_bias": {"50": 5}}, 400, "logit_bias"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ],
 )
 def test_bad_requests_are_4xx_naming_the_field(llm, body, status, param):
@@ -103,6 +117,63 @@ def test_bad_requests_are_4xx_naming_the_field(llm, body, status, param):
     reply = llm.post("/v1/chat/completions", json=payload)
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+def test_seed_overflow_is_400_streaming_or_not_and_the_connection_stays_usable(llm):
+    body = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "temperature": 1.0, "seed": 2**64}  # fmt: skip
+    with httpx.Client(base_url=str(llm.base_url), timeout=30) as keep_alive:  # one connection
+        for stream in (False, True, False):
+            reply = keep_alive.post("/v1/chat/completions", json=body | {"stream": stream})
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == "seed"
+            assert "18446744073709551616" in reply.json()["error"]["message"]
+            ok = keep_alive.post("/v1/chat/completions", json=body | {"seed": 2**64 - 1, "stream": stream})
+            assert ok.status_code == 200, ok.text
+    completion = {"model": "llm", "prompt": "x", "logprobs": 1}
+    reply = llm.post("/v1/completions", json=completion)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "unsupported_parameter"
+    assert llm.post("/v1/completions", json=completion | {"logprobs": 0, "echo": False}).status_code == 200
+
+
+def test_openapi_document_describes_the_v1_routes(llm):
+    doc = llm.get("/docs.json").json()
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["required"] is True
+    request = doc["components"]["schemas"]["ChatRequest"]
+    assert {"model", "messages"} <= set(request["required"]) and request["properties"]["model"]["enum"] == [
+        "llm"
+    ]
+    assert request["properties"]["seed"]["maximum"] == 2**64 and request["properties"]["seed"]["minimum"] == 0
+    assert set(chat["responses"]) >= {"200", "400", "404"}
+    error = doc["components"]["schemas"]["ErrorBody"]
+    assert doc["components"]["schemas"]["ErrorDetail"]["properties"]["param"]["nullable"] is True
+    assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert "/v1/completions" in doc["paths"] and "/v1/models" in doc["paths"] and "/info" in doc["paths"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_schemathesis_finds_no_5xx_and_answers_match_the_document(llm, path, mode):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    operation = schemathesis.openapi.from_url(f"{llm.base_url}/docs.json")[path]["POST"]
+    statuses: list[int] = []
+
+    @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
+    def fuzz(case):
+        response = case.call(base_url=str(llm.base_url), timeout=60)
+        statuses.append(response.status_code)
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+
+    fuzz()
+    assert statuses and max(statuses) < 500
+    if mode == "negative":
+        assert all(400 <= s < 500 for s in statuses), statuses
 
 
 def test_context_length_error_says_what_to_do(llm):
@@ -160,3 +231,56 @@ def test_ragas_judge_calls_the_endpoint_and_records_what_it_could_not_score(llm)
         assert rows[0][metric] is None or 0 <= rows[0][metric] <= 1
         if rows[0][metric] is None:
             assert any(note.startswith(f"{metric} not scored") for note in notes)
+
+
+# ---- a client that goes away frees the server ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory):
+    """A server with one batch slot and a model slow enough that a long answer takes many seconds:
+    a request that kept running after its client left would hold up the next one."""
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "slower", n_embd=256, n_layer=6,
+                                  n_positions=2048)  # fmt: skip
+    env = {"LLMOPS_LLM_MODEL": str(folder), "LLMOPS_LLM_MAX_TOKENS": "1500", "LLMOPS_LLM_MAX_BATCH": "1",
+           "LLMOPS_LLM_BACKEND": "transformers"}  # fmt: skip
+    with serve_bento("services.llm:LLM", tmp_path_factory.mktemp("slot-log"), **env) as client:
+        yield client
+
+
+LONG = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500, "temperature": 0}
+
+
+def _served_promptly(server) -> float:
+    began = time.monotonic()
+    reply = server.post("/v1/completions", json={"model": "llm", "prompt": "x", "max_tokens": 3}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return time.monotonic() - began
+
+
+def _until_idle(server, seconds: float = 10) -> int:
+    deadline = time.monotonic() + seconds
+    while (active := server.post("/info", json={}).json()["active_requests"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return active
+
+
+def test_a_cancelled_non_streaming_request_frees_the_server(one_slot):
+    alone = _served_promptly(one_slot)
+    leaving = httpx.Client(base_url=str(one_slot.base_url), timeout=1.0)  # gives up after 1 s
+    with pytest.raises(httpx.ReadTimeout):
+        leaving.post("/v1/chat/completions", json=LONG)
+    leaving.close()  # the connection closes: the server sees the client go
+    assert _until_idle(one_slot) == 0, "the abandoned request still holds the only slot"
+    assert _served_promptly(one_slot) < alone + 5  # 1500 tokens would take far longer
+
+
+def test_a_cancelled_stream_frees_its_slot(one_slot):
+    with httpx.Client(base_url=str(one_slot.base_url), timeout=30) as leaving:
+        with leaving.stream("POST", "/v1/chat/completions", json=LONG | {"stream": True}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if '"content"' in line:
+                    break  # one piece of text, then the client goes
+    assert _until_idle(one_slot) == 0, "the closed stream still holds the only slot"
+    assert _served_promptly(one_slot) < 10

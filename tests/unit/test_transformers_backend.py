@@ -1,45 +1,125 @@
-"""The transformers backend on the tiny local model: streaming equals completing, and a stream
-closed early (the client went away) stops its generation and frees the model for the next one."""
+"""The transformers backend on tiny local models: streaming equals completing; concurrent requests
+share forward passes (step-level batching) with the same output as alone; a stream closed early
+(the client went away) frees its batch slot."""
 
+import threading
 import time
 
 import pytest
 
 from llmops.llm.backends import BackendError, Completion, SamplingParams, TransformersBackend, make_backend
+from llmops.llm.batching import _held_back, cut_at_stop
 from llmops.llm.tiny import build_tiny_causal_lm
+
+QUESTIONS = ["hi", "Which alias moves on promote?", "x",
+             "A longer question about the registry, its champion alias and what a rollback does"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    return TransformersBackend(
-        str(build_tiny_causal_lm(tmp_path_factory.mktemp("m") / "tiny", vocab_size=300))
+    # a tiny Llama (SmolLM2's architecture): its greedy outputs vary, unlike the tiny GPT-2's
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("m") / "tiny", vocab_size=300, architecture="llama")
+    return TransformersBackend(str(folder), max_batch=8)
+
+
+@pytest.fixture(scope="module")
+def prompts(backend):
+    return [backend.render([{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+def concurrently(backend, prompts, params_of):
+    """Each prompt's Completion, all submitted at once from threads of their own."""
+    results: list = [None] * len(prompts)
+    start = threading.Barrier(len(prompts))
+
+    def run(i):
+        start.wait()
+        results[i] = backend.complete(prompts[i], params_of(i))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_stream_and_complete_agree(backend, prompts):
+    done = backend.complete(prompts[1], SamplingParams(max_tokens=6))
+    *pieces, last = backend.stream(prompts[1], SamplingParams(max_tokens=6))
+    assert isinstance(last, Completion) and last.completion_tokens == done.completion_tokens
+    assert "".join(pieces) == last.text == done.text
+    assert done.prompt_tokens == backend.count_tokens(prompts[1])
+
+
+def test_alone_greedy_equals_model_generate(backend, prompts):
+    for prompt in prompts[:2]:
+        enc = backend.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        out = backend.model.generate(**enc, max_new_tokens=12, do_sample=False,
+                                     pad_token_id=backend.tokenizer.pad_token_id)  # fmt: skip
+        expected = backend.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert backend.complete(prompt, SamplingParams(max_tokens=12)).text == expected
+
+
+def test_concurrent_requests_share_forward_passes_and_greedy_output_equals_alone(backend, prompts):
+    alone = [backend.complete(p, SamplingParams(max_tokens=16)) for p in prompts]
+    forwards: list[int] = []
+    hook = backend.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        batched = concurrently(backend, prompts, lambda i: SamplingParams(max_tokens=16))
+    finally:
+        hook.remove()
+    tokens = sum(c.completion_tokens for c in batched)
+    assert len(set(c.text for c in alone)) > 1, "the prompts should not all give the same text"
+    assert [c.text for c in batched] == [c.text for c in alone]
+    assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in alone]
+    # 4 requests x 16 tokens one at a time would be 64 forward passes; batched, about 16 + prefills
+    assert len(forwards) < tokens / 2, (len(forwards), tokens)
+
+
+def test_a_seed_gives_the_same_sample_alone_and_in_a_batch(backend, prompts):
+    sampled = SamplingParams(max_tokens=16, temperature=1.0, seed=11)
+    alone = backend.complete(prompts[1], sampled)
+    batched = concurrently(backend, prompts, lambda i: sampled if i == 1 else
+                           SamplingParams(max_tokens=16, temperature=0.7, seed=i))  # fmt: skip
+    assert batched[1].text == alone.text
+    assert (
+        backend.complete(prompts[1], SamplingParams(max_tokens=16, temperature=1.0, seed=12)).text
+        != alone.text
     )
 
 
-def test_stream_and_complete_agree(backend):
-    prompt = backend.render([{"role": "user", "content": "Which alias moves?"}])
-    done = backend.complete(prompt, SamplingParams(max_tokens=6))
-    *pieces, last = backend.stream(prompt, SamplingParams(max_tokens=6))
-    assert isinstance(last, Completion) and last.completion_tokens == done.completion_tokens
-    assert "".join(pieces) == last.text == done.text
-    assert done.prompt_tokens == backend.count_tokens(prompt)
-
-
-def test_closing_a_stream_stops_its_generation(backend):
-    prompt = backend.render([{"role": "user", "content": "Talk for a long time"}])
-    stream = backend.stream(prompt, SamplingParams(max_tokens=5000, temperature=1.0, seed=0))
+def test_closing_a_stream_frees_its_slot_and_leaves_the_others(backend, prompts):
+    long = SamplingParams(max_tokens=400, temperature=1.0, seed=0)
+    stream = backend.stream(prompts[0], long)
+    other = backend.stream(prompts[1], SamplingParams(max_tokens=40))
     next(stream)
-    started = time.monotonic()
     stream.close()
-    assert backend._lock.acquire(timeout=10), "the model is still generating for a closed stream"
-    backend._lock.release()
-    assert time.monotonic() - started < 10
-    assert backend.complete(prompt, SamplingParams(max_tokens=2)).completion_tokens <= 2
+    *_, done = other  # the other request runs to its end
+    assert isinstance(done, Completion) and done.completion_tokens == 40
+    deadline = time.monotonic() + 10
+    while backend.engine.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.engine.active == 0, "a closed stream still holds its batch slot"
 
 
-def test_backend_setting_is_checked():
+def test_more_requests_than_slots_wait_and_all_finish(backend, prompts):
+    many = prompts * 3  # 12 requests, 8 slots
+    results = concurrently(backend, many, lambda i: SamplingParams(max_tokens=8))
+    assert all(r is not None and r.completion_tokens == 8 for r in results)
+
+
+def test_stop_strings_end_the_request_and_are_not_streamed():
+    assert cut_at_stop("abc<|x|>def", ("<|x|>",)) == ("abc", True)
+    assert _held_back("answer <|", ("<|x|>",)) == 2  # could be the start of the stop string
+    assert _held_back("answer", ("<|x|>",)) == 0
+
+
+def test_settings_are_checked(backend):
     with pytest.raises(BackendError, match="backend: 'tgi' is not one of auto, transformers, vllm"):
         make_backend("x", "tgi")
+    with pytest.raises(BackendError, match="max_batch: must be >= 1"):
+        TransformersBackend(backend.model_path, max_batch=0)
     from llmops.llm.vllm_backend import vllm_available
 
     if not vllm_available():

@@ -1,7 +1,8 @@
 """Chat/completion backends behind one interface, for services/llm.py and the RAG generators.
 
     transformers  any causal LM folder (or hub id when online), CPU or CUDA; bf16 on CUDA when
-                  the device supports it. The laptop and CI backend.
+                  the device supports it. The laptop and CI backend; concurrent requests share
+                  forward passes (step-level batching, llmops.llm.batching).
     vllm          vLLM's engine on a GPU (the ``[gpu]`` extra): continuous batching, paged
                   attention; ``gpu_memory_utilization`` and ``max_model_len`` configurable.
 
@@ -15,81 +16,37 @@ tokens the same way, so usage numbers agree across backends.
 from __future__ import annotations
 
 import logging
-import threading
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from llmops.errors import LlmopsError
+from llmops.llm.types import Backend, BackendError, Completion, SamplingParams
 
+__all__ = ["Backend", "BackendError", "Completion", "SamplingParams", "TransformersBackend", "make_backend"]
 
-class BackendError(LlmopsError, ValueError):
-    """A model or setting a backend cannot use; names the setting."""
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of text or a stop string) or "length" (max_tokens reached)
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-class Backend(Protocol):
-    name: str
-    model_path: str
-    adapter_path: str | None
-    max_context: int
-
-    def render(self, messages: list[dict[str, str]]) -> str: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def complete(self, prompt: str, params: SamplingParams) -> Completion: ...
-
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]: ...
-
-
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
-    positions = [text.find(s) for s in stop if s and s in text]
-    return (text[: min(positions)], True) if positions else (text, False)
-
-
-def stop_when(event: threading.Event) -> Any:
-    """A transformers StoppingCriteria that ends every sequence once ``event`` is set."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full(
-                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
-            )
-
-    return Cancelled()
+DEFAULT_MAX_BATCH = 32
 
 
 class TransformersBackend:
-    """A causal LM with transformers. One generation at a time per process (a lock): on a CPU
-    concurrent generations only fight over the same cores."""
+    """A causal LM with transformers. Concurrent requests are batched step by step by one engine
+    thread (llmops.llm.batching): on a CPU, one forward pass over 32 rows costs far less than 32
+    passes over one row. ``max_batch`` (LLMOPS_LLM_MAX_BATCH) caps the rows of one step."""
 
     name = "transformers"
 
     def __init__(
-        self, model: str, device: str | None = None, adapter: str | None = None, revision: str | None = None
+        self,
+        model: str,
+        device: str | None = None,
+        adapter: str | None = None,
+        revision: str | None = None,
+        max_batch: int | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from llmops.llm.batching import BatchEngine
 
         local = Path(model).expanduser()
         source = str(local) if local.exists() else model
@@ -114,7 +71,17 @@ class TransformersBackend:
         self.model_path = str(local.resolve()) if local.exists() else model
         self.adapter_path = adapter
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        self._lock = threading.Lock()
+        if max_batch is None:
+            max_batch = int(os.environ.get("LLMOPS_LLM_MAX_BATCH") or DEFAULT_MAX_BATCH)
+        if max_batch < 1:
+            raise BackendError(f"max_batch: must be >= 1, got {max_batch}")
+        if not _plain_kv_cache(self.model):
+            max_batch = 1  # sliding-window or shared caches: rows cannot be merged, one at a time
+        self.engine = BatchEngine(self.model, self.tokenizer, self.device, max_batch, _eos_ids(self))
+
+    @property
+    def max_batch(self) -> int:
+        return self.engine.max_batch
 
     def render(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -124,81 +91,38 @@ class TransformersBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _inputs(self, prompt: str):
-        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-
-    def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
-        import torch
-
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_tokens,
-            "do_sample": params.temperature > 0,
-            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        }
-        if params.temperature > 0:
-            kwargs |= {"temperature": params.temperature, "top_p": params.top_p}
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        return kwargs
-
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        import torch
-
-        inputs = self._inputs(prompt)
-        with self._lock, torch.inference_mode():
-            output = self.model.generate(**inputs, **self._generate_kwargs(params))
-        new = output[0, inputs["input_ids"].shape[1] :]
-        text, stopped = _cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
-        return self._completion(inputs, new, text, stopped, params)
-
-    def _completion(self, inputs, new, text: str, stopped: bool, params: SamplingParams) -> Completion:
-        ended = bool(len(new)) and int(new[-1]) == self.tokenizer.eos_token_id
-        return Completion(
-            text=text,
-            prompt_tokens=int(inputs["input_ids"].shape[1]),
-            completion_tokens=len(new),
-            finish_reason="stop" if stopped or ended or len(new) < params.max_tokens else "length",
-        )
+        *_, done = self.stream(prompt, params)
+        return done
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
-        """Text pieces as they are generated, then the Completion (usage, finish reason)."""
-        import torch
-        from transformers import TextIteratorStreamer
+        """Text pieces as they are generated, then the Completion (usage, finish reason). Closing
+        or cancelling the stream (the client went away) frees the request's batch slot at the
+        next step."""
+        from llmops.llm.batching import RequestStream
 
-        inputs = self._inputs(prompt)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        counted: dict[str, Any] = {}
-        cancelled = threading.Event()  # set when the reader closes the stream early
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return RequestStream(self.engine.submit(ids, params))
 
-        cancel = stop_when(cancelled)
 
-        def run() -> None:
-            try:
-                with self._lock, torch.inference_mode():
-                    output = self.model.generate(**inputs, streamer=streamer, stopping_criteria=[cancel],
-                                                 **self._generate_kwargs(params))  # fmt: skip
-                counted["new"] = output[0, inputs["input_ids"].shape[1] :]
-            except Exception as exc:  # end the stream, or the reader would wait for text forever
-                counted["error"] = exc
-                streamer.end()
+def _eos_ids(backend: TransformersBackend) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(backend.model, "generation_config", None), backend.tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        ids |= set(value) if isinstance(value, list | tuple) else ({value} if value is not None else set())
+    return ids
 
-        worker = threading.Thread(target=run, name="generate", daemon=True)
-        worker.start()
-        text, stopped = "", False
-        try:
-            for piece in streamer:
-                if stopped or not piece:
-                    continue
-                candidate, stopped = _cut_at_stop(text + piece, params.stop)
-                delta, text = candidate[len(text) :], candidate
-                if delta:
-                    yield delta
-        finally:  # closed early (the client went away): stop generating, free the model
-            cancelled.set()
-        worker.join()
-        if "error" in counted:
-            raise counted["error"]
-        yield self._completion(inputs, counted["new"], text, stopped, params)
+
+def _plain_kv_cache(model: Any) -> bool:
+    """Whether every layer keeps a plain growing KV cache, which the engine can pad and merge."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def make_backend(
@@ -206,10 +130,11 @@ def make_backend(
     backend: str = "auto",
     adapter: str | None = None,
     revision: str | None = None,
+    max_batch: int | None = None,
     **vllm_options: Any,
 ) -> Backend:
     """The backend for ``model`` (+ a LoRA ``adapter``): ``transformers``, ``vllm`` or ``auto``
-    (vLLM on CUDA when installed)."""
+    (vLLM on CUDA when installed). ``max_batch`` caps transformers' batch (vLLM sizes its own)."""
     if backend not in ("auto", "transformers", "vllm"):
         raise BackendError(f"backend: {backend!r} is not one of auto, transformers, vllm")
     if backend in ("auto", "vllm"):
@@ -230,4 +155,4 @@ def make_backend(
                 )  # fmt: skip
         elif backend == "vllm":
             raise BackendError("backend: vllm needs the [gpu] extra and a CUDA GPU")
-    return TransformersBackend(model, adapter=adapter, revision=revision)
+    return TransformersBackend(model, adapter=adapter, revision=revision, max_batch=max_batch)

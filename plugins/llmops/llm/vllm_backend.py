@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmops.llm.backends import Completion, SamplingParams
+from llmops.llm.types import Completion, SamplingParams
 
 
 def vllm_available() -> bool:
