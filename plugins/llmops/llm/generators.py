@@ -34,7 +34,7 @@ class GeneratorError(LlmopsError, ValueError):
     """A generator spec or request that cannot be used; names the field."""
 
 
-class GeneratorTimeout(RuntimeError):
+class GeneratorTimeout(LlmopsError, TimeoutError):
     """The generator's endpoint gave no answer within the configured time and retries."""
 
 
