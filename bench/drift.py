@@ -1,17 +1,17 @@
-"""Speed and verdicts of llmops.drift against Evidently's DataDriftPreset on the same tables.
+"""Speed and verdicts of llmops.tabular.drift against Evidently's DataDriftPreset on the same tables.
 
     python bench/drift.py                                   # 1M current rows x 20 columns
     python bench/drift.py --rows 200000 --reference-rows 50000
-    python bench/drift.py --skip-evidently                  # llmops.drift only
+    python bench/drift.py --skip-evidently                  # llmops.tabular.drift only
 
 Needs the bench extra (`pip install -c constraints.txt -e ".[bench]"`) for Evidently.
 Two scenarios share one current table (12 numeric and 8 categorical columns; 7 shifted in
 mean, scale, proportions or by a new category, 2 by too little to count): a large reference
 (auto picks Wasserstein / Jensen-Shannon) and a 1,000-row reference (KS / chi-square / Z). Each side
-gets the same reference and current frames and, per column, the test llmops.drift chose,
+gets the same reference and current frames and, per column, the test llmops.tabular.drift chose,
 forced in Evidently where Evidently allows it for the column type (its chi-square and
 Z-test are categorical-only: on few-valued numeric columns Evidently is left on auto, and
-the bench checks that it resolves to the same test). llmops.drift's time includes building
+the bench checks that it resolves to the same test). llmops.tabular.drift's time includes building
 the reference profile. Prints, per scenario, both timings, their ratio, and every column
 whose test or verdict differs; exits 1 when any does.
 """
@@ -25,9 +25,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from llmops.data import TableSchema
-from llmops.drift import detect_drift
-from llmops.profile import build_profile
+from llmops.tabular.data import TableSchema
+from llmops.tabular.drift import detect_drift
+from llmops.tabular.profile import build_profile
 
 # llmops test name -> Evidently stattest name
 EVIDENTLY_NAMES = {
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--small-reference-rows", type=int, default=1_000, help="Rows of the small reference (<= 1000)."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generated tables.")
-    parser.add_argument("--skip-evidently", action="store_true", help="Time llmops.drift alone.")
+    parser.add_argument("--skip-evidently", action="store_true", help="Time llmops.tabular.drift alone.")
     return parser.parse_args(argv)
 
 
@@ -156,7 +156,7 @@ def scenario(name: str, reference: pd.DataFrame, current: pd.DataFrame, schema, 
     print(
         f"\n== {name}: reference {len(reference):,} rows, current {len(current):,} rows x {current.shape[1]}"
     )
-    print(f"llmops.drift  {ours:7.2f} s  (profile {profile_s:.2f} s + detect {detect_s:.2f} s)")
+    print(f"llmops.tabular.drift  {ours:7.2f} s  (profile {profile_s:.2f} s + detect {detect_s:.2f} s)")
     by_column = {c.column: c for c in report.columns}
     flagged = set(report.drifted_columns)
     print(

@@ -52,10 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ensure_champion(name: str) -> None:
     """Train and promote a logistic regression on the bundled data if ``name`` has no champion."""
-    from llmops.classifier import build_pipeline, candidates
-    from llmops.data import infer_schema, load_table, normalize
     from llmops.promotion import register_classifier
     from llmops.registry import Registry
+    from llmops.tabular.classifier import build_pipeline, candidates
+    from llmops.tabular.data import infer_schema, load_table, normalize
 
     if Registry().find(name) is not None:
         return
@@ -79,8 +79,8 @@ def ensure_champion(name: str) -> None:
 
 
 def request_bodies(name: str, rows_per_request: int, count: int = 200) -> list[dict]:
-    from llmops.data import load_table
     from llmops.registry import Registry
+    from llmops.tabular.data import load_table
 
     columns = list(Registry().get(name).read_json("schema.json")["features"])
     frame = load_table()[columns]
@@ -102,9 +102,9 @@ def run_bare_server(port: int, name: str) -> None:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from llmops.classifier import load_model
-    from llmops.data import TableSchema, normalize
     from llmops.registry import Registry
+    from llmops.tabular.classifier import load_model
+    from llmops.tabular.data import TableSchema, normalize
 
     version = Registry().get(name)
     schema = TableSchema.model_validate(version.read_json("schema.json"))

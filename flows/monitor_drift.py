@@ -17,8 +17,8 @@ publishes an event only when it decides to retrain and the training flow is depl
 
 from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, step
 
-from llmops.data import DataError
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
+from llmops.tabular.data import DataError
 
 
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
@@ -69,8 +69,8 @@ class MonitorDriftFlow(FlowSpec):
         from datetime import datetime, timezone
 
         from llmops.inference_log import read_log
-        from llmops.monitoring import parse_instant
         from llmops.registry import Registry, check_name
+        from llmops.tabular.monitoring import parse_instant
 
         self.monitored_model = check_name(self.model_name or self.policy.model, "--model-name")
         champion = Registry().get(self.monitored_model)
@@ -100,12 +100,12 @@ class MonitorDriftFlow(FlowSpec):
     @card(type="llmops_drift")
     @step
     def detect(self):
-        from llmops.data import TableSchema
-        from llmops.drift import detect_drift
         from llmops.gates import GatePolicy
-        from llmops.monitoring import decide_retrain, join_feedback, live_metrics, load_feedback
-        from llmops.profile import Profile
         from llmops.registry import Registry
+        from llmops.tabular.data import TableSchema
+        from llmops.tabular.drift import detect_drift
+        from llmops.tabular.monitoring import decide_retrain, join_feedback, live_metrics, load_feedback
+        from llmops.tabular.profile import Profile
 
         policy = GatePolicy.model_validate(dict(self.policy))
         champion = Registry().get(self.monitored_model, self.champion_version)
@@ -156,10 +156,10 @@ class MonitorDriftFlow(FlowSpec):
     def _write_retraining_set(self):
         from metaflow import Run
 
-        from llmops.data import TableSchema
-        from llmops.monitoring import retraining_set
         from llmops.paths import retraining_dir
         from llmops.registry import Registry
+        from llmops.tabular.data import TableSchema
+        from llmops.tabular.monitoring import retraining_set
 
         if self.labelled is None or not len(self.labelled):
             self.retrain_outcome = "needed, but there are no labels: pass --feedback or --retrain-data"

@@ -12,8 +12,8 @@ Cards: python flows/train_classifier.py card view validate|evaluate [--id gate]
 
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
 
-from llmops.data import DEFAULT_DATASET
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
+from llmops.tabular.data import DEFAULT_DATASET
 
 
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
@@ -54,9 +54,9 @@ class TrainClassifierFlow(FlowSpec):
 
     @step
     def start(self):
-        from llmops.classifier import METRICS, candidates
-        from llmops.data import infer_schema, load_table, normalize
         from llmops.registry import check_name
+        from llmops.tabular.classifier import METRICS, candidates
+        from llmops.tabular.data import infer_schema, load_table, normalize
 
         self.registry_name = check_name(self.model_name or self.policy.model, "--model-name")
         self.families = [f.strip() for f in self.model_families.split(",") if f.strip()]
@@ -83,8 +83,8 @@ class TrainClassifierFlow(FlowSpec):
     @card(type="llmops_data_profile")
     @step
     def validate(self):
-        from llmops.data import TableSchema
-        from llmops.validation import DataRules, DataValidationFailed, validate_table
+        from llmops.tabular.data import TableSchema
+        from llmops.tabular.validation import DataRules, DataValidationFailed, validate_table
 
         report = validate_table(
             self.dataset,
@@ -100,10 +100,10 @@ class TrainClassifierFlow(FlowSpec):
     @card(type="llmops_data_profile")
     @step
     def version(self):
-        from llmops.data import TableSchema, dataset_version
-        from llmops.drift import DriftRule, detect_drift
-        from llmops.profile import Profile, build_profile
         from llmops.registry import Registry
+        from llmops.tabular.data import TableSchema, dataset_version
+        from llmops.tabular.drift import DriftRule, detect_drift
+        from llmops.tabular.profile import Profile, build_profile
 
         schema = TableSchema(**self.schema)
         self.dataset_version = dataset_version(self.dataset, schema)
@@ -122,7 +122,7 @@ class TrainClassifierFlow(FlowSpec):
     def split(self):
         from sklearn.model_selection import train_test_split
 
-        from llmops.classifier import candidates
+        from llmops.tabular.classifier import candidates
 
         labels = self.dataset[self.target]
         rest, self.test_set = train_test_split(
@@ -140,8 +140,8 @@ class TrainClassifierFlow(FlowSpec):
 
     @step
     def train(self):
-        from llmops.classifier import Candidate, build_pipeline, classification_metrics, features
-        from llmops.data import TableSchema
+        from llmops.tabular.classifier import Candidate, build_pipeline, classification_metrics, features
+        from llmops.tabular.data import TableSchema
 
         schema = TableSchema(**self.schema)
         self.candidate = Candidate(**self.input)
@@ -184,8 +184,8 @@ class TrainClassifierFlow(FlowSpec):
     def evaluate(self):
         from sklearn.metrics import confusion_matrix
 
-        from llmops.classifier import classification_metrics, features, group_metrics, score_champion
-        from llmops.data import TableSchema
+        from llmops.tabular.classifier import classification_metrics, features, group_metrics, score_champion
+        from llmops.tabular.data import TableSchema
 
         schema = TableSchema(**self.schema)
         classes = list(self.model.classes_)
@@ -213,7 +213,8 @@ class TrainClassifierFlow(FlowSpec):
 
     @step
     def promote(self):
-        from llmops.promotion import gate_refusal, register_classifier
+        from llmops.promotion import gate_refusal
+        from llmops.tabular.release import register_classifier
 
         self.promoted, self.model_version = False, None
         self.promotion_note = gate_refusal(self.gate_decision)

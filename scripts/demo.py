@@ -64,7 +64,7 @@ def serve(port: int, target: str = "services.classifier:Classifier") -> subproce
 
 
 def ask(port: int) -> None:
-    from llmops.data import load_table
+    from llmops.tabular.data import load_table
 
     frame = load_table()
     sample = frame.sample(4, random_state=7)

@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=1.5, help="how much the shifted columns grow")
     args = parser.parse_args()
 
-    from llmops.data import load_table
-    from llmops.simulate import send, shift
+    from llmops.tabular.data import load_table
+    from llmops.tabular.simulate import send, shift
 
     started = time.monotonic()
     if not args.skip_train:

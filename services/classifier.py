@@ -68,7 +68,7 @@ from llmops.serving import (
 )
 
 if TYPE_CHECKING:
-    from llmops.data import TableSchema
+    from llmops.tabular.data import TableSchema
 
 logger = logging.getLogger("bentoml.service.classifier")
 
@@ -120,7 +120,7 @@ LIMITS_DTYPE = ["float64"]
 
 
 def _within_limits(column: str, value: float | None) -> float | None:
-    """Runs per numeric value at validation, before batching (see ``llmops.classifier.input_limits``)."""
+    """Runs per numeric value at validation, before batching (see ``classifier.input_limits``)."""
     low, high = LIMITS.get(column, (-float("inf"), float("inf")))
     if value is not None and not low <= value <= high:
         raise ValueError(
@@ -132,7 +132,7 @@ def _within_limits(column: str, value: float | None) -> float | None:
 
 def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]:
     """The version to serve and a request model built from its schema (permissive if none)."""
-    from llmops.data import TableSchema
+    from llmops.tabular.data import TableSchema
 
     try:
         version = Registry().get(settings.model, settings.model_version or CHAMPION)
@@ -178,8 +178,8 @@ class Served:
 
 
 def _load(version: ModelVersion) -> Served:
-    from llmops.classifier import input_limits, load_model
-    from llmops.data import TableSchema
+    from llmops.tabular.classifier import input_limits, load_model
+    from llmops.tabular.data import TableSchema
 
     model = load_model(version.path)
     schema = TableSchema.model_validate(version.read_json("schema.json"))
@@ -284,9 +284,9 @@ class Classifier:
         """Class and class probabilities per record; records of concurrent requests arrive batched."""
         import pandas as pd
 
-        from llmops.classifier import predict_proba_rows
-        from llmops.data import normalize
         from llmops.inference_log import utc_now
+        from llmops.tabular.classifier import predict_proba_rows
+        from llmops.tabular.data import normalize
 
         served = self.served  # read once: a reload during this batch must not mix two versions
         columns = list(served.schema.features)  # the Record's field order (a reload keeps the schema)

@@ -15,9 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmops.drift import DriftReport, DriftRule  # DriftRule: the `drift:` section, kept with the tests
 from llmops.errors import LlmopsError, parse_yaml_model
-from llmops.validation import DataRules
+from llmops.tabular.drift import (  # DriftRule: the `drift:` section, kept with the tests
+    DriftReport,
+    DriftRule,
+)
+from llmops.tabular.validation import DataRules
 
 
 class PolicyError(LlmopsError, ValueError):

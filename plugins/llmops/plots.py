@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from llmops.profile import Profile
+from llmops.tabular.profile import Profile
 
 
 def profile_figure(profile: Profile, max_columns: int = 12) -> Figure:
@@ -91,9 +91,9 @@ def gate_figure(rules: list[dict]) -> Figure:
 
 def drift_figure(profile: Profile, current, columns: list[str], drifted: set[str]) -> Figure:
     """Reference (outline) against current (filled) distribution per column, on the bins the drift
-    tests use (:func:`llmops.drift.column_histograms`): densities for numeric columns, shares for
+    tests use (:func:`llmops.tabular.drift.column_histograms`): densities for numeric columns, shares for
     categories (the ten first)."""
-    from llmops.drift import DriftError, column_histograms
+    from llmops.tabular.drift import DriftError, column_histograms
 
     cols = 3
     rows = max(1, math.ceil(len(columns) / cols))

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmops.classifier import save_model
 from llmops.lineage import code_version, resumed_runs
 from llmops.registry import CHAMPION, AliasConflict, ModelVersion, Registry
 
@@ -114,31 +113,3 @@ def register_gated(
     promoted, note = _promote(registry, name, version, expected)
     _kill_here("promoted")
     return version.version, promoted, note
-
-
-def register_classifier(
-    *,
-    name: str,
-    model: Any,
-    schema: dict[str, Any],
-    reference_profile: dict[str, Any],
-    metrics: dict[str, float],
-    gate_decision: dict[str, Any],
-    dataset_version: str,
-    run_pathspec: str,
-    candidate: str,
-) -> tuple[str, bool, str]:
-    """A gated classifier: the skops model file, its schema and reference profile."""
-    return register_gated(
-        name,
-        lambda folder: save_model(model, folder),
-        gate_decision=gate_decision,
-        labels={"framework": "sklearn"},
-        metadata={
-            "run": run_pathspec,
-            "dataset_version": dataset_version,
-            "candidate": candidate,
-            "metrics": metrics,
-        },
-        json_files={"schema.json": schema, "reference_profile.json": reference_profile},
-    )

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops.classifier import build_pipeline, candidates, load_model
-from llmops.data import infer_schema, load_table, normalize
 from llmops.inference_log import read_log
-from llmops.promotion import register_classifier
 from llmops.registry import Registry
+from llmops.tabular.classifier import build_pipeline, candidates, load_model
+from llmops.tabular.data import infer_schema, load_table, normalize
+from llmops.tabular.release import register_classifier
 from tests.conftest import serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -82,7 +82,7 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 
 def expected(version, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from llmops.data import TableSchema
+    from llmops.tabular.data import TableSchema
 
     model = load_model(version.path)
     inputs = normalize(frame, TableSchema.model_validate(version.read_json("schema.json")))

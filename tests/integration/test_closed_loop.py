@@ -14,10 +14,10 @@ import pytest
 from metaflow import Run, namespace
 from metaflow.cards import get_cards
 
-from llmops.data import load_table
 from llmops.inference_log import read_log
 from llmops.registry import Registry
-from llmops.simulate import send, shift
+from llmops.tabular.data import load_table
+from llmops.tabular.simulate import send, shift
 from tests.conftest import REPO, run_flow
 from tests.integration.test_classifier_service import serve
 from tests.integration.test_train_flow import card_content

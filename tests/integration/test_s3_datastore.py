@@ -82,10 +82,10 @@ def ok(run: FlowRun) -> bool:
 
 def classifier_chain(tmp: Path, names: dict[str, str]) -> dict[str, FlowRun]:
     """Train a champion, log shifted traffic for it to S3, and monitor that window."""
-    from llmops.data import load_table
     from llmops.inference_log import InferenceLogger
     from llmops.registry import Registry
-    from llmops.simulate import shift
+    from llmops.tabular.data import load_table
+    from llmops.tabular.simulate import shift
 
     train = start(
         tmp, "train_classifier.py", "--models", "logistic_regression", "--model-name", names["model"]

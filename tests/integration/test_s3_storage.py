@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops.classifier import build_pipeline, candidates
-from llmops.data import infer_schema, load_table, normalize
 from llmops.inference_log import InferenceLogger, read_log
-from llmops.promotion import register_classifier
 from llmops.registry import Registry, RegistryError
 from llmops.registry_transfer import describe, export_version, import_version
 from llmops.storage import open_store
+from llmops.tabular.classifier import build_pipeline, candidates
+from llmops.tabular.data import infer_schema, load_table, normalize
+from llmops.tabular.release import register_classifier
 from tests.conftest import REPO, serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -45,8 +45,8 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 # run in the fresh home: the champion, its lineage and its predictions on five rows
 LOAD_AND_PREDICT = """
 import json, sys
-from llmops.classifier import load_model
-from llmops.data import load_table
+from llmops.tabular.classifier import load_model
+from llmops.tabular.data import load_table
 from llmops.registry import Registry
 version = Registry().get(sys.argv[1])
 predictions = load_model(version.path).predict(load_table().drop(columns="target").head(5))

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops.classifier import build_pipeline, candidates, load_model
-from llmops.data import TableSchema, infer_schema, load_table, normalize
 from llmops.inference_log import read_log
-from llmops.promotion import register_classifier
 from llmops.registry import ModelVersion, Registry
+from llmops.tabular.classifier import build_pipeline, candidates, load_model
+from llmops.tabular.data import TableSchema, infer_schema, load_table, normalize
+from llmops.tabular.release import register_classifier
 from tests.integration.test_classifier_service import HELD_OUT, records, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

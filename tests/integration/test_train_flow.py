@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from metaflow import Run, namespace
 
-from llmops.data import load_table
 from llmops.registry import Registry
+from llmops.tabular.data import load_table
 from tests.conftest import run_flow
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops.data import DataError, dataset_version, infer_schema, load_table, normalize
-from llmops.validation import ColumnRule, DataRules, validate_table
+from llmops.tabular.data import DataError, dataset_version, infer_schema, load_table, normalize
+from llmops.tabular.validation import ColumnRule, DataRules, validate_table
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops.data import TableSchema
-from llmops.drift import DriftError, DriftRule, column_histograms, compare_to_profile, detect_drift, psi
 from llmops.gates import PolicyError, parse_policy
-from llmops.profile import Profile, build_profile
+from llmops.tabular.data import TableSchema
+from llmops.tabular.drift import (
+    DriftError,
+    DriftRule,
+    column_histograms,
+    compare_to_profile,
+    detect_drift,
+    psi,
+)
+from llmops.tabular.profile import Profile, build_profile
 
 SCHEMA = TableSchema(target="y", features={"x": "numeric", "c": "categorical"})
 WIDE = TableSchema(

@@ -4,10 +4,10 @@ import pytest
 from scipy import stats
 from scipy.spatial import distance
 
-from llmops.data import TableSchema
-from llmops.drift import detect_drift
-from llmops.drift_stats import cdf_gap, chi2_homogeneity_test, chi2_test, js_distance, ks_test, z_test
-from llmops.profile import build_profile, value_sample
+from llmops.tabular.data import TableSchema
+from llmops.tabular.drift import detect_drift
+from llmops.tabular.drift_stats import cdf_gap, chi2_homogeneity_test, chi2_test, js_distance, ks_test, z_test
+from llmops.tabular.profile import build_profile, value_sample
 
 
 @pytest.fixture

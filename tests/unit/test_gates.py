@@ -1,7 +1,7 @@
 import pytest
 
-from llmops.drift import ColumnDrift, DriftReport
 from llmops.gates import PolicyError, evaluate_gate, load_policy, parse_policy
+from llmops.tabular.drift import ColumnDrift, DriftReport
 
 POLICY = """
 model: clf

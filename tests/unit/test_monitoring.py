@@ -1,10 +1,10 @@
 import pandas as pd
 import pytest
 
-from llmops.data import DataError, TableSchema
-from llmops.drift import ColumnDrift, DriftReport
 from llmops.gates import parse_policy
-from llmops.monitoring import (
+from llmops.tabular.data import DataError, TableSchema
+from llmops.tabular.drift import ColumnDrift, DriftReport
+from llmops.tabular.monitoring import (
     decide_retrain,
     join_feedback,
     live_metrics,

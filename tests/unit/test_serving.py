@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmops.classifier import build_pipeline, candidates, input_limits, predict_proba_rows
-from llmops.data import infer_schema, load_table, normalize
 from llmops.serving import BodyLimit, ClientErrorsAsOneLine, LoopbackOnly, protect
+from llmops.tabular.classifier import build_pipeline, candidates, input_limits, predict_proba_rows
+from llmops.tabular.data import infer_schema, load_table, normalize
 
 
 async def _echo(request: Request) -> JSONResponse:

@@ -78,9 +78,9 @@ class GateDecorator(StepDecorator):
             raise PolicyError(f"policy Config: {exc}") from None
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
-        from llmops.drift import DriftReport
         from llmops.gates import evaluate_gate
         from llmops.registry import Registry
+        from llmops.tabular.drift import DriftReport
 
         policy = self._load_policy(flow)
         scores = getattr(flow, self.attributes["scores"], None)

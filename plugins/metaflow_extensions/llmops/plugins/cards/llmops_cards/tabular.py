@@ -30,7 +30,7 @@ class DataProfileCard(ArtifactCard):
         from metaflow.cards import Markdown, Table
 
         from llmops.plots import profile_figure
-        from llmops.profile import Profile
+        from llmops.tabular.profile import Profile
 
         out = [Markdown(f"## Dataset `{self.artifact(task, 'dataset_version', '?')}`")]
         report = self.artifact(task, "validation_report")
@@ -120,7 +120,7 @@ class DriftCard(ArtifactCard):
         from metaflow.cards import Markdown, Table
 
         from llmops.plots import drift_figure
-        from llmops.profile import Profile
+        from llmops.tabular.profile import Profile
 
         since = self.artifact(task, "window_since") or "beginning"
         rows = len(self.artifact(task, "window", []))

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import BaseDecisionTree
 
-from llmops.data import TableSchema
+from llmops.tabular.data import TableSchema
 
 MODEL_FILE = "model.skops"
 # The only non-default types a model file may contain (trees of the ensembles, numpy dtypes).

@@ -2,7 +2,7 @@
 
 Each function takes the reference first. Samples are sorted float64 arrays; counts are
 histograms over the same bins or categories (a bin may be empty on one side, not on both).
-``llmops.drift`` picks among them per column; the definitions follow Evidently 0.7's
+``llmops.tabular.drift`` picks among them per column; the definitions follow Evidently 0.7's
 stattests (ks, wasserstein, chisquare, z, jensenshannon) where it has one.
 """
 

@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmops.drift_stats import (
+from llmops.errors import LlmopsError
+from llmops.tabular.drift_stats import (
     cdf_gap,
     chi2_homogeneity_test,
     chi2_test,
@@ -52,8 +53,14 @@ from llmops.drift_stats import (
     psi,
     z_test,
 )
-from llmops.errors import LlmopsError
-from llmops.profile import OTHER, ColumnProfile, Profile, category_counts, finite_values, numeric_bin_counts
+from llmops.tabular.profile import (
+    OTHER,
+    ColumnProfile,
+    Profile,
+    category_counts,
+    finite_values,
+    numeric_bin_counts,
+)
 
 Test = Literal["ks", "wasserstein", "chi2", "chi2_homogeneity", "z", "js", "psi"]
 Method = Literal["auto", "ks", "wasserstein", "chi2", "chi2_homogeneity", "z", "js", "psi"]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from llmops.data import ColumnKind, TableSchema
+from llmops.tabular.data import ColumnKind, TableSchema
 
 OTHER = "__other__"
 SAMPLE_SIZE = 5_000

@@ -1,7 +1,7 @@
 """Production monitoring: the inference-log window, label feedback, live metrics, the retrain call.
 
 The drift monitor (flows/monitor_drift.py) reads a window of the inference log, compares it
-with the champion's reference profile (``llmops.drift``), joins label feedback by
+with the champion's reference profile (``llmops.tabular.drift``), joins label feedback by
 (request_id, row) when there is any, and decides whether to retrain. These are its pieces.
 """
 
@@ -13,9 +13,9 @@ import pandas as pd
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
-from llmops.data import DataError, TableSchema, load_table
-from llmops.drift import DriftReport
 from llmops.gates import GatePolicy
+from llmops.tabular.data import DataError, TableSchema, load_table
+from llmops.tabular.drift import DriftReport
 
 FEEDBACK_KEYS = ("request_id", "row")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.data import DataError, TableSchema
+from llmops.tabular.data import DataError, TableSchema
 
 
 class ColumnRule(BaseModel):
