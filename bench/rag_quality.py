@@ -41,7 +41,9 @@ ANSWER_K = 4
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--docs", default=str(REPO / "docs"), help="Corpus folder.")
     parser.add_argument("--golden", default=str(REPO / "evals/rag_golden.yaml"), help="Golden set YAML.")
     parser.add_argument("--show-misses", action="store_true", help="Print the questions hybrid misses.")
@@ -69,7 +71,9 @@ def llmops_rankings(docs: str, questions: list[str], store: Path):
         embedding_model_id=embedder.model_id,
         chunks=len(chunks),
     )
-    collection = write_index(chroma_client(str(store)), info, chunks, embedder.embed([c.text for c in chunks]))
+    collection = write_index(
+        chroma_client(str(store)), info, chunks, embedder.embed([c.text for c in chunks])
+    )
     found = {}
     for mode in ("dense", "bm25", "hybrid"):
         retriever = Retriever(collection, embedder, RetrievalSettings(mode=mode))
@@ -96,7 +100,9 @@ def baseline_rankings(corpus, questions: list[str], model_path: str, store: Path
     texts = [p.page_content for p in pieces]
     bm25 = bm25s.BM25()
     bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-    ids, _ = bm25.retrieve(bm25s.tokenize(questions, stopwords="en", show_progress=False), k=K, show_progress=False)
+    ids, _ = bm25.retrieve(
+        bm25s.tokenize(questions, stopwords="en", show_progress=False), k=K, show_progress=False
+    )
     found["bm25 baseline"] = [[texts[i] for i in row] for row in ids]
     return found
 
@@ -133,7 +139,9 @@ def main(argv=None) -> None:
     questions = [item.question for item in golden.questions]
     with tempfile.TemporaryDirectory(prefix="llmops-rag-quality-") as tmp:
         ours, embedder, corpus = llmops_rankings(args.docs, questions, Path(tmp) / "llmops")
-        theirs = baseline_rankings(corpus, questions, str(resolve_model_path("all-MiniLM-L6-v2")), Path(tmp) / "lc")
+        theirs = baseline_rankings(
+            corpus, questions, str(resolve_model_path("all-MiniLM-L6-v2")), Path(tmp) / "lc"
+        )
         results = {}
         print(f"{len(questions)} questions, {len(corpus.documents)} files\n")
         print(f"{'system':<16} {'hit@1':>6} {'hit@3':>6} {'hit@5':>6} {'mrr@5':>6} {'answer key':>11}")
@@ -152,7 +160,7 @@ def main(argv=None) -> None:
         f"questions whose key is in the top {ANSWER_K} ({share:.2f}; target >= 0.80)"
     )
     if args.show_misses:
-        for item, key, ctx, chunks in zip(golden.questions, keys, in_context, ours["llmops hybrid"], strict=True):
+        for item, key, ctx in zip(golden.questions, keys, in_context, strict=True):
             if key < 1.0 or not ctx:
                 print(f"- key {key:.2f} in-context {ctx}: {item.question}")
     alone = max(results["llmops dense"][0]["hit@1"], results["llmops bm25"][0]["hit@1"])

@@ -2,8 +2,9 @@
 
 A release is a registry version (BentoML model store) whose files are ``release.json`` (index
 version and where the index lives, embedding model and its id, chunking, corpus version,
-generator settings, retrieval settings, default k), ``prompt.yaml`` (the exact prompt version, so the release never
-depends on the prompts/ folder staying the same), ``eval.json`` and ``gate_decision.json``.
+generator settings, retrieval settings, default k), ``prompt.yaml`` (the exact prompt version,
+so the release never depends on the prompts/ folder staying the same), ``eval.json`` and
+``gate_decision.json``.
 The index itself stays in its Chroma store; the service opens it by version.
 """
 

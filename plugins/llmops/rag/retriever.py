@@ -36,7 +36,7 @@ class RetrievalSettings(BaseModel):
 
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
     dense_weight: float = Field(1.0, ge=0)
-    bm25_weight: float = Field(1.0, ge=0)
+    bm25_weight: float = Field(2.0, ge=0)  # measured on the golden set: BM25 leads, dense breaks ties
     rrf_k: int = Field(60, ge=1)  # the usual reciprocal-rank constant: damps the head of each list
     candidates: int = Field(20, ge=1, le=200)  # taken from each ranking before fusion
     tokenizer: str = ""  # BM25 tokenizer version, filled in by the retriever
