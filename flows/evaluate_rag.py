@@ -108,12 +108,14 @@ class EvaluateRagFlow(FlowSpec):
 
     @step
     def answer(self):
+        from llmops.prompts import PromptStore
         from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden
         from llmops.rag.release import open_pipeline
         from llmops.rag.retriever import Hit
 
         golden = load_golden(self.golden)
-        pipeline = open_pipeline(self.chroma_location, self.index_version, self.prompt, self.input["spec"])
+        prompt = PromptStore().get(*self.prompt_ref.split("@"))  # the version start checked
+        pipeline = open_pipeline(self.chroma_location, self.index_version, prompt, self.input["spec"])
         judge = (
             Judge(url=self.judge_url, model=self.judge_model, embedding_model_path=self.embedding_model_path)
             if self.judge_url
