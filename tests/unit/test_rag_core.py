@@ -753,3 +753,65 @@ def test_answer_key_score_reads_keys_or_quoted_references():
     assert answer_key_score("Orchestration: Airflow [1]", item) == 0.0
     keyed = item.model_copy(update={"keys": ["Feast", "tecton"]})
     assert answer_key_score("We use FEAST. [1]", keyed) == 0.5
+
+
+# --- generator candidates -------------------------------------------------------------------
+
+
+def test_the_best_candidate_under_the_policy_wins_and_extractive_is_the_floor():
+    from llmops.gates import parse_policy
+    from llmops.rag.candidates import choose_generator
+
+    policy = parse_policy("model: rag\nmetrics:\n  hit_rate: {min: 0.8}\n  rouge_l: {min: 0.15}\n")
+    extractive = {"name": "extractive", "scores": {"hit_rate": 0.9, "answer_key": 0.6, "rouge_l": 0.3}}
+    better = {"name": "base", "scores": {"hit_rate": 0.9, "answer_key": 0.7, "rouge_l": 0.2}}
+    tied = {"name": "tied", "scores": dict(extractive["scores"])}
+    failing = {"name": "champion", "scores": {"hit_rate": 0.9, "answer_key": 0.9, "rouge_l": 0.1}}
+    chosen, why = choose_generator([extractive, tied, better, failing], policy)
+    assert chosen == 2 and why.startswith("base chosen over extractive: answer_key 0.700 vs 0.600")
+    assert choose_generator([extractive, tied, failing], policy)[0] == 0  # a tie keeps the floor
+    assert choose_generator([extractive], policy) == (0, "extractive: the only one")
+
+
+def test_generator_candidates_name_what_is_missing(monkeypatch, tmp_path):
+    from llmops.rag.candidates import CandidateError, resolve_candidates
+
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))  # an empty registry: no LLM champion
+    found, notes = resolve_candidates("extractive,champion,transformers:/models/x", llm_release="llm-none")
+    assert found == [
+        {"name": "extractive", "spec": "extractive"},
+        {"name": "transformers:/models/x", "spec": "transformers:/models/x"},
+    ]
+    assert notes == ["champion: not evaluated (no champion of 'llm-none' yet)"]
+    with pytest.raises(CandidateError, match=r"--generators: 'gpt' is not a generator"):
+        resolve_candidates("extractive,gpt")
+
+
+# --- starter golden set ---------------------------------------------------------------------
+
+
+def test_golden_init_drafts_verbatim_questions_from_headings_and_term_lists(tmp_path):
+    from llmops.cli import main
+    from llmops.rag.golden_init import write_starter_golden
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "platform.md").write_text(
+        TOOLS_CHUNK + "\n## Reviews\n\nEvery new service passes a security review first.\n"
+    )
+    (docs / "volcanoes.md").write_text(DOCS["volcanoes.md"])
+    out = tmp_path / "golden.yaml"
+    golden = write_starter_golden(docs, out, max_questions=20)
+    assert load_golden(out) == golden
+    questions = {item.question: item for item in golden.questions}
+    assert "What is Feature Store?" in questions
+    assert questions["What is Feature Store?"].reference_contexts == ["Feature Store: Feast, Tecton"]
+    assert questions["What should I know about hazards?"].sources == ["volcanoes.md"]
+    for item in golden.questions:  # every excerpt is verbatim in its file
+        text = _squash((docs / item.sources[0]).read_text())
+        assert all(_squash(c) in text for c in item.reference_contexts), item
+    assert golden.questions[0].sources != golden.questions[1].sources  # files take turns
+    assert main(["rag", "golden", "init", "--docs", str(docs), "--out", str(out)]) == 2  # no overwrite
+    assert main(["rag", "golden", "init", "--docs", str(docs), "--out", str(out), "--force",
+                 "--max-questions", "2"]) == 0  # fmt: skip
+    assert len(load_golden(out).questions) == 2
