@@ -289,6 +289,20 @@ class RagEvalCard(_ArtifactCard):
             ),
             Table([[k, "%.4f" % v] for k, v in scores.items()], headers=["metric (mean)", "value"]),
         ]
+        candidates = _artifact(task, "generator_candidates") or []
+        if candidates:  # every generator answered the same retrieved contexts
+            metrics = list(candidates[0]["scores"])
+            out.append(Markdown("### Generator candidates\n" + _artifact(task, "generator_choice", "")))
+            out.append(
+                Table(
+                    [
+                        [c["name"] + (" (chosen)" if c["chosen"] else "")]
+                        + ["%.4f" % c["scores"][m] if m in c["scores"] else "" for m in metrics]
+                        for c in candidates
+                    ],
+                    headers=["generator", *metrics],
+                )
+            )
         notes = _artifact(task, "eval_notes") or []
         if notes:
             out.append(Markdown("### Not scored\n" + "\n".join("- " + n for n in notes[:20])))
