@@ -7,7 +7,8 @@
 start (load + split + version) → embed (foreach shard, batched) → write (Chroma collection named
 by the index version) → end. The index version hashes (corpus version, chunking, embedding model):
 an unchanged corpus is not rebuilt, and chunks whose text is already in the newest index of the
-same chunking and model reuse its embeddings instead of being embedded again.
+same chunking and model reuse its embeddings instead of being embedded again. The BM25 side of
+hybrid retrieval is derived from the stored chunk texts when the index is opened (llmops.rag.lexical).
 Card: python flows/build_rag_index.py card view write
 """
 

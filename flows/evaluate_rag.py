@@ -1,14 +1,17 @@
-"""Evaluate a RAG configuration on the golden set, gate it, and release it.
+"""Evaluate a RAG configuration on the golden set, choose its generator, gate it, and release it.
 
-    python flows/evaluate_rag.py run                        # newest index, rag_answer prompt, extractive
-    python flows/evaluate_rag.py run --index idx-… --prompt rag_answer --k 5
-    python flows/evaluate_rag.py run --generator openai:http://127.0.0.1:3001/v1#llm
+    python flows/evaluate_rag.py run                        # newest index, hybrid retrieval
+    python flows/evaluate_rag.py run --index idx-… --prompt rag_answer --k 5 --retrieval dense
+    python flows/evaluate_rag.py run --generators extractive,base,champion   # the default
+    python flows/evaluate_rag.py run --generators extractive,openai:http://127.0.0.1:3001/v1#llm
     python flows/evaluate_rag.py run --judge-url http://127.0.0.1:3001/v1 --judge-model llm
     python flows/evaluate_rag.py --config policy my_rag_policy.yaml run
 
-start (check golden set, prompt, index, generator) → evaluate (retrieve + generate per question;
-hit@k, MRR and ragas metrics; LLM-judged ones with a judge) + @gate → promote (register the
-release: index + embedding model + prompt + generator settings, move `champion`) → end.
+start (check golden set, prompt, index, generators; retrieve every question's context once) →
+answer (foreach generator candidate: generate from those same contexts; hit@k, MRR, context
+coverage and precision, answer key facts, ragas metrics) → evaluate (choose the best candidate
+under the policy, extractive as the floor; @gate on it) → promote (register the release: index +
+retrieval settings + embedding model + prompt + generator, move `champion`) → end.
 Cards: python flows/evaluate_rag.py card view evaluate [--id gate]
 """
 
@@ -28,11 +31,16 @@ class EvaluateRagFlow(FlowSpec):
     golden = Parameter("golden", default="evals/rag_golden.yaml", help="Golden set YAML.")
     index_ref = Parameter("index", default="", help="Index version (default: the newest in the store).")
     prompt = Parameter("prompt", default="rag_answer", help="Prompt name in prompts/, or a YAML path.")
-    generator = Parameter(
-        "generator",
-        default="extractive",
-        help="'extractive', 'transformers:/model/folder' or 'openai:http://host:port/v1#model'.",
+    generators = Parameter(
+        "generators",
+        default="extractive,base,champion",
+        help="Generator candidates, comma-separated: extractive (always), base (SmolLM2 when installed), "
+        "champion (the --llm-release champion), transformers:/model/folder, openai:http://host:port/v1#model.",
     )
+    llm_release = Parameter("llm-release", default="llm", help="Registry name of the fine-tuned LLM.")
+    retrieval = Parameter("retrieval", default="hybrid", help="Retrieval mode: dense, bm25 or hybrid.")
+    dense_weight = Parameter("dense-weight", default=1.0, type=float, help="Weight of dense ranks (hybrid).")
+    bm25_weight = Parameter("bm25-weight", default=2.0, type=float, help="Weight of BM25 ranks (hybrid).")
     k = Parameter("k", default=4, type=int, help="Chunks retrieved per question (1-50).")
     judge_url = Parameter("judge-url", default="", help="OpenAI-compatible URL of an LLM judge (optional).")
     judge_model = Parameter("judge-model", default="", help="The judge's model name.")
@@ -43,11 +51,14 @@ class EvaluateRagFlow(FlowSpec):
 
     @step
     def start(self):
-        from llmops.llm.generators import GeneratorError
+        from pydantic import ValidationError
+
         from llmops.prompts import load_prompt
+        from llmops.rag.candidates import resolve_candidates
         from llmops.rag.evaluation import load_golden
         from llmops.rag.index import chroma_client, chroma_location, list_indexes, open_index
-        from llmops.rag.retriever import MAX_K
+        from llmops.rag.release import open_pipeline
+        from llmops.rag.retriever import MAX_K, RetrievalSettings
         from llmops.registry import check_name
 
         self.registry_name = check_name(self.release_name or self.policy.model, "--release-name")
@@ -55,8 +66,14 @@ class EvaluateRagFlow(FlowSpec):
             raise ValueError(f"--k: must be between 1 and {MAX_K}, got {self.k}")
         if self.judge_url and not self.judge_model:
             raise ValueError("--judge-model: required with --judge-url")
-        if not self.generator.startswith(("extractive", "transformers:", "openai:")):
-            raise GeneratorError(f"--generator: {self.generator!r} is not a generator spec (see --help)")
+        try:
+            settings = RetrievalSettings(
+                mode=self.retrieval, dense_weight=self.dense_weight, bm25_weight=self.bm25_weight
+            )
+        except ValidationError as exc:
+            raise ValueError(f"--retrieval/--dense-weight/--bm25-weight: {exc.errors()[0]['msg']}") from None
+        self.retrieval_settings = settings.model_dump()
+        self.candidates, self.candidate_notes = resolve_candidates(self.generators, self.llm_release)
         golden = load_golden(self.golden)
         self.golden_version = golden.content_version
         prompt = load_prompt(self.prompt)
@@ -71,32 +88,73 @@ class EvaluateRagFlow(FlowSpec):
             )
         self.index_version = self.index_ref or indexes[0]["index_version"]
         self.index_metadata = dict(open_index(client, self.index_version).metadata)
-        print(
-            f"Evaluating {self.index_version} with {self.prompt_ref} and {self.generator} on "
-            f"{len(golden.questions)} questions ({self.golden_version})"
+        # every candidate answers from exactly these contexts
+        pipeline = open_pipeline(
+            self.chroma_location, self.index_version, prompt, "extractive", retrieval=settings
         )
+        self.embedding_model_path = str(pipeline.retriever.embedder.path)
+        questions = [item.question for item in golden.questions]
+        self.contexts = [
+            [h.model_dump() for h in hits] for hits in pipeline.retriever.retrieve_many(questions, self.k)
+        ]
+        for note in self.candidate_notes:
+            print(note)
+        print(
+            f"Evaluating {self.index_version} ({settings.mode} retrieval) with {self.prompt_ref} on "
+            f"{len(questions)} questions ({self.golden_version}); generators: "
+            + ", ".join(c["name"] for c in self.candidates)
+        )
+        self.next(self.answer, foreach="candidates")
+
+    @step
+    def answer(self):
+        from llmops.prompts import PromptStore
+        from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden
+        from llmops.rag.release import open_pipeline
+        from llmops.rag.retriever import Hit
+
+        golden = load_golden(self.golden)
+        prompt = PromptStore().get(*self.prompt_ref.split("@"))  # the version start checked
+        pipeline = open_pipeline(self.chroma_location, self.index_version, prompt, self.input["spec"])
+        judge = (
+            Judge(url=self.judge_url, model=self.judge_model, embedding_model_path=self.embedding_model_path)
+            if self.judge_url
+            else None
+        )
+        hits = [[Hit(**h) for h in question] for question in self.contexts]
+        result = evaluate_pipeline(pipeline, golden, self.k, judge, hits=hits)
+        self.candidate = {
+            **self.input,
+            "position": self.index,
+            "settings": pipeline.generator.settings,
+            **result.model_dump(),
+        }
+        print(f"{self.input['name']}: {result.scores}")
         self.next(self.evaluate)
 
     @card(type="llmops_rag_eval", id="eval")
     @card(type="llmops_gate", id="gate")
     @gate(policy=config_expr("policy"))
     @step
-    def evaluate(self):
-        from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden
-        from llmops.rag.release import open_pipeline
+    def evaluate(self, inputs):
+        from llmops.gates import GatePolicy
+        from llmops.rag.candidates import choose_generator
 
-        golden = load_golden(self.golden)
-        pipeline = open_pipeline(self.chroma_location, self.index_version, self.prompt, self.generator)
-        self.generator_settings = pipeline.generator.settings
-        self.embedding_model_path = str(pipeline.retriever.embedder.path)
-        judge = (
-            Judge(url=self.judge_url, model=self.judge_model, embedding_model_path=self.embedding_model_path)
-            if self.judge_url
-            else None
+        self.merge_artifacts(inputs, exclude=["candidate"])
+        candidates = sorted((i.candidate for i in inputs), key=lambda c: c["position"])
+        chosen, self.generator_choice = choose_generator(
+            candidates, GatePolicy.model_validate(dict(self.policy))
         )
-        result = evaluate_pipeline(pipeline, golden, self.k, judge)
-        self.eval_scores, self.eval_rows, self.eval_notes = result.scores, result.rows, result.notes
+        winner = candidates[chosen]
+        self.generator_candidates = [
+            {"name": c["name"], "settings": c["settings"], "scores": c["scores"], "chosen": i == chosen}
+            for i, c in enumerate(candidates)
+        ]
+        self.generator_settings = winner["settings"]
+        self.eval_scores, self.eval_rows = winner["scores"], winner["rows"]
+        self.eval_notes = winner["notes"] + self.candidate_notes
         self.champion_scored = self._champion_on_same_golden_set()
+        print(self.generator_choice)
         print(f"Scores: {self.eval_scores}")
         self.next(self.promote)
 
@@ -126,6 +184,7 @@ class EvaluateRagFlow(FlowSpec):
                 prompt_version=self.prompt_ref.split("@")[1],
                 generator=self.generator_settings,
                 k=self.k,
+                retrieval=self.retrieval_settings,
             )
             self.release_version, self.promoted, self.promotion_note = register_rag_release(
                 name=self.registry_name,
@@ -143,6 +202,7 @@ class EvaluateRagFlow(FlowSpec):
     @step
     def end(self):
         print(f"\n{self.registry_name}: {self.promotion_note}")
+        print(f"Generator: {self.generator_choice}")
         print(f"Scores:   {self.eval_scores}")
         cards = "python flows/evaluate_rag.py card view evaluate --id eval|gate"
         print(f"Cards:    {cards} --run-id {current.run_id}")

@@ -124,6 +124,7 @@ class Rag:
             prompt,
             spec,
             versions={"release": version.tag, "generator": spec.split("#")[0]},
+            retrieval=release.retrieval,  # the ranking the gate evaluated
         )
         self.pipeline.retriever.embedder.embed(["warm up"])  # load the model before the first request
         self.version = version

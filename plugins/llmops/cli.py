@@ -10,6 +10,7 @@ llmops llm base tiny|smollm2-135m-instruct|FOLDER
 llmops index list [s3://bucket/prefix|FOLDER] [--chroma PATH|URL]
 llmops index export INDEX_VERSION s3://bucket/prefix|FOLDER [--chroma PATH|URL]
 llmops index import s3://bucket/prefix/INDEX_VERSION|FOLDER [--chroma PATH|URL]
+llmops rag golden init --docs DIR [--out evals/my_golden.yaml] [--max-questions N] [--force]
 """
 
 from __future__ import annotations
@@ -169,6 +170,20 @@ def index_import(args: argparse.Namespace) -> None:
     console.print(f"{version} ({collection.count()} chunks) in {location}: {note}", markup=False)
 
 
+def rag_golden_init(args: argparse.Namespace) -> None:
+    from llmops.rag.golden_init import write_starter_golden
+
+    golden = write_starter_golden(args.docs, args.out, args.max_questions, args.force)
+    files = len({s for item in golden.questions for s in item.sources})
+    console.print(
+        f"wrote {len(golden.questions)} questions from {files} files to {args.out}: edit them, then\n"
+        f"  python flows/build_rag_index.py run --docs {args.docs}\n"
+        f"  python flows/evaluate_rag.py run --golden {args.out}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def prompts_list(args: argparse.Namespace) -> None:
     from llmops.prompts import PromptStore, list_prompts
 
@@ -324,6 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="EXPORT", help="s3://bucket/prefix/INDEX_VERSION or a local folder")
     p.add_argument("--chroma", metavar="PATH|URL", help=chroma_help)
     p.set_defaults(func=index_import)
+
+    rag = groups.add_parser("rag", help="RAG helpers: a starter golden set for a new corpus")
+    cmds = rag.add_subparsers(dest="command", required=True)
+    golden = cmds.add_parser("golden", help="golden sets for flows/evaluate_rag.py")
+    gcmds = golden.add_subparsers(dest="golden_command", required=True)
+    p = gcmds.add_parser(
+        "init",
+        help="draft a golden set from a corpus: questions from headings and term lists",
+        description="Each question's reference context is a verbatim excerpt of its file (the first "
+        "sentence under a heading, or a 'Term: description' list line). Edit the draft before gating.",
+    )
+    p.add_argument("--docs", required=True, metavar="DIR", help="the corpus folder the index is built from")
+    p.add_argument("--out", default="evals/my_golden.yaml", help="YAML file to write (default: %(default)s)")
+    p.add_argument("--max-questions", type=int, default=30, help="at most this many (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=rag_golden_init)
 
     prompts = groups.add_parser("prompts", help="the prompt registry (prompts/*.yaml + versions seen)")
     cmds = prompts.add_subparsers(dest="command", required=True)

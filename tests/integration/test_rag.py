@@ -61,7 +61,7 @@ def release(tmp_path_factory, built, chroma):
     name = "rag-" + uuid.uuid4().hex[:8]
     index = built["end"].task["index_version"].data
     run = flow_run(tmp_path_factory.mktemp("eval"), "evaluate_rag.py", "--index", index, "--chroma", chroma,
-                   "--release-name", name)  # fmt: skip
+                   "--release-name", name, "--generators", "extractive")  # fmt: skip
     return name, run
 
 
@@ -114,13 +114,19 @@ def test_evaluation_passes_the_gate_and_registers_a_release(release, built):
     scores = evaluate["eval_scores"].data
     assert evaluate["gate_decision"].data["passed"], evaluate["gate_decision"].data
     assert scores["hit_rate"] >= 0.8 and 0 < scores["mrr"] <= 1
-    assert {"context_precision", "context_recall", "rouge_l", "string_similarity"} <= set(scores)
+    assert scores["reference_coverage"] >= 0.7 and 0 < scores["context_precision"] <= 1
+    assert {"answer_key", "rouge_l", "string_similarity", "ragas_context_recall"} <= set(scores)
     assert "faithfulness" not in scores  # LLM-judged: only with --judge-url
     champion = Registry().get(name)
     assert champion.version == run["end"].task["release_version"].data
     released = champion.read_json("release.json")
     assert released["index"]["version"] == built["end"].task["index_version"].data
-    assert released["generator"] == {"backend": "extractive", "max_sentences": 2}
+    assert released["generator"] == {
+        "backend": "extractive",
+        "max_sentences": 2,
+        "scorer": "terms-form-rank-v2",
+    }
+    assert released["retrieval"]["mode"] == "hybrid" and released["retrieval"]["tokenizer"]
     assert champion.metadata["prompt"] == evaluate["prompt_ref"].data
     assert champion.metadata["metrics"] == scores
     card = card_content(get_cards(evaluate, id="eval")[0])
@@ -138,10 +144,11 @@ def test_a_release_that_fails_the_gate_is_not_promoted(tmp_path, release, chroma
         )
     index = flow_run(tmp_path, "build_rag_index.py", "--docs", str(unrelated), "--chroma", chroma)
     run = flow_run(tmp_path, "evaluate_rag.py", "--index", index["end"].task["index_version"].data,
-                   "--chroma", chroma, "--release-name", name)  # fmt: skip
+                   "--chroma", chroma, "--release-name", name, "--generators", "extractive")  # fmt: skip
     decision = run["evaluate"].task["gate_decision"].data
     failed = {r["rule"] for r in decision["rules"] if not r["passed"]}
     assert not decision["passed"] and "metrics.hit_rate.min" in failed and "regression.hit_rate" in failed
+    assert {"metrics.reference_coverage.min", "metrics.context_precision.min"} <= failed
     assert not run["end"].task["promoted"].data
     assert Registry().get(name).version == champion  # the champion is untouched
     assert "gate:failed" in run.tags
@@ -154,6 +161,79 @@ def test_bad_evaluation_input_fails_before_any_work(tmp_path, chroma):
     assert "it has: idx-" in output
     result = run_flow("evaluate_rag.py", "--chroma", chroma, "--k", "0")
     assert result.returncode != 0 and "--k: must be between 1 and 50" in result.stdout + result.stderr
+
+
+ESSAYS = {
+    "bridges.md": """# How bridges stand up
+
+Every bridge must carry the dead load of its own weight and the live load of the traffic crossing it.
+
+## Bridge types
+
+- Beam bridges: a rigid deck resting on piers, cheap for short spans
+- Suspension bridges: hang the deck from cables over tall towers, for the longest spans
+
+## Failures
+
+The Tacoma Narrows Bridge collapsed in November 1940 when wind set its deck twisting in aeroelastic flutter.
+""",
+    "bees.md": """# The honeybee colony
+
+A honeybee colony has one queen, a few hundred drones and tens of thousands of worker bees.
+
+## Foraging
+
+A forager tells her sisters where flowers are with the waggle dance, whose angle gives the direction.
+
+## Threats to bees
+
+- Varroa mites: parasites that feed on bees and spread deformed wing virus
+- Pesticides: neonicotinoids impair the bees' navigation
+""",
+    "sleep.md": """# Why we sleep
+
+Adults need seven to nine hours of sleep a night, while teenagers need eight to ten.
+
+## The body clock
+
+The circadian rhythm is set by a master clock in the suprachiasmatic nucleus of the hypothalamus.
+Caffeine blocks adenosine receptors, which is why late coffee makes it harder to fall asleep.
+""",
+}
+
+
+def test_a_new_corpus_with_a_starter_golden_set_passes_and_the_better_generator_is_released(tmp_path, chroma):
+    """The first-run path on a corpus the project has never seen: golden init, index, evaluate with
+    the default policy; two generators answer the same contexts and the higher-scoring one is
+    released, with every candidate's scores recorded (the tiny LLM stands in for SmolLM2)."""
+    from llmops.rag.golden_init import write_starter_golden
+
+    docs = tmp_path / "essays"
+    docs.mkdir()
+    for name, text in ESSAYS.items():
+        (docs / name).write_text(text)
+    golden = tmp_path / "golden.yaml"
+    assert len(write_starter_golden(docs, golden).questions) >= 8
+    index = flow_run(tmp_path, "build_rag_index.py", "--docs", str(docs), "--chroma", chroma)
+    model = build_tiny_causal_lm(tmp_path / "tiny-lm")
+    name = "rag-new-" + uuid.uuid4().hex[:8]
+    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index["end"].task["index_version"].data,
+                   "--chroma", chroma, "--golden", str(golden), "--release-name", name,
+                   "--generators", f"extractive,transformers:{model}")  # fmt: skip
+    evaluate = run["evaluate"].task
+    assert evaluate["gate_decision"].data["passed"], evaluate["gate_decision"].data
+    candidates = evaluate["generator_candidates"].data
+    assert [c["name"] for c in candidates] == ["extractive", f"transformers:{model}"]
+    assert all({"hit_rate", "answer_key", "rouge_l"} <= set(c["scores"]) for c in candidates)
+    assert candidates[0]["scores"]["hit_rate"] == candidates[1]["scores"]["hit_rate"]  # same contexts
+    rank = [(c["scores"]["answer_key"], c["scores"]["rouge_l"]) for c in candidates]
+    winner = 0 if rank[0] >= rank[1] else 1
+    assert [c["chosen"] for c in candidates] == [i == winner for i in range(2)]
+    assert evaluate["eval_scores"].data == candidates[winner]["scores"]
+    released = Registry().get(name).read_json("release.json")
+    assert released["generator"] == candidates[winner]["settings"]
+    card = card_content(get_cards(evaluate, id="eval")[0])
+    assert "Generator candidates" in card and f"transformers:{model}" in card
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +256,8 @@ def test_query_answers_with_sources_and_versions(rag_server, release, log_dir):
     assert body["sources"] and [s["number"] for s in body["sources"]] == list(
         range(1, len(body["sources"]) + 1)
     )
-    scores = [s["score"] for s in body["sources"]]
-    assert scores == sorted(scores, reverse=True)
+    scores = [s["score"] for s in body["sources"]]  # cosine similarities, in the hybrid ranking's order
+    assert all(-1.0 <= score <= 1.0 for score in scores)
     assert "gate.md" in {s["path"] for s in body["sources"]}
     # extractive: the answer is sentences of the sources, each followed by the [n] it came from
     cited = re.findall(r"\s*(.+?) \[(\d+)\]", body["answer"])
@@ -188,6 +268,7 @@ def test_query_answers_with_sources_and_versions(rag_server, release, log_dir):
     assert versions["release"] == f"{name}:{run['end'].task['release_version'].data}"
     assert versions["index_version"] == run["evaluate"].task["index_version"].data
     assert versions["prompt"] == run["evaluate"].task["prompt_ref"].data
+    assert versions["retrieval"] == "hybrid"
 
     rows = []
     for _ in range(50):  # the log writer flushes every 0.1 s

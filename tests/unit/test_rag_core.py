@@ -478,6 +478,7 @@ def test_extractive_answer_quotes_the_top_chunk(pipeline, retriever, embedder):
     assert answer.versions == {
         "index_version": retriever.index_version,
         "embedding_model": embedder.model_id,
+        "retrieval": "dense",
         "prompt": f"rag_answer@{pipeline.prompt.version}",
     }
 
@@ -505,7 +506,8 @@ def test_retrieved_text_is_kept_as_data(pipeline, retriever):
 
 
 def test_generator_specs(embedder):
-    assert make_generator("extractive", embedder).settings == {"backend": "extractive", "max_sentences": 2}
+    settings = make_generator("extractive", embedder).settings
+    assert settings == {"backend": "extractive", "max_sentences": 2, "scorer": "terms-form-rank-v2"}
     with pytest.raises(GeneratorError, match=r"--generator: 'bogus' is not a generator"):
         make_generator("bogus", embedder)
     with pytest.raises(GeneratorError, match=r"--generator: the extractive generator needs"):
@@ -558,7 +560,7 @@ def test_hit_rate_and_mrr_by_hand():
         "a region of spacetime where gravity is so strong",
     )
     retrieved = [[a, b, c], [other, a, b], [a, b, c]]  # relevant at rank 1, at rank 3, nowhere
-    rows = retrieval_scores(retrieved, gold)
+    rows = [{k: r[k] for k in ("hit_rate", "mrr")} for r in retrieval_scores(retrieved, gold)]
     assert rows == [
         {"hit_rate": 1.0, "mrr": 1.0},
         {"hit_rate": 1.0, "mrr": pytest.approx(1 / 3)},
@@ -638,3 +640,178 @@ def test_a_scratch_collection_is_not_an_index(tmp_path):
     client.create_collection("building-0123", embedding_function=None)
     with pytest.raises(IndexNotFound, match="not a finished index"):
         open_index(client, "building-0123")
+
+
+# --- lexical and hybrid retrieval -----------------------------------------------------------
+
+
+def test_terms_drop_stopwords_and_meet_plurals_and_tenses():
+    from llmops.rag.lexical import terms
+
+    assert terms("Which tools does the project use?") == terms("which TOOL project uses")
+    assert terms("The model was promoted") == terms("model promote")
+    assert terms("the of and") == []
+
+
+def test_rrf_fuse_by_hand():
+    from llmops.rag.retriever import rrf_fuse
+
+    # a: 1/(1+1) + 1/(1+2) = 0.83; b: 1/(1+2) + 1/(1+1) = 0.83 (tie: first seen wins); c: 1/(1+3)
+    assert rrf_fuse([["a", "b", "c"], ["x", "a", "b"]], [1.0, 1.0], rrf_k=1)[:3] == ["a", "b", "x"]
+    assert rrf_fuse([["a", "b"], ["b", "a"]], [1.0, 3.0], rrf_k=1) == ["b", "a"]  # weight decides
+    assert rrf_fuse([["a"], []], [1.0, 1.0]) == ["a"]
+
+
+@pytest.mark.parametrize("mode", ["bm25", "hybrid"])
+def test_lexical_modes_rank_the_right_document_first(store, embedder, mode):
+    from llmops.rag.retriever import RetrievalSettings
+
+    retriever = Retriever(store[2], embedder, RetrievalSettings(mode=mode))
+    dense = Retriever(store[2], embedder)
+    for source, question in QUESTIONS.items():
+        hits = retriever.retrieve(question, k=3)
+        assert hits[0].source == source, (mode, question)
+        # the score is the chunk's cosine similarity in every mode
+        same = {h.id: h.score for h in dense.retrieve(question, k=MAX_K)}
+        assert all(h.score == pytest.approx(same[h.id], abs=1e-4) for h in hits if h.id in same)
+    # a rare exact word ("Pyroclastic") is found by its letters, whatever its embedding
+    assert retriever.retrieve("pyroclastic", k=1)[0].source == "volcanoes.md"
+    only = retriever.retrieve("lava and starter and chess", k=5, filters={"source": "chess.md"})
+    assert only and {h.source for h in only} == {"chess.md"}
+
+
+def test_bad_retrieval_settings_name_the_field():
+    from pydantic import ValidationError
+
+    from llmops.rag.retriever import RetrievalSettings
+
+    with pytest.raises(ValidationError, match="mode"):
+        RetrievalSettings(mode="sparse")
+    with pytest.raises(ValidationError, match="dense_weight, bm25_weight"):
+        RetrievalSettings(dense_weight=0, bm25_weight=0)
+    assert RetrievalSettings().tokenizer and not RetrievalSettings(mode="dense").tokenizer
+
+
+# --- the extractive answer ------------------------------------------------------------------
+
+TOOLS_CHUNK = """# Platform
+
+The platform team maintains a catalogue of the services that every product team may use.
+Requests for new services go through the architecture review, which meets every Tuesday.
+
+- Feature Store: Feast, Tecton
+- Orchestration: Airflow, Metaflow
+"""
+
+
+def test_extractive_answer_picks_the_list_line_a_which_question_wants(embedder):
+    from llmops.llm.generators import ExtractiveGenerator, GenerationRequest
+
+    generator = ExtractiveGenerator(embedder, max_sentences=1)
+    other = "Feature stores keep features consistent between training and serving across teams."
+    request = GenerationRequest(
+        messages=[], question="Which tools serve as the feature store?", contexts=[TOOLS_CHUNK, other]
+    )
+    assert generator.generate(request) == "Feature Store: Feast, Tecton [1]"
+    number = GenerationRequest(
+        messages=[], question="How often does the architecture review meet?", contexts=[TOOLS_CHUNK]
+    )
+    assert generator.generate(number).startswith("Requests for new services go through the architecture")
+
+
+# --- context metrics ------------------------------------------------------------------------
+
+
+def test_short_excerpts_give_coverage_and_precision():
+    from llmops.rag.evaluation import retrieval_scores
+
+    long_chunk = DOCS["volcanoes.md"] * 2  # ~1,100 characters around a one-line excerpt
+    item = GoldenItem(
+        question="What are pyroclastic flows?",
+        reference="Fast avalanches of hot gas and ash.",
+        reference_contexts=[
+            "Pyroclastic flows are fast avalanches of hot gas and volcanic ash",
+            "The Sicilian Defence answers the king's pawn opening with a pawn to c5.",
+        ],
+    )
+    [row] = retrieval_scores(
+        [[DOCS["baking.md"], long_chunk, DOCS["gardening.md"]]], GoldenSet(questions=[item])
+    )
+    assert row == {
+        "hit_rate": 1.0,
+        "mrr": 0.5,
+        "reference_coverage": 0.5,  # one of the two excerpts is in some chunk
+        "context_precision": pytest.approx(1 / 3),  # one of three chunks holds an excerpt
+    }
+
+
+def test_answer_key_score_reads_keys_or_quoted_references():
+    from llmops.rag.evaluation import answer_key_score
+
+    item = GoldenItem(question="Q?", reference="R.", reference_contexts=["Feature Store: Feast, Tecton"])
+    assert answer_key_score("Feature Store: Feast, Tecton [2] Other. [1]", item) == 1.0
+    assert answer_key_score("Orchestration: Airflow [1]", item) == 0.0
+    keyed = item.model_copy(update={"keys": ["Feast", "tecton"]})
+    assert answer_key_score("We use FEAST. [1]", keyed) == 0.5
+
+
+# --- generator candidates -------------------------------------------------------------------
+
+
+def test_the_best_candidate_under_the_policy_wins_and_extractive_is_the_floor():
+    from llmops.gates import parse_policy
+    from llmops.rag.candidates import choose_generator
+
+    policy = parse_policy("model: rag\nmetrics:\n  hit_rate: {min: 0.8}\n  rouge_l: {min: 0.15}\n")
+    extractive = {"name": "extractive", "scores": {"hit_rate": 0.9, "answer_key": 0.6, "rouge_l": 0.3}}
+    better = {"name": "base", "scores": {"hit_rate": 0.9, "answer_key": 0.7, "rouge_l": 0.2}}
+    tied = {"name": "tied", "scores": dict(extractive["scores"])}
+    failing = {"name": "champion", "scores": {"hit_rate": 0.9, "answer_key": 0.9, "rouge_l": 0.1}}
+    chosen, why = choose_generator([extractive, tied, better, failing], policy)
+    assert chosen == 2 and why.startswith("base chosen over extractive: answer_key 0.700 vs 0.600")
+    assert choose_generator([extractive, tied, failing], policy)[0] == 0  # a tie keeps the floor
+    assert choose_generator([extractive], policy) == (0, "extractive: the only one")
+
+
+def test_generator_candidates_name_what_is_missing(monkeypatch, tmp_path):
+    from llmops.rag.candidates import CandidateError, resolve_candidates
+
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))  # an empty registry: no LLM champion
+    found, notes = resolve_candidates("extractive,champion,transformers:/models/x", llm_release="llm-none")
+    assert found == [
+        {"name": "extractive", "spec": "extractive"},
+        {"name": "transformers:/models/x", "spec": "transformers:/models/x"},
+    ]
+    assert notes == ["champion: not evaluated (no champion of 'llm-none' yet)"]
+    with pytest.raises(CandidateError, match=r"--generators: 'gpt' is not a generator"):
+        resolve_candidates("extractive,gpt")
+
+
+# --- starter golden set ---------------------------------------------------------------------
+
+
+def test_golden_init_drafts_verbatim_questions_from_headings_and_term_lists(tmp_path):
+    from llmops.cli import main
+    from llmops.rag.golden_init import write_starter_golden
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "platform.md").write_text(
+        TOOLS_CHUNK + "\n## Reviews\n\nEvery new service passes a security review first.\n"
+    )
+    (docs / "volcanoes.md").write_text(DOCS["volcanoes.md"])
+    out = tmp_path / "golden.yaml"
+    golden = write_starter_golden(docs, out, max_questions=20)
+    assert load_golden(out) == golden
+    questions = {item.question: item for item in golden.questions}
+    assert "What is Feature Store?" in questions
+    assert questions["What is Feature Store?"].reference_contexts == ["Feature Store: Feast, Tecton"]
+    assert questions["What should I know about hazards?"].sources == ["volcanoes.md"]
+    for item in golden.questions:  # every excerpt is verbatim in its file
+        text = _squash((docs / item.sources[0]).read_text())
+        assert all(_squash(c) in text for c in item.reference_contexts), item
+    assert golden.questions[0].sources != golden.questions[1].sources  # files take turns
+    assert main(["rag", "golden", "init", "--docs", str(docs), "--out", str(out)]) == 2  # no overwrite
+    assert main(["rag", "golden", "init", "--docs", str(docs), "--out", str(out), "--force",
+                 "--max-questions", "2"]) == 0  # fmt: skip
+    assert len(load_golden(out).questions) == 2

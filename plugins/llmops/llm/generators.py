@@ -1,6 +1,6 @@
 """Answer generators behind one interface, chosen by a spec string:
 
-    extractive                         no LLM: the context sentences closest to the question
+    extractive                         no LLM: the context sentences or list lines that answer the question
     transformers:/path/to/model        a causal LM from a local folder (CPU, or CUDA if present)
     openai:http://host:port/v1#model   any OpenAI-compatible endpoint (the project's LLM
                                        service, vLLM, a hosted API); key from
@@ -67,26 +67,101 @@ class Generator(Protocol):
 
 
 class ExtractiveGenerator:
-    """Answers with the ``max_sentences`` context sentences most similar to the question, each
-    followed by the number of the context it came from (``[2]``). Needs no LLM, runs anywhere."""
+    """Answers with the ``max_sentences`` context sentences or list lines that best answer the
+    question, each followed by the number of the context it came from (``[2]``). Needs no LLM.
+
+    A candidate's score adds up four signals, because each alone fails on its own questions:
+    meaning (cosine similarity to the question), the question's rarer words it contains (IDF over
+    the candidates, so "missing values" outweighs "data"), the question's form (a "which
+    tools/types…" question wants a list line, "how many/when" one with a number) and the rank of
+    its context (the retriever's judgement, as a small prior)."""
 
     def __init__(self, embedder: Any, max_sentences: int = 2):
         self.embedder = embedder
         self.max_sentences = max_sentences
-        self.settings = {"backend": "extractive", "max_sentences": max_sentences}
+        self.settings = {
+            "backend": "extractive",
+            "max_sentences": max_sentences,
+            "scorer": "terms-form-rank-v2",
+        }
 
     def generate(self, request: GenerationRequest) -> str:
-        sentences = [
-            (number, sentence)
+        units = [
+            (number, unit, is_list)
             for number, context in enumerate(request.contexts, start=1)
-            for sentence in split_sentences(context)
+            for unit, is_list in answer_units(context)
         ]
-        if not sentences:
+        if not units:
             return "I do not know: nothing relevant was retrieved."
-        vectors = self.embedder.embed([request.question] + [s for _, s in sentences])
-        similarity = vectors[1:] @ vectors[0]  # unit vectors: cosine similarity
-        best = np.argsort(-similarity, kind="stable")[: self.max_sentences]
-        return " ".join(f"{sentences[i][1]} [{sentences[i][0]}]" for i in best)
+        scores = self.score(request.question, units)
+        chosen: list[int] = []
+        for i in np.argsort(-scores, kind="stable"):
+            if all(units[i][1] not in units[j][1] and units[j][1] not in units[i][1] for j in chosen):
+                chosen.append(int(i))
+            if len(chosen) == self.max_sentences:
+                break
+        return " ".join(f"{units[i][1]} [{units[i][0]}]" for i in chosen)
+
+    def score(self, question: str, units: list[tuple[int, str, bool]]) -> np.ndarray:
+        from llmops.rag.lexical import terms
+
+        vectors = self.embedder.embed([question] + [u for _, u, _ in units])
+        meaning = vectors[1:] @ vectors[0]  # unit vectors: cosine similarity
+        unit_terms = [set(terms(u)) for _, u, _ in units]
+        asked = set(terms(question))
+        idf = {t: np.log(1 + len(units) / (1 + sum(t in ts for ts in unit_terms))) for t in asked}
+        total = sum(idf.values()) or 1.0
+        overlap = np.array([sum(idf[t] for t in asked & ts) / total for ts in unit_terms])
+        form = _question_form(question)
+        bonus = np.array(
+            [
+                (0.3 if form == "list" and is_list else 0.0)
+                + (0.2 if form == "number" and _NUMBER.search(u) else 0.0)
+                for _, u, is_list in units
+            ]
+        )
+        rank = np.array([0.2 / number for number, _, _ in units])
+        return meaning + 0.5 * overlap + bonus + rank  # weights measured on bench/rag_quality.py
+
+
+_NUMBER = re.compile(r"\d")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_LIST_QUESTION = re.compile(
+    r"^\s*(which|what)\b.*\b(tools?|types?|kinds?|species|instruments?|options?|steps?|parts?|"
+    r"libraries|frameworks?|metrics?|list|names?|ones)\b|^\s*(list|name)\b",
+    re.I,
+)
+_NUMBER_QUESTION = re.compile(
+    r"^\s*(how (many|much|long|old|far|big|often)|when|what (year|date|time))\b", re.I
+)
+
+
+def _question_form(question: str) -> str:
+    if _NUMBER_QUESTION.search(question):
+        return "number"
+    if _LIST_QUESTION.search(question):
+        return "list"
+    return "other"
+
+
+def answer_units(text: str) -> list[tuple[str, bool]]:
+    """What an extractive answer may quote from a chunk: list lines whole (a "Feature Store: Feast,
+    Tecton" line answers "which tools…"), prose split into sentences; (text, is a list line)."""
+    units: list[tuple[str, bool]] = []
+    in_code = False
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        if _LIST_ITEM.match(line):
+            item = " ".join(_LIST_ITEM.sub("", line).split()).strip("*_ ")
+            if len(item) >= 8:
+                units.append((item, True))
+            continue
+        units += [(sentence, False) for sentence in split_sentences(line)]
+    return units
 
 
 def split_sentences(text: str) -> list[str]:

@@ -1,18 +1,27 @@
-"""Evaluate a RAG pipeline on a golden set: retrieval hit@k and MRR, plus ragas metrics.
+"""Evaluate a RAG pipeline on a golden set: retrieval hit@k and MRR, context coverage and
+precision, answer key facts, plus ragas metrics.
 
-The golden set (``evals/rag_golden.yaml``) holds questions with a reference answer and the
-reference contexts (verbatim excerpts of the corpus). A retrieved chunk is relevant when it
-contains a reference context (fuzzy, so whitespace and a chunk boundary inside the excerpt
-do not matter). Metrics, each a mean over the questions:
+The golden set (``evals/rag_golden.yaml``) holds questions with a reference answer, the
+reference contexts (verbatim excerpts of the corpus) and optionally ``keys``: short facts a
+correct answer states. A retrieved chunk is relevant when it contains a reference context
+(fuzzy substring match, so whitespace, case and a chunk boundary inside the excerpt do not
+matter, and a one-sentence excerpt is found inside an 800-character chunk). Metrics, each a mean
+over the questions:
 
-    hit_rate            at least one relevant chunk in the top k
-    mrr                 1 / rank of the first relevant chunk (0 when none)
-    context_precision   ragas NonLLMContextPrecisionWithReference
-    context_recall      ragas NonLLMContextRecall
-    string_similarity   ragas NonLLMStringSimilarity (answer vs reference)
-    rouge_l             ragas RougeScore (ROUGE-L F1, answer vs reference)
-    faithfulness        ragas Faithfulness, LLM-judged: only with a judge endpoint
-    answer_relevancy    ragas AnswerRelevancy, LLM-judged: only with a judge endpoint
+    hit_rate                 at least one relevant chunk in the top k
+    mrr                      1 / rank of the first relevant chunk (0 when none)
+    reference_coverage       share of the reference contexts found in the retrieved chunks
+    context_precision        share of the retrieved chunks that contain a reference context
+    answer_key               share of the keys the answer states (without keys: 1 when the answer
+                             quotes a reference context)
+    string_similarity        ragas NonLLMStringSimilarity (answer vs reference)
+    rouge_l                  ragas RougeScore (ROUGE-L F1, answer vs reference)
+    ragas_context_precision  ragas NonLLMContextPrecisionWithReference, and
+    ragas_context_recall     ragas NonLLMContextRecall: edit distance of whole chunks against
+                             excerpts, so they read near 0 when excerpts are much shorter than
+                             chunks; recorded for comparison, not gated by default
+    faithfulness             ragas Faithfulness, LLM-judged: only with a judge endpoint
+    answer_relevancy         ragas AnswerRelevancy, LLM-judged: only with a judge endpoint
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,11 +40,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmops.errors import LlmopsError, parse_yaml_model
 from llmops.rag.pipeline import RagAnswer
 
-NON_LLM_METRICS = ("context_precision", "context_recall", "string_similarity", "rouge_l")
-RETRIEVAL_METRICS = ("hit_rate", "mrr")
+NON_LLM_METRICS = (
+    "answer_key",
+    "string_similarity",
+    "rouge_l",
+    "ragas_context_precision",
+    "ragas_context_recall",
+)
+RETRIEVAL_METRICS = ("hit_rate", "mrr", "reference_coverage", "context_precision")
 JUDGED_METRICS = ("faithfulness", "answer_relevancy")
 METRICS = RETRIEVAL_METRICS + NON_LLM_METRICS + JUDGED_METRICS
 RELEVANCE_MIN_RATIO = 90  # rapidfuzz partial_ratio of a reference context inside a chunk
+_CITATION = re.compile(r"\s*\[\d+\]")
 
 
 class GoldenError(LlmopsError, ValueError):
@@ -48,6 +65,7 @@ class GoldenItem(BaseModel):
     reference: str = Field(min_length=1)
     reference_contexts: list[str] = Field(min_length=1)
     sources: list[str] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list)  # short facts a correct answer states, verbatim
 
 
 class GoldenSet(BaseModel):
@@ -86,12 +104,35 @@ def is_relevant(chunk: str, reference_contexts: list[str]) -> bool:
 
 
 def retrieval_scores(retrieved: list[list[str]], golden: GoldenSet) -> list[dict[str, float]]:
-    """Per question: hit (0/1) and reciprocal rank of the first relevant chunk."""
+    """Per question: hit (0/1), reciprocal rank of the first relevant chunk, the share of the
+    reference contexts found in some retrieved chunk, and the share of retrieved chunks holding one."""
     rows = []
     for chunks, item in zip(retrieved, golden.questions, strict=True):
-        ranks = [r for r, chunk in enumerate(chunks, 1) if is_relevant(chunk, item.reference_contexts)]
-        rows.append({"hit_rate": float(bool(ranks)), "mrr": 1.0 / ranks[0] if ranks else 0.0})
+        relevant = [is_relevant(chunk, item.reference_contexts) for chunk in chunks]
+        ranks = [r for r, hit in enumerate(relevant, 1) if hit]
+        covered = [any(is_relevant(chunk, [ref]) for chunk in chunks) for ref in item.reference_contexts]
+        rows.append(
+            {
+                "hit_rate": float(bool(ranks)),
+                "mrr": 1.0 / ranks[0] if ranks else 0.0,
+                "reference_coverage": sum(covered) / len(covered),
+                "context_precision": sum(relevant) / len(chunks) if chunks else 0.0,
+            }
+        )
     return rows
+
+
+def answer_key_score(answer: str, item: GoldenItem) -> float:
+    """Share of ``item.keys`` the answer states (case and spacing ignored, citations dropped);
+    without keys, 1.0 when the answer quotes one of the reference contexts, else 0.0."""
+    text = _squash(_CITATION.sub("", answer))
+    if item.keys:
+        return sum(_squash(key) in text for key in item.keys) / len(item.keys)
+    from rapidfuzz import fuzz
+
+    return float(
+        any(fuzz.partial_ratio(_squash(ref), text) >= RELEVANCE_MIN_RATIO for ref in item.reference_contexts)
+    )
 
 
 class Judge(BaseModel):
@@ -128,8 +169,8 @@ def ragas_scores(
         for item, answer in zip(golden.questions, answers, strict=True)
     ]
     metrics = {
-        "context_precision": NonLLMContextPrecisionWithReference(),
-        "context_recall": NonLLMContextRecall(),
+        "ragas_context_precision": NonLLMContextPrecisionWithReference(),
+        "ragas_context_recall": NonLLMContextRecall(),
         "string_similarity": NonLLMStringSimilarity(),
         "rouge_l": RougeScore(rouge_type="rougeL"),
     }
@@ -214,20 +255,26 @@ class EvalResult(BaseModel):
     notes: list[str]  # what could not be scored, and why
 
 
-def evaluate_pipeline(pipeline: Any, golden: GoldenSet, k: int, judge: Judge | None = None) -> EvalResult:
-    """Answer every golden question with ``pipeline`` (a RagPipeline) and score the answers."""
+def evaluate_pipeline(
+    pipeline: Any, golden: GoldenSet, k: int, judge: Judge | None = None, hits: list[list[Any]] | None = None
+) -> EvalResult:
+    """Answer every golden question with ``pipeline`` (a RagPipeline) and score the answers.
+
+    ``hits`` (one list of retrieved ``Hit`` per question) lets several generators be compared on
+    exactly the same contexts; by default the pipeline retrieves ``k`` chunks itself."""
     questions = [item.question for item in golden.questions]
-    hits = pipeline.retriever.retrieve_many(questions, k)  # one embedding batch for all questions
+    if hits is None:
+        hits = pipeline.retriever.retrieve_many(questions, k)  # one embedding batch for all questions
     answers = [pipeline.answer_from(q, h) for q, h in zip(questions, hits, strict=True)]
     retrieval = retrieval_scores([[hit.text for hit in h] for h in hits], golden)
     judged, notes = ragas_scores(golden, answers, judge)
     rows = [
         {
-            "question": question,
+            "question": item.question,
             "answer": answer.answer,
             "sources": [f"{s.path}#{s.chunk}" for s in answer.sources],
-            "scores": {**r, **j},
+            "scores": {**r, "answer_key": answer_key_score(answer.answer, item), **j},
         }
-        for question, answer, r, j in zip(questions, answers, retrieval, judged, strict=True)
+        for item, answer, r, j in zip(golden.questions, answers, retrieval, judged, strict=True)
     ]
     return EvalResult(scores=mean_scores([row["scores"] for row in rows]), rows=rows, notes=notes)

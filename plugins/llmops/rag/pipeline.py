@@ -46,6 +46,7 @@ class RagPipeline:
         self.versions = {
             "index_version": retriever.index_version,
             "embedding_model": retriever.embedder.model_id,
+            "retrieval": retriever.settings.mode,
             "prompt": f"{prompt.name}@{prompt.version}",
             **(versions or {}),
         }

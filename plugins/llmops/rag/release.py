@@ -2,8 +2,9 @@
 
 A release is a registry version (BentoML model store) whose files are ``release.json`` (index
 version and where the index lives, embedding model and its id, chunking, corpus version,
-generator settings, default k), ``prompt.yaml`` (the exact prompt version, so the release never
-depends on the prompts/ folder staying the same), ``eval.json`` and ``gate_decision.json``.
+generator settings, retrieval settings, default k), ``prompt.yaml`` (the exact prompt version,
+so the release never depends on the prompts/ folder staying the same), ``eval.json`` and
+``gate_decision.json``.
 The index itself stays in its Chroma store; the service opens it by version.
 """
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 from llmops.prompts import PromptTemplate, parse_prompt
 from llmops.rag.index import IndexInfo
 from llmops.rag.pipeline import RagPipeline
+from llmops.rag.retriever import RetrievalSettings
 from llmops.registry import ModelVersion
 
 DEFAULT_RELEASE_NAME = "rag"
@@ -31,6 +33,8 @@ class RagRelease(BaseModel):
     prompt_version: str
     generator: dict[str, Any]  # the generator's settings (never a key)
     k: int = Field(4, ge=1)
+    # releases from before hybrid retrieval were evaluated dense: they keep answering that way
+    retrieval: RetrievalSettings = Field(default_factory=lambda: RetrievalSettings(mode="dense"))
 
 
 def register_rag_release(
@@ -64,6 +68,7 @@ def register_rag_release(
             "embedding_model": release.index.embedding_model_id,
             "prompt": f"{prompt.name}@{prompt.version}",
             "generator": release.generator.get("backend", "?"),
+            "retrieval": release.retrieval.mode,
             "golden_version": golden_version,
             "metrics": scores,
         },
@@ -90,6 +95,7 @@ def open_pipeline(
     generator: str,
     *,
     versions: dict[str, str] | None = None,
+    retrieval: RetrievalSettings | None = None,
 ) -> RagPipeline:
     """A pipeline over a stored index, embedding questions with the model that built it."""
     from llmops.llm.generators import make_generator
@@ -108,5 +114,8 @@ def open_pipeline(
         )
     template = load_prompt(prompt) if isinstance(prompt, str) else prompt
     return RagPipeline(
-        Retriever(collection, embedder), template, make_generator(generator, embedder), versions=versions
+        Retriever(collection, embedder, retrieval),
+        template,
+        make_generator(generator, embedder),
+        versions=versions,
     )

@@ -75,6 +75,15 @@ class RagEvalCard(ArtifactCard):
             ),
             Table([[k, fmt(v)] for k, v in scores.items()], headers=["metric (mean)", "value"]),
         ]
+        candidates = self.artifact(task, "generator_candidates") or []
+        if candidates:  # every generator answered the same retrieved contexts
+            metrics = list(candidates[0]["scores"])
+            table = [
+                [f"{c['name']}{' (chosen)' if c['chosen'] else ''}", *(fmt(c["scores"].get(m)) for m in metrics)]
+                for c in candidates
+            ]
+            out.append(Markdown("### Generator candidates\n" + self.artifact(task, "generator_choice", "")))
+            out.append(Table(table, headers=["generator", *metrics]))
         notes = self.artifact(task, "eval_notes") or []
         if notes:
             out.append(Markdown("### Not scored\n" + "\n".join(f"- {n}" for n in notes[:20])))
