@@ -78,10 +78,10 @@ class RagEvalCard(ArtifactCard):
         candidates = self.artifact(task, "generator_candidates") or []
         if candidates:  # every generator answered the same retrieved contexts
             metrics = list(candidates[0]["scores"])
-            table = [
-                [f"{c['name']}{' (chosen)' if c['chosen'] else ''}", *(fmt(c["scores"].get(m)) for m in metrics)]
-                for c in candidates
-            ]
+            table = []
+            for c in candidates:
+                name = c["name"] + (" (chosen)" if c["chosen"] else "")
+                table.append([name, *(fmt(c["scores"].get(m)) for m in metrics)])
             out.append(Markdown("### Generator candidates\n" + self.artifact(task, "generator_choice", "")))
             out.append(Table(table, headers=["generator", *metrics]))
         notes = self.artifact(task, "eval_notes") or []
