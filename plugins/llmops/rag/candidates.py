@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmops.errors import LlmopsError
 from llmops.gates import GatePolicy, evaluate_gate
 
 BASE_MODEL = "smollm2-135m-instruct"
 RANKED_BY = ("answer_key", "rouge_l")
 
 
-class CandidateError(ValueError):
+class CandidateError(LlmopsError, ValueError):
     """A --generators value that names nothing usable; says which entry."""
 
 

@@ -59,6 +59,8 @@ class RagEvalCard(ArtifactCard):
         "index_version",
         "prompt_ref",
         "generator_settings",
+        "generator_candidates",
+        "generator_choice",
         "eval_notes",
         "eval_rows",
     )
