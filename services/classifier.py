@@ -1,6 +1,6 @@
 """Serve the registered tabular classifier over HTTP with adaptive batching.
 
-    LLMOPS_MODEL=classifier bentoml serve services.classifier:Classifier --port 3000
+    LLMOPS_MODEL=classifier bentoml serve services.classifier:Classifier --host 127.0.0.1 --port 3000
     curl -s localhost:3000/predict -H 'Content-Type: application/json' \\
         -d '{"records": [{"mean radius": 14.1, "mean texture": 19.3, ...}]}'
 
