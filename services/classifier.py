@@ -42,7 +42,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
@@ -173,8 +173,9 @@ class Served:
     schema: "TableSchema"
     model: Any  # a fitted scikit-learn pipeline
     classes: tuple[str, ...]  # model.classes_, the column order of predict_proba
-    limits: dict[str, tuple[float, float]]  # numeric column -> the range its estimator can take
-    dtype: str  # what the estimator computes in
+    # numeric column -> the range its estimator can take (none: no range check), and its dtype
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    dtype: str = "float64"
 
 
 def _load(version: ModelVersion) -> Served:
