@@ -397,8 +397,13 @@ class Classifier:
         self.inference_log.close()
 
 
-def _document_limits(doc: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document states each numeric column's range (see ``_within_limits``)."""
+def _document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document states each numeric column's range (see ``_within_limits``) and
+    /reload's 404 and 409, which answer the same body as its 200."""
+    reload = doc.get("paths", {}).get("/reload", {}).get("post", {}).get("responses", {})
+    if "200" in reload:
+        reload["404"] = {**reload["200"], "description": "The reference no longer resolves"}
+        reload["409"] = {**reload["200"], "description": "Another schema: restart to serve it"}
     record = doc.get("components", {}).get("schemas", {}).get("Record", {})
     for column, (low, high) in LIMITS.items():
         for branch in record.get("properties", {}).get(column, {}).get("anyOf", []):
@@ -407,4 +412,4 @@ def _document_limits(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-protect(Classifier, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=_document_limits)
+protect(Classifier, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=_document)
