@@ -1,6 +1,6 @@
 """Serve the registered tabular classifier over HTTP with adaptive batching.
 
-    LLMOPS_MODEL=classifier bentoml serve services.classifier:Classifier --port 3000
+    LLMOPS_MODEL=classifier bentoml serve services.classifier:Classifier --host 127.0.0.1 --port 3000
     curl -s localhost:3000/predict -H 'Content-Type: application/json' \\
         -d '{"records": [{"mean radius": 14.1, "mean texture": 19.3, ...}]}'
 
@@ -42,7 +42,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
@@ -173,8 +173,9 @@ class Served:
     schema: "TableSchema"
     model: Any  # a fitted scikit-learn pipeline
     classes: tuple[str, ...]  # model.classes_, the column order of predict_proba
-    limits: dict[str, tuple[float, float]]  # numeric column -> the range its estimator can take
-    dtype: str  # what the estimator computes in
+    # numeric column -> the range its estimator can take (none: no range check), and its dtype
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    dtype: str = "float64"
 
 
 def _load(version: ModelVersion) -> Served:
@@ -396,8 +397,13 @@ class Classifier:
         self.inference_log.close()
 
 
-def _document_limits(doc: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document states each numeric column's range (see ``_within_limits``)."""
+def _document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document states each numeric column's range (see ``_within_limits``) and
+    /reload's 404 and 409, which answer the same body as its 200."""
+    reload = doc.get("paths", {}).get("/reload", {}).get("post", {}).get("responses", {})
+    if "200" in reload:
+        reload["404"] = {**reload["200"], "description": "The reference no longer resolves"}
+        reload["409"] = {**reload["200"], "description": "Another schema: restart to serve it"}
     record = doc.get("components", {}).get("schemas", {}).get("Record", {})
     for column, (low, high) in LIMITS.items():
         for branch in record.get("properties", {}).get(column, {}).get("anyOf", []):
@@ -406,4 +412,4 @@ def _document_limits(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-protect(Classifier, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=_document_limits)
+protect(Classifier, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=_document)

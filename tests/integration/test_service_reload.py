@@ -59,7 +59,7 @@ def register(prefix: str, models: dict[str, tuple[object, TableSchema]]) -> dict
                 "rules": [],
             },
             dataset_version="ds-test",
-            run_pathspec="TestFlow/1",
+            run_pathspec=f"TestFlow/{key}",  # one run per version: a run registers once
             candidate=key,
         )
         assert promoted == (key == "v1"), note
