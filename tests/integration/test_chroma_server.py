@@ -108,7 +108,7 @@ def released(tmp_path_factory, chroma_server, home):
         )
         evaluated = flow_run(
             work, "evaluate_rag.py", "EvaluateRagFlow", "--golden", str(small_golden), "--release-name", name,
-            top=("--config", "policy", str(policy)),
+            "--generators", "extractive", top=("--config", "policy", str(policy)),
         )  # fmt: skip
     return name, built, evaluated
 

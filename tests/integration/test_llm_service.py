@@ -226,7 +226,7 @@ def test_ragas_judge_calls_the_endpoint_and_records_what_it_could_not_score(llm)
     rows, notes = ragas_scores(golden, [answer], judge)
     # a tiny random model cannot write the judge's structured answers: each judged metric is left
     # unscored (None) with the reason, and the non-LLM metrics are there as always
-    assert rows[0]["context_recall"] == 1.0
+    assert rows[0]["ragas_context_recall"] == 1.0
     for metric in ("faithfulness", "answer_relevancy"):
         assert rows[0][metric] is None or 0 <= rows[0][metric] <= 1
         if rows[0][metric] is None:
