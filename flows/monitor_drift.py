@@ -39,7 +39,7 @@ class MonitorDriftFlow(FlowSpec):
     log_dir = Parameter(
         "log-dir",
         default="",
-        help="Inference log root (default: $LLMOPS_INFERENCE_LOG_DIR or .llmops/inference-log).",
+        help="Inference log root (default: $LLMOPS_INFERENCE_LOG_DIR, else $LLMOPS_HOME/inference-log).",
     )
     feedback = Parameter(
         "feedback", default="", help="CSV/Parquet of labels: request_id, row and the target column; optional."
@@ -154,12 +154,11 @@ class MonitorDriftFlow(FlowSpec):
         self.next(self.end)
 
     def _write_retraining_set(self):
-        from pathlib import Path
-
         from metaflow import Run
 
         from llmops.data import TableSchema
         from llmops.monitoring import retraining_set
+        from llmops.paths import retraining_dir
         from llmops.registry import Registry
 
         if self.labelled is None or not len(self.labelled):
@@ -168,7 +167,7 @@ class MonitorDriftFlow(FlowSpec):
         lineage = Registry().get(self.monitored_model, self.champion_version).metadata
         training = Run(lineage["run"], _namespace_check=False)["start"].task["dataset"].data
         combined = retraining_set(training, self.labelled, TableSchema(**self.schema))
-        path = Path(".llmops") / "retraining" / f"{self.monitored_model}-{current.run_id}.parquet"
+        path = retraining_dir() / f"{self.monitored_model}-{current.run_id}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         combined.to_parquet(path, index=False)
         print(

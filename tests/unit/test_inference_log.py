@@ -123,8 +123,8 @@ def test_close_writes_everything_and_later_rows_are_ignored(tmp_path):
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     logger = InferenceLogger(tmp_path, "clf", max_pending=1)
-    disk_is_slow, write = threading.Event(), logger._write
-    logger._write = lambda *args: (disk_is_slow.wait(), write(*args))[1]
+    disk_is_slow, buffer = threading.Event(), logger._buffer
+    logger._buffer = lambda *args: (disk_is_slow.wait(), buffer(*args))[1]
     logger.log(rows("taken by the writer"))
     while not logger._queue.empty():
         time.sleep(0.01)
@@ -138,6 +138,29 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     assert set(read_log(tmp_path, "clf")["request_id"]) == {"taken by the writer", "waits in the queue"}
 
 
+def test_a_failed_write_stays_buffered_and_is_retried(tmp_path, caplog):
+    logger = InferenceLogger(tmp_path, "clf", flush_interval=0.05)
+    append, calls = logger.store.append_bytes, []
+
+    def broken_once(key, data):
+        calls.append(key)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        append(key, data)
+
+    logger.store.append_bytes = broken_once
+    logger.log(rows("kept", 3))
+    assert logger.flush()  # the first attempt fails: the rows stay buffered
+    assert read_log(tmp_path, "clf").empty
+    deadline = time.monotonic() + 5
+    while read_log(tmp_path, "clf").empty and time.monotonic() < deadline:
+        time.sleep(0.02)
+    logger.close()
+    assert read_log(tmp_path, "clf")["request_id"].tolist() == ["kept"] * 3
+    assert logger.dropped == 0 and len(calls) == 2
+    assert "write failed, will retry" in caplog.text
+
+
 def test_empty_log_has_the_row_columns(tmp_path):
     frame = read_log(tmp_path, "nothing-yet")
     assert frame.empty
@@ -147,11 +170,14 @@ def test_empty_log_has_the_row_columns(tmp_path):
 def test_default_root_and_bad_names(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMOPS_INFERENCE_LOG_DIR", str(tmp_path / "x"))
     assert default_log_root() == tmp_path / "x"
+    monkeypatch.setenv("LLMOPS_INFERENCE_LOG_DIR", "s3://bucket/log")
+    assert default_log_root() == "s3://bucket/log"
     monkeypatch.delenv("LLMOPS_INFERENCE_LOG_DIR")
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
     assert default_log_root() == tmp_path / "home" / "inference-log"
     monkeypatch.delenv("LLMOPS_HOME")
-    assert str(default_log_root()) == ".llmops/inference-log"
+    monkeypatch.chdir(tmp_path)
+    assert default_log_root() == tmp_path.resolve() / ".llmops" / "inference-log"
     with pytest.raises(ValueError, match="model_name"):
         InferenceLogger(tmp_path, "../escape")
     assert isinstance(read_log(tmp_path, "clf"), pd.DataFrame)

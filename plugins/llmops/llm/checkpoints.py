@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmops import paths
 from llmops.storage import StorageNotFound, open_store
 
 LATEST = "LATEST"
@@ -33,11 +34,11 @@ def checkpoint_key(parts: dict[str, Any]) -> str:
 
 def default_root(datastore_type: str | None = None, datastore_root: str | None = None) -> str:
     """``$LLMOPS_CHECKPOINT_ROOT``; else beside the flow's S3 datastore; else ``$LLMOPS_HOME/checkpoints``."""
-    if os.environ.get("LLMOPS_CHECKPOINT_ROOT"):
-        return os.environ["LLMOPS_CHECKPOINT_ROOT"]
+    if os.environ.get(paths.CHECKPOINT_ENV):
+        return str(paths.checkpoints_root())
     if datastore_type == "s3" and datastore_root:
         return datastore_root.rstrip("/") + "/llmops/checkpoints"
-    return str(Path(os.environ.get("LLMOPS_HOME", ".llmops")).resolve() / "checkpoints")
+    return str(paths.checkpoints_root())
 
 
 class CheckpointStore:

@@ -1,7 +1,7 @@
 """LoRA fine-tuning of a causal LM on instruction records, with checkpoints that survive a task.
 
     config = load_training_config("configs/finetune.yaml")
-    base = resolve_base_model("tiny")              # or a local folder, or a hub id when online
+    base = resolve_base_model("smollm2-135m-instruct")   # llmops.llm.base_models
     outcome = train_lora(base.path, train_records, config, workdir,
                          store=CheckpointStore(default_root()), key=checkpoint_key({...}))
 
@@ -15,7 +15,6 @@ attempt starts from the newest one there (optimizer, scheduler and data order in
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import parse_yaml_model
+from llmops.llm.base_models import BaseModelRef, folder_fingerprint
 from llmops.llm.checkpoints import CheckpointStore
 from llmops.llm.sft_data import InstructionRecord
 
-TINY = "tiny"  # the base-model spec that builds the project's tiny local model
 FAIL_AT_STEP_ENV = "LLMOPS_FINETUNE_FAIL_AT_STEP"  # fault injection, to exercise recovery
 
 
@@ -99,87 +98,7 @@ def load_training_config(path: str | Path) -> TrainingConfig:
     return parse_training_config(path.read_text(), str(path))
 
 
-# ---- the base model ------------------------------------------------------------------------
-
-
-class BaseModelRef(BaseModel):
-    spec: str  # what the user gave: "tiny", a folder, or a hub id
-    path: str  # where it loads from on this machine (a folder, or the hub id)
-    local: bool
-    fingerprint: str  # of the folder's files (see folder_fingerprint), or "hub:<id>@<commit>"
-    revision: str | None = None  # the hub commit every later load uses (None: a local folder)
-
-
-SAMPLE = 1 << 20  # bytes hashed at each end of a large file
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """An identity for a model folder that is cheap for 10 GB of weights: every file's name and
-    size, small files whole, and the first and last MiB of large ones (two fine-tunes of one
-    architecture differ there, where names and sizes alone would not tell them apart)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder).as_posix()}:{size}\n".encode())
-        with path.open("rb") as handle:
-            if size <= 2 * SAMPLE:
-                digest.update(handle.read())
-            else:
-                digest.update(handle.read(SAMPLE))
-                handle.seek(-SAMPLE, os.SEEK_END)
-                digest.update(handle.read(SAMPLE))
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-def tiny_model_path() -> Path:
-    return Path(os.environ.get("LLMOPS_HOME", ".llmops")).resolve() / "models" / "tiny-gpt2"
-
-
-def _tiny_model() -> Path:
-    """The tiny model, built once: under a lock, into a scratch folder renamed when complete, so
-    two runs starting together never load a half-written model."""
-    from filelock import FileLock
-
-    folder = tiny_model_path()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock", timeout=300):
-        if not (folder / "config.json").is_file():
-            from llmops.llm.tiny import build_tiny_causal_lm
-
-            print(f"Building the tiny local model in {folder}")
-            scratch = folder.with_name(f".{folder.name}.{os.getpid()}")
-            build_tiny_causal_lm(scratch)
-            os.replace(scratch, folder)
-    return folder
-
-
-def resolve_base_model(spec: str) -> BaseModelRef:
-    """The base model a spec names; builds the tiny model on first use. Errors name --base-model.
-    A hub model is pinned to the commit it has now, so every step, a later ``resume`` and the
-    served release load the very same weights."""
-    if spec == TINY:
-        folder = _tiny_model()
-        return BaseModelRef(spec=spec, path=str(folder), local=True, fingerprint=folder_fingerprint(folder))
-    folder = Path(spec).expanduser()
-    if folder.exists():
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"--base-model: {spec!r} is a path but has no config.json (not a model folder)")
-        folder = folder.resolve()
-        return BaseModelRef(spec=spec, path=str(folder), local=True, fingerprint=folder_fingerprint(folder))
-    try:
-        from huggingface_hub import HfApi
-        from transformers import AutoConfig
-
-        revision = HfApi().model_info(spec).sha
-        AutoConfig.from_pretrained(spec, revision=revision)
-    except Exception as exc:  # offline, unknown id, gated model: one clear message
-        raise ValueError(
-            f"--base-model: {spec!r} is not a local model folder and could not be found on the model hub "
-            f"({type(exc).__name__}; offline machines need a local folder, or 'tiny')"
-        ) from None
-    return BaseModelRef(
-        spec=spec, path=spec, local=False, fingerprint=f"hub:{spec}@{revision}", revision=revision
-    )
+# ---- the base model's files ------------------------------------------------------------
 
 
 def materialize_base(ref: BaseModelRef, files: dict[str, bytes] | None, workdir: Path) -> str:
@@ -349,17 +268,12 @@ def train_lora(
         report_to="none",
         disable_tqdm=True,  # Trainer prints each log line instead: readable in the task log
     )
-    callbacks: list[Any] = []
-    if store is not None and key is not None:
-        callbacks.append(_SyncCheckpoints(store, key))
-    if fail_at_step:
-        callbacks.append(_FailAt(fail_at_step))
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=[build_example(tokenizer, r, config.max_length) for r in records],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=callbacks,
+        callbacks=_callbacks(store, key, fail_at_step),
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     adapter_dir = workdir / "adapter"
@@ -383,36 +297,34 @@ def train_lora(
     )
 
 
-def _callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class _SyncCheckpoints(_callback_base()):
-    """Copy each checkpoint Trainer writes to the store, so another attempt can continue it."""
-
-    def __init__(self, store: CheckpointStore, key: str):
-        self.store, self.key = store, key
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            self.store.upload(self.key, state.global_step, folder)
-            print(f"checkpoint step {state.global_step} saved to {self.store.root}/{self.key}", flush=True)
-
-
 class InjectedFailure(RuntimeError):
     """Raised on purpose by ``LLMOPS_FINETUNE_FAIL_AT_STEP``."""
 
 
-class _FailAt(_callback_base()):
-    def __init__(self, step: int):
-        self.step = step
+def _callbacks(store: CheckpointStore | None, key: str | None, fail_at_step: int | None) -> list[Any]:
+    """Trainer callbacks: copy each checkpoint to the store (so another attempt can continue it)
+    and fail on purpose at a step. Built here, not at import, so importing this module does not
+    import transformers."""
+    from transformers import TrainerCallback
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise InjectedFailure(f"failure injected at step {self.step} ({FAIL_AT_STEP_ENV})")
+    class SyncCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                store.upload(key, state.global_step, folder)
+                print(f"checkpoint step {state.global_step} saved to {store.root}/{key}", flush=True)
+
+    class FailAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == fail_at_step:
+                raise InjectedFailure(f"failure injected at step {fail_at_step} ({FAIL_AT_STEP_ENV})")
+
+    callbacks: list[Any] = []
+    if store is not None and key is not None:
+        callbacks.append(SyncCheckpoints())
+    if fail_at_step:
+        callbacks.append(FailAt())
+    return callbacks
 
 
 def fail_at_step_from_env(attempt: int) -> int | None:

