@@ -406,7 +406,8 @@ def print_summary(results: dict[str, dict[int, Level]], baseline: Baseline, args
     then the two ratio lines, last."""
     print(f"\ntokens/s by concurrent clients (bare generate, batch 1: {baseline.tokens_per_s:,.1f}, "
           f"{baseline.requests} requests)")  # fmt: skip
-    print(f"{'backend':<22}" + "".join(f"{f'{c} client' + ('s' if c > 1 else ''):>13}" for c in args.concurrency))
+    heads = [f"{c} client" + ("s" if c > 1 else "") for c in args.concurrency]
+    print(f"{'backend':<22}" + "".join(f"{head:>13}" for head in heads))
     for backend, levels in results.items():
         print(f"{backend:<22}" + "".join(f"{levels[c].tokens_per_s:>13,.1f}" for c in args.concurrency))
     if "vllm" in results and "transformers" in results:
