@@ -125,3 +125,22 @@ def test_settings_are_checked(backend):
     if not vllm_available():
         with pytest.raises(BackendError, match="backend: vllm needs the"):
             make_backend("x", "vllm")
+
+
+@pytest.mark.gpu
+def test_batching_on_cuda(tmp_path):
+    """On CUDA (bf16 where supported) concurrent requests share forward passes too, and a seed
+    gives one sample. (In bf16 a row's logits in a batch may differ from alone in more than the
+    last bits, so batched == alone is checked in float32 on the CPU only.)"""
+    folder = build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300, architecture="llama")
+    cuda = TransformersBackend(str(folder), device="cuda", max_batch=8)
+    prompts = [cuda.render([{"role": "user", "content": q}]) for q in QUESTIONS]
+    forwards: list[int] = []
+    hook = cuda.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        batched = concurrently(cuda, prompts, lambda i: SamplingParams(max_tokens=16))
+    finally:
+        hook.remove()
+    assert len(forwards) < sum(c.completion_tokens for c in batched) / 2
+    seeded = SamplingParams(max_tokens=16, temperature=1.0, seed=2)
+    assert cuda.complete(prompts[2], seeded).text == cuda.complete(prompts[2], seeded).text
