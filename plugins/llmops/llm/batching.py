@@ -21,11 +21,11 @@ check equality on the tiny model; ``docs/llm.md`` says this).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import random
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +130,7 @@ class BatchEngine:
         self._mask: Any = None  # [rows, columns] 1 where a column holds a real token
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.on_step: Callable[[int], None] | None = None  # called with the batch size of each forward
+        self._last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     # ---- the reader's side -----------------------------------------------------------------------
 
@@ -223,11 +223,11 @@ class BatchEngine:
         self._after_forward(list(self._running), logits)
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        if self.on_step is not None:
-            self.on_step(int(ids.shape[0]))
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)  # fmt: skip
-        return out.logits[:, -1, :].float()
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                  "past_key_values": cache, "use_cache": True}  # fmt: skip
+        if self._last_logits_only:  # a prefill skips the vocabulary projection of all but the last position
+            inputs["logits_to_keep"] = 1
+        return self.model(**inputs).logits[:, -1, :].float()
 
     def _merge(self, cache: Any, mask: Any) -> None:
         """Join a prefilled group's cache to the running one, padding the shorter on the left."""
