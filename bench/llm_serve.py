@@ -17,8 +17,9 @@ Per level of concurrency:
 - TPOT: (last chunk - first chunk) / (completion tokens - 1) per request (p50), per token
   whatever the chunking.
 
-The baseline, timed in the same run before any server starts: ``model.generate`` in this process,
-one request at a time, the same prompts, sampling and max_tokens (batch 1, no server). The last
+The baseline, timed in the same run while the first server is up but idle, just before its
+1-client level: ``model.generate`` in this process, one request at a time, the same prompts,
+sampling and max_tokens (batch 1, no server). Each level sends at least max(4, clients) requests. The last
 lines are the ratios the transformers backend is held to (targets on the 2-core reference
 machine: scaling >= 4x, overhead >= 0.9x, TTFT p99 at 32 clients <= 1.5 s):
 
@@ -252,13 +253,14 @@ async def load(url: str, concurrency: int, seconds: float, max_requests: int, ar
 
     level = Level(concurrency)
     sent = 0
+    min_requests = max(4, concurrency)  # a slow machine still gets a few requests per level
     stop_at = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.timeout) as client:
 
         async def worker() -> None:
             nonlocal sent
-            while time.perf_counter() < stop_at and sent < max_requests:
+            while (time.perf_counter() < stop_at or sent < min_requests) and sent < max_requests:
                 i, sent = sent, sent + 1
                 body = {
                     "model": SERVED_NAME,
@@ -286,7 +288,9 @@ async def load(url: str, concurrency: int, seconds: float, max_requests: int, ar
     return level
 
 
-def measure_backend(backend: str, model: Path, args, scratch: Path) -> dict[int, Level]:
+def measure_backend(backend: str, model: Path, args, scratch: Path, before_levels=None) -> dict[int, Level]:
+    """Serve ``model`` with ``backend`` and load it at every level; ``before_levels()`` runs once the
+    server is up and warm (the baseline: timed next to the 1-client level, under the same load)."""
     began = time.perf_counter()
     print(f"[{backend}] starting bentoml serve services.llm:LLM ...", flush=True)
     log = scratch / f"{backend}.log"
@@ -296,6 +300,8 @@ def measure_backend(backend: str, model: Path, args, scratch: Path) -> dict[int,
             warm = asyncio.run(load(url, 1, float("inf"), args.warmup, args))
             if warm.errors:
                 raise ServerError(f"[{backend}] warm-up failed: {warm.errors[0]}")
+        if before_levels is not None:
+            before_levels()
         levels = {}
         for concurrency in args.concurrency:
             print(f"[{backend}] {concurrency} concurrent clients, {args.duration:g} s ...", flush=True)
@@ -447,12 +453,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = resolve_model(args.model)
         print(f"model: {args.model} ({model})", flush=True)
-        baseline = bare_generate(model, args)
-        free_gpu_memory()
-        print(f"[baseline] bare generate: {baseline.requests} requests, {baseline.tokens} tokens in "
-              f"{baseline.elapsed:.1f} s = {baseline.tokens_per_s:,.1f} tokens/s", flush=True)  # fmt: skip
+        measured: list[Baseline] = []
+
+        def measure_baseline() -> None:  # the idle server takes memory, not CPU
+            measured.append(bare_generate(model, args))
+            free_gpu_memory()
+            b = measured[0]
+            print(f"[baseline] bare generate: {b.requests} requests, {b.tokens} tokens in {b.elapsed:.1f} s "
+                  f"= {b.tokens_per_s:,.1f} tokens/s", flush=True)  # fmt: skip
+
         for backend in backends:
-            results[backend] = measure_backend(backend, model, args, scratch)
+            first = backend == backends[0]
+            results[backend] = measure_backend(
+                backend, model, args, scratch, measure_baseline if first else None
+            )
+        baseline = measured[0]
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
