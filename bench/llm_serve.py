@@ -1,8 +1,9 @@
-"""Streaming throughput and latency of the LLM service, per backend, against transformers.
+"""Streaming throughput and latency of the LLM service, per backend, against bare ``generate``.
 
-    python bench/llm_serve.py                                 # tiny local model, 1/8/32 clients, 10 s each
+    python bench/llm_serve.py                                 # SmolLM2-135M-Instruct, 1/8/32 clients
+    python bench/llm_serve.py --model tiny --duration 5       # the tiny random model: a quick check
     python bench/llm_serve.py --model /models/my-llm --backends transformers,vllm --duration 30
-    python bench/llm_serve.py --requests 64 --max-tokens 128 --concurrency 1,16
+    python bench/llm_serve.py --threads 1                     # torch threads of server and baseline
 
 For each backend available here (transformers always; vLLM when it is installed and CUDA is
 present) the real service runs on 127.0.0.1 (`bentoml serve services.llm:LLM`, one process),
@@ -12,14 +13,22 @@ Per level of concurrency:
 
 - output tokens/s: completion tokens of every finished request over the level's wall time;
 - TTFT: from sending the request to the first chunk that carries content (p50, p99);
-- ITL: the gaps between consecutive content chunks, all requests pooled (p50, p99). The
-  transformers backend streams whole words (several tokens a chunk), vLLM one step at a time;
+- ITL: the gaps between consecutive content chunks, all requests pooled (p50, p99);
 - TPOT: (last chunk - first chunk) / (completion tokens - 1) per request (p50), per token
   whatever the chunking.
 
-transformers is the baseline, measured in the same run; each other backend is reported as its
-tokens/s ratio against it (target for vLLM on a GPU: >= 10x). Without --model the project's tiny
-GPT-2 (llmops.llm.tiny) is built into a temporary folder: no model hub needed.
+The baseline, timed in the same run while the first server is up but idle, just before its
+1-client level: ``model.generate`` in this process, one request at a time, the same prompts,
+sampling and max_tokens (batch 1, no server). Each level sends at least max(4, clients) requests. The last
+lines are the ratios the transformers backend is held to (targets on the 2-core reference
+machine: scaling >= 4x, overhead >= 0.9x, TTFT p99 at 32 clients <= 1.5 s):
+
+    scaling: 32 clients / 1 client = N.NNx tokens/s
+    overhead: service 1 client / bare generate = N.NNx tokens/s
+
+With vLLM as well, a summary table gives both backends' tokens/s at every level (the GPU check,
+scripts/gpu_check.sh). --model takes a model folder or a named base (llmops.llm.base_models:
+``smollm2-135m-instruct``, the default, or ``tiny``); named bases are built locally, offline.
 """
 
 from __future__ import annotations
@@ -43,7 +52,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("transformers", "vllm")
 TARGETS = {"vllm": 10.0}  # tokens/s against transformers, on a GPU
+SCALING_TARGET, OVERHEAD_TARGET, TTFT_P99_TARGET_S = 4.0, 0.9, 1.5  # transformers, 2-core machine
+DEFAULT_MODEL = "smollm2-135m-instruct"
 SERVED_NAME = "llm"
+TEMPERATURE = 1.0  # sampled, seeded per request: a random tiny model rarely ends early
 PROMPTS = [
     "Explain what a model registry keeps for every version.",
     "Write a short note on why a promotion gate compares against the champion.",
@@ -77,7 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, help="Local model folder (default: build the tiny model).")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="A model folder or a named base: smollm2-135m-instruct (default), tiny.",
+    )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of the server and the baseline (default: the "
+                             "service's declared cpu, 2).")  # fmt: skip
     parser.add_argument("--backends", type=csv_of(str, BACKENDS), default=list(BACKENDS),
                         help="Backends to try, comma-separated; unavailable ones are skipped.")  # fmt: skip
     parser.add_argument("--concurrency", type=csv_of(int), default=[1, 8, 32],
@@ -95,11 +114,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("duration", "requests", "max_tokens", "timeout", "ready_timeout"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
-    if args.model is not None and not (args.model / "config.json").is_file():
-        parser.error(f"--model: {args.model} is not a model folder (no config.json)")
-    if args.model is not None:
-        args.model = args.model.resolve()  # the server runs from the repository root
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: must be >= 1, got {args.threads}")
+    from llmops.llm.base_models import NAMED_BASES
+
+    if args.model not in NAMED_BASES and not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model: {args.model} is neither a named base ({', '.join(NAMED_BASES)}) "
+                     "nor a model folder (no config.json)")  # fmt: skip
     return args
+
+
+def resolve_model(spec: str) -> Path:
+    """The folder of a named base (built once, offline) or of a given model folder."""
+    from llmops.llm.base_models import NAMED_BASES, resolve_base_model
+
+    if spec in NAMED_BASES:
+        return Path(resolve_base_model(spec).path)
+    return Path(spec).resolve()  # the server runs from the repository root
 
 
 # ---- the server ---------------------------------------------------------------------------------
@@ -116,7 +147,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(backend: str, model: Path, max_tokens: int, log: Path, ready_s: float):
+def serving(backend: str, model: Path, max_tokens: int, log: Path, ready_s: float, threads: int | None):
     """`bentoml serve services.llm:LLM` with ``backend`` on a free port; yields its base URL once
     /readyz answers 200, and stops the server and its workers afterwards. A worker whose startup
     failed is restarted by BentoML's arbiter, which does not exit: its log line ends the wait."""
@@ -133,6 +164,8 @@ def serving(backend: str, model: Path, max_tokens: int, log: Path, ready_s: floa
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
+    if threads:
+        env["LLMOPS_TORCH_THREADS"] = str(threads)
     command = [sys.executable, "-m", "bentoml", "serve", "services.llm:LLM",
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     with open(log, "w") as sink:
@@ -220,19 +253,20 @@ async def load(url: str, concurrency: int, seconds: float, max_requests: int, ar
 
     level = Level(concurrency)
     sent = 0
+    min_requests = max(4, concurrency)  # a slow machine still gets a few requests per level
     stop_at = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.timeout) as client:
 
         async def worker() -> None:
             nonlocal sent
-            while time.perf_counter() < stop_at and sent < max_requests:
+            while (time.perf_counter() < stop_at or sent < min_requests) and sent < max_requests:
                 i, sent = sent, sent + 1
                 body = {
                     "model": SERVED_NAME,
                     "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                     "max_tokens": args.max_tokens,
-                    "temperature": 1.0,  # sampled: a random tiny model rarely ends early
+                    "temperature": TEMPERATURE,
                     "seed": i,
                     "stream": True,
                     "stream_options": {"include_usage": True},
@@ -254,15 +288,20 @@ async def load(url: str, concurrency: int, seconds: float, max_requests: int, ar
     return level
 
 
-def measure_backend(backend: str, model: Path, args, scratch: Path) -> dict[int, Level]:
+def measure_backend(backend: str, model: Path, args, scratch: Path, before_levels=None) -> dict[int, Level]:
+    """Serve ``model`` with ``backend`` and load it at every level; ``before_levels()`` runs once the
+    server is up and warm (the baseline: timed next to the 1-client level, under the same load)."""
     began = time.perf_counter()
     print(f"[{backend}] starting bentoml serve services.llm:LLM ...", flush=True)
-    with serving(backend, model, args.max_tokens, scratch / f"{backend}.log", args.ready_timeout) as url:
+    log = scratch / f"{backend}.log"
+    with serving(backend, model, args.max_tokens, log, args.ready_timeout, args.threads) as url:
         print(f"[{backend}] ready in {time.perf_counter() - began:.0f} s at {url}", flush=True)
         if args.warmup:
             warm = asyncio.run(load(url, 1, float("inf"), args.warmup, args))
             if warm.errors:
                 raise ServerError(f"[{backend}] warm-up failed: {warm.errors[0]}")
+        if before_levels is not None:
+            before_levels()
         levels = {}
         for concurrency in args.concurrency:
             print(f"[{backend}] {concurrency} concurrent clients, {args.duration:g} s ...", flush=True)
@@ -273,6 +312,67 @@ def measure_backend(backend: str, model: Path, args, scratch: Path) -> dict[int,
             for message in dict.fromkeys(level.errors[:5]):
                 print(f"[{backend}]   error: {message}", flush=True)
     return levels
+
+
+# ---- the baseline --------------------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    requests: int
+    tokens: int
+    elapsed: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed else float("nan")
+
+
+def bare_generate(model: Path, args) -> Baseline:
+    """``model.generate`` in this process, one request after another for ``--duration`` seconds
+    (at least 4 requests): the same prompts, chat template, sampling and max_tokens as the load."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif not torch.cuda.is_available():
+        torch.set_num_threads(2)  # what the service declares (cpu: "2") and so uses by default
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def one(i: int, max_tokens: int) -> int:
+        messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+        torch.manual_seed(i)
+        with torch.inference_mode():
+            out = lm.generate(**enc, max_new_tokens=max_tokens, do_sample=True, temperature=TEMPERATURE,
+                              top_p=1.0, pad_token_id=pad)  # fmt: skip
+        return int(out.shape[1] - enc["input_ids"].shape[1])
+
+    for i in range(args.warmup):
+        one(i, 8)
+    tokens = requests = 0
+    began = time.perf_counter()
+    while requests < 4 or (time.perf_counter() - began < args.duration and requests < args.requests):
+        tokens += one(requests, args.max_tokens)
+        requests += 1
+    return Baseline(requests, tokens, time.perf_counter() - began)
+
+
+def free_gpu_memory() -> None:
+    """After the baseline: the servers need the GPU memory its model held."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -307,6 +407,35 @@ def print_tables(results: dict[str, dict[int, Level]], args) -> None:
                   f"   {ratio}")  # fmt: skip
 
 
+def print_summary(results: dict[str, dict[int, Level]], baseline: Baseline, args) -> None:
+    """tokens/s of every backend at every level (vLLM vs transformers on a GPU), the targets,
+    then the two ratio lines, last."""
+    print(f"\ntokens/s by concurrent clients (bare generate, batch 1: {baseline.tokens_per_s:,.1f}, "
+          f"{baseline.requests} requests)")  # fmt: skip
+    heads = [f"{c} client" + ("s" if c > 1 else "") for c in args.concurrency]
+    print(f"{'backend':<22}" + "".join(f"{head:>13}" for head in heads))
+    for backend, levels in results.items():
+        print(f"{backend:<22}" + "".join(f"{levels[c].tokens_per_s:>13,.1f}" for c in args.concurrency))
+    if "vllm" in results and "transformers" in results:
+        ratios = []
+        for c in args.concurrency:
+            base = results["transformers"][c].tokens_per_s
+            ratios.append(f"{results['vllm'][c].tokens_per_s / base:>12.2f}x" if base else f"{'n/a':>13}")
+        print(f"{'vllm / transformers':<22}" + "".join(ratios))
+    served = results.get("transformers")
+    if served is None:
+        return
+    one, many = served.get(1), served.get(32)
+    if many is not None:
+        print(f"\nTTFT p99 at 32 clients (transformers): {pct(many.ttft, 99) / 1000:.2f} s "
+              f"(target <= {TTFT_P99_TARGET_S:g} s); targets: scaling >= {SCALING_TARGET:g}x, "
+              f"overhead >= {OVERHEAD_TARGET:g}x")  # fmt: skip
+    scaling = f"{many.tokens_per_s / one.tokens_per_s:.2f}x" if one and many and one.tokens_per_s else "n/a"
+    overhead = f"{one.tokens_per_s / baseline.tokens_per_s:.2f}x" if one and baseline.tokens else "n/a"
+    print(f"scaling: 32 clients / 1 client = {scaling} tokens/s")
+    print(f"overhead: service 1 client / bare generate = {overhead} tokens/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from llmops.llm.vllm_backend import vllm_available
@@ -322,14 +451,23 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     results: dict[str, dict[int, Level]] = {}
     try:
-        model = args.model
-        if model is None:
-            from llmops.llm.tiny import build_tiny_causal_lm
+        model = resolve_model(args.model)
+        print(f"model: {args.model} ({model})", flush=True)
+        measured: list[Baseline] = []
 
-            model = build_tiny_causal_lm(scratch / "tiny-gpt2")
-            print(f"model: the tiny GPT-2 built into {model}")
+        def measure_baseline() -> None:  # the idle server takes memory, not CPU
+            measured.append(bare_generate(model, args))
+            free_gpu_memory()
+            b = measured[0]
+            print(f"[baseline] bare generate: {b.requests} requests, {b.tokens} tokens in {b.elapsed:.1f} s "
+                  f"= {b.tokens_per_s:,.1f} tokens/s", flush=True)  # fmt: skip
+
         for backend in backends:
-            results[backend] = measure_backend(backend, model, args, scratch)
+            first = backend == backends[0]
+            results[backend] = measure_backend(
+                backend, model, args, scratch, measure_baseline if first else None
+            )
+        baseline = measured[0]
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -337,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     print_tables(results, args)
+    print_summary(results, baseline, args)
     failed = sum(len(level.errors) for levels in results.values() for level in levels.values())
     return 1 if failed else 0
 

@@ -77,6 +77,37 @@ def test_concurrent_requests_share_forward_passes_and_greedy_output_equals_alone
     assert len(forwards) < tokens / 2, (len(forwards), tokens)
 
 
+def test_a_shared_system_turn_is_prefilled_once_and_changes_no_output(backend):
+    system = {"role": "system", "content": "You answer questions about the llmops registry and its aliases."}
+    prompts = [backend.render([system, {"role": "user", "content": q}]) for q in QUESTIONS]
+    engine = backend.engine
+    engine._prefix = None
+    expected = []
+    for prompt in prompts:  # model.generate: the whole prompt prefilled, one request at a time
+        enc = backend.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        out = backend.model.generate(**enc, max_new_tokens=12, do_sample=False,
+                                     pad_token_id=backend.tokenizer.pad_token_id)  # fmt: skip
+        expected.append(
+            backend.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+    prefilled: list[int] = []  # tokens of each prefill forward pass (the decode steps have 1 a row)
+    hook = backend.model.register_forward_hook(
+        lambda module, args, kwargs, out: prefilled.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        batched = concurrently(backend, prompts, lambda i: SamplingParams(max_tokens=12))
+        alone = backend.complete(prompts[1], SamplingParams(max_tokens=12))
+    finally:
+        hook.remove()
+    assert [c.text for c in batched] == expected and alone.text == expected[1]
+    ids = [backend.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    common = next(n for n in range(len(ids[0])) if len({tuple(i[: n + 1]) for i in ids}) > 1)
+    assert common >= 16 and engine._prefix is not None and engine._prefix[0][:common] == ids[0][:common]
+    # the shared prefix once, then only the rest of each prompt (decode steps add 1 token a row)
+    longest = max(len(i) for i in ids)
+    assert prefilled[0] >= common and all(n <= longest - common for n in prefilled[1:]), prefilled
+
+
 def test_a_seed_gives_the_same_sample_alone_and_in_a_batch(backend, prompts):
     sampled = SamplingParams(max_tokens=16, temperature=1.0, seed=11)
     alone = backend.complete(prompts[1], sampled)
@@ -125,3 +156,22 @@ def test_settings_are_checked(backend):
     if not vllm_available():
         with pytest.raises(BackendError, match="backend: vllm needs the"):
             make_backend("x", "vllm")
+
+
+@pytest.mark.gpu
+def test_batching_on_cuda(tmp_path):
+    """On CUDA (bf16 where supported) concurrent requests share forward passes too, and a seed
+    gives one sample. (In bf16 a row's logits in a batch may differ from alone in more than the
+    last bits, so batched == alone is checked in float32 on the CPU only.)"""
+    folder = build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300, architecture="llama")
+    cuda = TransformersBackend(str(folder), device="cuda", max_batch=8)
+    prompts = [cuda.render([{"role": "user", "content": q}]) for q in QUESTIONS]
+    forwards: list[int] = []
+    hook = cuda.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        batched = concurrently(cuda, prompts, lambda i: SamplingParams(max_tokens=16))
+    finally:
+        hook.remove()
+    assert len(forwards) < sum(c.completion_tokens for c in batched) / 2
+    seeded = SamplingParams(max_tokens=16, temperature=1.0, seed=2)
+    assert cuda.complete(prompts[2], seeded).text == cuda.complete(prompts[2], seeded).text
