@@ -125,11 +125,18 @@ def llm(port: int) -> None:
          "configs/finetune_cpu.yaml", "run", "--run-id-file", str(run_id_file)],
         cwd=REPO, check=True,
     )  # fmt: skip
-    subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "llm"], cwd=REPO, check=True)
     from metaflow import Run, namespace
 
     namespace(None)
-    evaluate = Run(f"FinetuneLlmFlow/{run_id_file.read_text().strip()}")["evaluate"].task
+    run = Run(f"FinetuneLlmFlow/{run_id_file.read_text().strip()}")
+    evaluate = run["evaluate"].task
+    base, tuned = evaluate["base_scores"].data, evaluate["eval_scores"].data
+    shown = [k for k in ("rouge_l", "faithfulness", "perplexity") if k in base]
+    scores = "held out, base -> tuned: " + ", ".join(f"{k} {base[k]:.3f} -> {tuned[k]:.3f}" for k in shown)
+    if not run["promote"].task["promoted"].data:
+        print(f"{scores}\n{run['promote'].task['promotion_note'].data}: nothing new to serve")
+        return
+    subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "llm"], cwd=REPO, check=True)
     sample = evaluate["eval_samples"].data[0]  # a held-out question: never trained on
     server = serve(port, "services.llm:LLM")
     try:
@@ -146,10 +153,7 @@ def llm(port: int) -> None:
                 if line.startswith("data: {"):
                     delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
                     print(delta or "", end="", flush=True)
-        print(f"\n\nreference:  {sample['reference']}\nbase model: {sample['base_answer']}")
-        base, tuned = evaluate["base_scores"].data, evaluate["eval_scores"].data
-        shown = [k for k in ("rouge_l", "faithfulness", "perplexity") if k in base]
-        print("held out, base -> tuned: " + ", ".join(f"{k} {base[k]:.3f} -> {tuned[k]:.3f}" for k in shown))
+        print(f"\n\nreference:  {sample['reference']}\nbase model: {sample['base_answer']}\n{scores}")
     finally:
         banner("Stopping the LLM server")
         server.terminate()
