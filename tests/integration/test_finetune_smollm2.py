@@ -35,7 +35,7 @@ def test_a_short_finetune_of_the_default_base(smollm2_base, tmp_path, monkeypatc
         str(tmp_path / "policy.yaml"),
     )
     result = run_flow(
-        "finetune_llm.py", "--release-name", name, "--run-id-file", str(tmp_path / "id"), top=top
+        "finetune_llm.py", "--release-name", name, "--run-id-file", str(tmp_path / "id"), top=top, timeout=840
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
