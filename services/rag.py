@@ -16,7 +16,9 @@ Environment: LLMOPS_RAG_RELEASE (registry name, default ``rag``), LLMOPS_RAG_REL
 (a version or alias; default the champion), LLMOPS_GENERATOR (override the release's generator:
 ``extractive``, ``transformers:/folder``, ``openai:http://host:port/v1#model``), LLMOPS_API_KEY,
 LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S,
-LLMOPS_MAX_BODY_BYTES (larger request bodies: 413).
+LLMOPS_MAX_BODY_BYTES (larger request bodies: 413); LLMOPS_GENERATOR_TIMEOUT_S and LLMOPS_GENERATOR_RETRIES (an ``openai:`` generator: seconds per
+attempt, default 60, and retries, default 1). With the LLM service in the same deployment, serve
+``services.rag_llm:RagWithLLM`` instead (BentoML composition, no URL to wire).
 """
 
 import logging
@@ -108,7 +110,6 @@ class Rag:
 
     def __init__(self) -> None:
         from llmops.inference_log import InferenceLogger
-        from llmops.llm.generators import generator_spec
         from llmops.rag.index import chroma_location
         from llmops.rag.release import load_release, open_pipeline
         from llmops.registry import Registry
@@ -116,7 +117,7 @@ class Rag:
         version = Registry().get(SETTINGS.rag_release, SETTINGS.rag_release_version or CHAMPION)
         release, prompt = load_release(version)
         store = chroma_location() if _store_overridden() else release.chroma
-        spec = SETTINGS.generator or generator_spec(release.generator)
+        spec = self._generator_spec(release)
         self.release = release
         self.pipeline = open_pipeline(
             store,
@@ -137,6 +138,12 @@ class Rag:
             self.pipeline.versions["prompt"],
             spec,
         )
+
+    def _generator_spec(self, release) -> str:
+        """LLMOPS_GENERATOR, else the release's own generator (services.rag_llm composes an LLM)."""
+        from llmops.llm.generators import generator_spec
+
+        return SETTINGS.generator or generator_spec(release.generator)
 
     def __is_ready__(self) -> bool:
         return self.inference_log.alive

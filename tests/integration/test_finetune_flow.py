@@ -1,4 +1,5 @@
-"""The LoRA fine-tune loop run for real on the tiny local model: python flows/finetune_llm.py run,
+"""The LoRA fine-tune loop run for real on the tiny local model (--base-model tiny: the default
+base, SmolLM2, is exercised by test_finetune_smollm2.py): python flows/finetune_llm.py run,
 a retry and a `resume` that continue from the stored checkpoint, the gate, the release in the
 registry, and services/llm.py serving that release to the openai client."""
 
@@ -24,10 +25,21 @@ FLOW = "FinetuneLlmFlow"
 def fast_training(tmp_path_factory):
     """The shipped training config, cut down: few steps, a checkpoint every 5, short answers."""
     config = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())
-    config["optim"] |= {"max_steps": 20, "warmup_steps": 0}
-    config |= {"save_steps": 5, "max_new_tokens": 6, "max_eval_examples": 8}
+    config["optim"] |= {"max_steps": 20, "warmup_steps": 0, "learning_rate": 0.003, "batch_size": 8}
+    config |= {"save_steps": 5, "max_new_tokens": 6, "max_eval_examples": 8, "max_length": 256}
     path = tmp_path_factory.mktemp("config") / "fast.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """The shipped policy's perplexity and regression rules; random weights cannot meet its
+    answer-quality margins (ROUGE-L, faithfulness), which the SmolLM2 test gates on."""
+    policy = yaml.safe_load((REPO / "evals" / "llm.yaml").read_text())
+    policy["metrics"] = {"perplexity_ratio": policy["metrics"]["perplexity_ratio"]}
+    path = tmp_path_factory.mktemp("policy") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(policy))
     return path
 
 
@@ -44,10 +56,13 @@ def checkpoints(tmp_path, monkeypatch):
     return root
 
 
-def finetune(tmp_path, training, *args, top=()):
+def finetune(tmp_path, training, policy, *args, top=()):
+    """A run on the tiny base with these training settings and gate policy."""
     run_id_file = tmp_path / f"run-id-{uuid.uuid4().hex[:6]}"
-    top = ("--config", "training", str(training), *top)
-    result = run_flow("finetune_llm.py", "--run-id-file", str(run_id_file), *args, top=top)
+    top = ("--config", "training", str(training), "--config", "policy", str(policy), *top)
+    result = run_flow(
+        "finetune_llm.py", "--run-id-file", str(run_id_file), "--base-model", "tiny", *args, top=top
+    )
     run = None
     if run_id_file.exists():
         namespace(None)
@@ -60,14 +75,14 @@ def output(result):
 
 
 @pytest.fixture(scope="module")
-def first_release(tmp_path_factory, fast_training, release_name):
+def first_release(tmp_path_factory, fast_training, tiny_policy, release_name):
     """A run whose first training attempt fails at step 7; @retry continues from checkpoint 5."""
     tmp = tmp_path_factory.mktemp("first")
     env = {"LLMOPS_CHECKPOINT_ROOT": str(tmp / "checkpoints"), "LLMOPS_FINETUNE_FAIL_AT_STEP": "7"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        result, run = finetune(tmp, fast_training, "--release-name", release_name)
+        result, run = finetune(tmp, fast_training, tiny_policy, "--release-name", release_name)
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
@@ -129,10 +144,12 @@ def test_the_service_serves_the_adapter_release_to_the_openai_client(first_relea
 
 
 def test_resume_continues_training_from_the_failed_runs_checkpoint(
-    tmp_path, fast_training, release_name, first_release, checkpoints, monkeypatch
+    tmp_path, fast_training, tiny_policy, release_name, first_release, checkpoints, monkeypatch
 ):
     monkeypatch.setenv("LLMOPS_FINETUNE_FAIL_AT_STEP", "12:all")  # every attempt fails at step 12
-    failed, failed_run = finetune(tmp_path, fast_training, "--release-name", release_name, "--merge", "true")
+    failed, failed_run = finetune(
+        tmp_path, fast_training, tiny_policy, "--release-name", release_name, "--merge", "true"
+    )
     assert failed.returncode != 0 and "failure injected at step 12" in output(failed)
     assert not failed_run.successful
     monkeypatch.delenv("LLMOPS_FINETUNE_FAIL_AT_STEP")
@@ -159,14 +176,15 @@ def test_resume_continues_training_from_the_failed_runs_checkpoint(
     assert (version.path / "model" / "config.json").is_file()  # --merge registered merged weights
 
 
-def test_a_failed_gate_keeps_the_champion(tmp_path, fast_training, release_name, first_release, checkpoints):
+def test_a_failed_gate_keeps_the_champion(
+    tmp_path, fast_training, tiny_policy, release_name, first_release, checkpoints
+):
     champion = Registry().get(release_name).version
     policy = tmp_path / "strict.yaml"
-    strict = (REPO / "evals" / "llm.yaml").read_text().replace("{max: 0.9}", "{max: 0.01}")
-    policy.write_text(strict)
-    result, run = finetune(
-        tmp_path, fast_training, "--release-name", release_name, top=("--config", "policy", str(policy))
-    )
+    strict = yaml.safe_load(tiny_policy.read_text())
+    strict["metrics"]["perplexity_ratio"] = {"max": 0.01}
+    policy.write_text(yaml.safe_dump(strict))
+    result, run = finetune(tmp_path, fast_training, policy, "--release-name", release_name)
     assert result.returncode == 0, output(result)
     decision = run["evaluate"].task["gate_decision"].data
     assert not decision["passed"]
@@ -175,11 +193,11 @@ def test_a_failed_gate_keeps_the_champion(tmp_path, fast_training, release_name,
     assert Registry().get(release_name).version == champion
 
 
-def test_bad_dataset_lines_are_named_before_any_training(tmp_path, fast_training):
+def test_bad_dataset_lines_are_named_before_any_training(tmp_path, fast_training, tiny_policy):
     data = tmp_path / "bad.jsonl"
     good = '{"instruction": "Say hi", "response": "hi"}\n'
     data.write_text(good * 4 + '{"instruction": "no answer"}\n' + "not json\n" + good)
-    result, _ = finetune(tmp_path, fast_training, "--dataset", str(data))
+    result, _ = finetune(tmp_path, fast_training, tiny_policy, "--dataset", str(data))
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert (

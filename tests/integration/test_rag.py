@@ -344,3 +344,21 @@ def test_api_key_and_a_local_transformers_generator(release, log_dir, tmp_path):
         assert reply.status_code == 200, reply.text
         assert reply.json()["versions"]["generator"] == f"transformers:{model}"
         assert reply.json()["sources"]
+
+
+def test_the_rag_service_composed_with_the_llm_service(release, log_dir, tmp_path):
+    """services.rag_llm:RagWithLLM: bentoml serve starts the LLM service beside the RAG one
+    (bentoml.depends), and answers come from it over BentoML's own connection, no URL given."""
+    name, _ = release
+    model = build_tiny_causal_lm(tmp_path / "tiny-lm")
+    env = {"LLMOPS_RAG_RELEASE": name, "LLMOPS_API_KEY": API_KEY, "LLMOPS_LLM_MODEL": str(model),
+           "LLMOPS_LLM_SERVED_NAME": "composed-tiny", "LLMOPS_GENERATOR_TIMEOUT_S": "120"}  # fmt: skip
+    with serve_bento("services.rag_llm:RagWithLLM", log_dir, ready_s=240, **env) as client:
+        reply = client.post("/query", json={"question": "What is the gate?", "k": 2},
+                            headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        # the model id came from the LLM service's /v1/models (through its key check), so the
+        # answer was written there
+        assert body["versions"]["generator"] == "composed:composed-tiny"
+        assert body["answer"].strip() and len(body["sources"]) == 2

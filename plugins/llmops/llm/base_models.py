@@ -187,3 +187,16 @@ def resolve_base_model(spec: str) -> BaseModelRef:
     return BaseModelRef(
         spec=spec, path=spec, local=False, fingerprint=f"hub:{spec}@{revision}", revision=revision
     )
+
+
+def named_base_here(ref: BaseModelRef) -> Path:
+    """A named base that was resolved on another machine, built here from the same package and
+    checked against the recorded fingerprint (another package or library version would give
+    other files: say so rather than train or serve on them)."""
+    here = resolve_base_model(ref.spec)
+    if here.fingerprint != ref.fingerprint:
+        raise ValueError(
+            f"base model {ref.spec!r} built here ({here.package}, {here.fingerprint}) differs from the one "
+            f"recorded ({ref.package}, {ref.fingerprint}): install the recorded package version"
+        )
+    return Path(here.path)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import LlmopsError, parse_yaml_model
-from llmops.llm.base_models import BaseModelRef, folder_fingerprint
+from llmops.llm.base_models import BaseModelRef, folder_fingerprint, named_base_here
 from llmops.llm.checkpoints import CheckpointStore
 from llmops.llm.sft_data import InstructionRecord
 
@@ -103,8 +103,11 @@ def load_training_config(path: str | Path) -> TrainingConfig:
 
 def materialize_base(ref: BaseModelRef, files: dict[str, bytes] | None, workdir: Path) -> str:
     """The base model on this machine: the run's own copy (checked against its fingerprint)
-    when it travelled as an artifact, else the folder or hub id it was found at."""
+    when it travelled as an artifact; a named base built from its package here when this machine
+    has not built it yet (a remote step); else the folder or hub id it was found at."""
     if files is None:
+        if ref.package and not Path(ref.path).is_dir():
+            return str(named_base_here(ref))
         return ref.path
     folder = write_folder(files, workdir / "base")
     if folder_fingerprint(folder) != ref.fingerprint:

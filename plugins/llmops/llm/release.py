@@ -89,6 +89,7 @@ def register_llm_release(
             "dataset_version": release.dataset_version,
             "base_model": release.base_model,
             "base_fingerprint": release.base_fingerprint,
+            **({"base_package": release.base_package} if release.base_package else {}),
             "merged": release.merged,
             "metrics": scores,
         },
@@ -111,6 +112,12 @@ def served_model(version: ModelVersion) -> ServedModel:
             f"{version.tag} has neither model/ (merged weights) nor adapter/ with {RELEASE_FILE}"
         )
     base = str(folder / "base") if release.base_bundled else release.base_source
+    if release.base_package and not Path(base).is_dir():  # a named base: built here from its package
+        from llmops.llm.base_models import BaseModelRef, named_base_here
+
+        ref = BaseModelRef(spec=release.base_model, path=base, local=True,
+                           fingerprint=release.base_fingerprint, package=release.base_package)  # fmt: skip
+        base = str(named_base_here(ref))
     if release.base_bundled or Path(base).is_absolute():
         if not (Path(base) / "config.json").is_file():
             raise ValueError(f"{version.tag}: its base model {base!r} is not on this machine")

@@ -1,0 +1,71 @@
+"""The RAG service and the LLM service in one deployment, composed with ``bentoml.depends``:
+
+    LLMOPS_RAG_RELEASE=rag LLMOPS_LLM_RELEASE=llm \
+        bentoml serve services.rag_llm:RagWithLLM --host 127.0.0.1 --port 3000
+
+``bentoml serve`` starts the LLM service (services/llm.py) as its own process beside the RAG one
+and connects them over a local socket; in a BentoCloud or container deployment each runs and
+scales as its own service. No URL is wired by hand. The RAG answers come from the composed LLM
+through its OpenAI API (``LLMOPS_GENERATOR_TIMEOUT_S`` / ``LLMOPS_GENERATOR_RETRIES`` apply, and
+``LLMOPS_API_KEY``, shared by both services, is sent to it); the release's own generator is not
+loaded. Every other setting is services/rag.py's and services/llm.py's.
+
+An LLM server elsewhere stays a URL: ``LLMOPS_GENERATOR=openai:http://host:port/v1#model
+bentoml serve services.rag:Rag``. On a laptop without an LLM server, the in-process form is
+``LLMOPS_GENERATOR=transformers:/model/folder``.
+"""
+
+import time
+
+import bentoml
+import httpx
+
+from llmops.serving import protect
+from services.llm import LLM
+from services.llm import SETTINGS as LLM_SETTINGS
+from services.rag import SETTINGS, Rag
+
+LLM_READY_S = 600  # the LLM process starts beside this one and may still be loading its model
+
+
+def _wait_until_ready(client, within_s: float) -> None:
+    """Until the composed LLM service answers its readiness probe (both processes start at once)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if client.is_ready(timeout=5):
+                return
+        except httpx.TransportError:  # its socket is not there yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the composed LLM service was not ready after {within_s} s")
+        time.sleep(0.5)
+
+
+@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources={"cpu": "2", "memory": "2Gi"}, workers=1)
+class RagWithLLM(Rag.inner):
+    """Retrieval-augmented answers written by the LLM service composed into this deployment."""
+
+    llm = bentoml.depends(LLM)
+
+    def _generator_spec(self, release) -> str:
+        return "extractive"  # a stand-in (no model to load): __init__ puts the composed LLM in its place
+
+    def __init__(self) -> None:
+        super().__init__()
+        from llmops.llm.generators import OpenAIGenerator, TransformersGenerator
+
+        llm = self.llm
+        if isinstance(llm, LLM.inner):  # no separate process (the LLM runs in this one): no HTTP hop
+            generator = TransformersGenerator(llm.backend.model_path, backend=llm.backend)
+            label = f"composed:{llm.served_name}"
+        else:  # bentoml's proxy of the LLM process: its HTTP client knows the socket
+            _wait_until_ready(llm.to_sync, LLM_READY_S)
+            key = LLM_SETTINGS.api_key.get_secret_value() if LLM_SETTINGS.api_key else None
+            generator = OpenAIGenerator(f"{llm.client_url}/v1", http_client=llm.to_sync.client, api_key=key)
+            label = f"composed:{generator.model}"
+        self.pipeline.generator = generator
+        self.pipeline.versions["generator"] = label
+
+
+protect(RagWithLLM, SETTINGS.api_key)
