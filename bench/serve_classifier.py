@@ -210,9 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         ensure_champion(args.model)
         bodies = request_bodies(args.model, args.rows_per_request)
-        env = os.environ | {"LLMOPS_MODEL": args.model, "LLMOPS_INFERENCE_LOG_DIR": str(scratch / "log")}
+        env = os.environ | {
+            "LLMOPS_CLASSIFIER_RELEASE": args.model,
+            "LLMOPS_INFERENCE_LOG_DIR": str(scratch / "log"),
+        }
         env.pop("LLMOPS_API_KEY", None)
-        env.pop("LLMOPS_MODEL_VERSION", None)
+        env.pop("LLMOPS_CLASSIFIER_VERSION", None)
         bare_port = free_port()
         bare_cmd = [sys.executable, __file__, "--model", args.model, "--bare-server", str(bare_port)]
         with (

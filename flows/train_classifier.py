@@ -242,7 +242,8 @@ class TrainClassifierFlow(FlowSpec):
         print("Cards:  python flows/train_classifier.py card view evaluate --id gate")
         if self.promoted:
             print(f"Models: llmops models show {name}")
-            print(f"Serve:  LLMOPS_MODEL={name} bentoml serve services.classifier:Classifier")
+            serve = "bentoml serve services.classifier:Classifier --host 127.0.0.1"
+            print(f"Serve:  LLMOPS_CLASSIFIER_RELEASE={name} {serve}")
 
 
 if __name__ == "__main__":

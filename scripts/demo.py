@@ -48,7 +48,9 @@ def serve(port: int, target: str = "services.classifier:Classifier") -> subproce
     server = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
-        env=dict(os.environ, LLMOPS_MODEL=os.environ.get("LLMOPS_MODEL", "classifier")),
+        env=dict(
+            os.environ, LLMOPS_CLASSIFIER_RELEASE=os.environ.get("LLMOPS_CLASSIFIER_RELEASE", "classifier")
+        ),
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -1,12 +1,13 @@
 """Serve the registered tabular classifier over HTTP with adaptive batching.
 
-    LLMOPS_MODEL=classifier bentoml serve services.classifier:Classifier --host 127.0.0.1 --port 3000
+    LLMOPS_CLASSIFIER_RELEASE=classifier \\
+        bentoml serve services.classifier:Classifier --host 127.0.0.1 --port 3000
     curl -s localhost:3000/predict -H 'Content-Type: application/json' \\
         -d '{"records": [{"mean radius": 14.1, "mean texture": 19.3, ...}]}'
 
-Environment: LLMOPS_MODEL (registry name), LLMOPS_MODEL_VERSION (a version or alias;
-default the champion), LLMOPS_API_KEY (optional bearer key for /predict and /reload),
-LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_BATCH_SIZE, LLMOPS_MAX_LATENCY_MS,
+Environment (every setting: docs/settings.md): LLMOPS_CLASSIFIER_RELEASE (registry name),
+LLMOPS_CLASSIFIER_VERSION (a version or alias; default the champion), LLMOPS_API_KEY (optional
+bearer key for /predict and /reload), LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_BATCH_SIZE, LLMOPS_MAX_LATENCY_MS,
 LLMOPS_MAX_RECORDS (per request), LLMOPS_MAX_BODY_BYTES (larger bodies: 413), LLMOPS_TIMEOUT_S,
 LLMOPS_RELOAD_POLL_S (0: off).
 
@@ -25,7 +26,7 @@ Hot reload, without a restart and without failing a request:
     curl -s -X POST localhost:3000/reload -H "Authorization: Bearer $LLMOPS_API_KEY"
     {"model": "classifier", "previous": "<v1>", "current": "<v2>", "reloaded": true, "error": null}
 
-``POST /reload`` resolves LLMOPS_MODEL_VERSION (default: the champion alias) again. If it moved,
+``POST /reload`` resolves LLMOPS_CLASSIFIER_VERSION (default: the champion alias) again. If it moved,
 the new version is loaded in full off the batching thread (batches keep being served), then one
 attribute holding an immutable ``Served`` (version, schema, model) is replaced. ``predict`` reads
 it once per batch: a batch in flight ends on the model it began with, and each answer and
@@ -76,8 +77,8 @@ logger = logging.getLogger("bentoml.service.classifier")
 class Settings(BaseModel):
     """Service settings; each field is read from ``LLMOPS_<FIELD>`` (see the module docstring)."""
 
-    model: str = "classifier"
-    model_version: str | None = None  # None: whatever the champion alias points at
+    classifier_release: str = "classifier"  # the registry name
+    classifier_version: str | None = None  # None: whatever the champion alias points at
     api_key: SecretStr | None = None
     inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
     max_batch_size: int = Field(64, gt=1)
@@ -135,7 +136,7 @@ def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]
     from llmops.tabular.data import TableSchema
 
     try:
-        version = Registry().get(settings.model, settings.model_version or CHAMPION)
+        version = Registry().get(settings.classifier_release, settings.classifier_version or CHAMPION)
     except RegistryError as exc:  # e.g. `bentoml build` on a machine without a champion
         logger.warning("no model to serve (%s): the service cannot start until there is one", exc)
         return None, AnyRecord
@@ -247,7 +248,7 @@ class Classifier:
         from llmops.inference_log import InferenceLogger
 
         if SERVED is None:
-            version = Registry().get(SETTINGS.model, SETTINGS.model_version or CHAMPION)
+            version = Registry().get(SETTINGS.classifier_release, SETTINGS.classifier_version or CHAMPION)
             raise RuntimeError(
                 f"{version.tag} appeared after this worker imported the service: "
                 f"restart it so requests are validated against that version's schema"
@@ -354,7 +355,7 @@ class Classifier:
             old = self.served
             answer = partial(Reload, model=old.version.name, previous=old.version.version)
             try:
-                version = Registry().get(SETTINGS.model, SETTINGS.model_version or CHAMPION)
+                version = Registry().get(SETTINGS.classifier_release, SETTINGS.classifier_version or CHAMPION)
             except RegistryError as exc:
                 return HTTPStatus.NOT_FOUND, answer(
                     current=old.version.version, reloaded=False, error=str(exc)

@@ -23,7 +23,6 @@ LLMOPS_LLM_GPU_MEMORY_UTILIZATION (vLLM, 0.9), LLMOPS_LLM_MAX_MODEL_LEN (vLLM; d
 model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S.
 """
 
-import os
 from typing import Literal
 
 import bentoml
@@ -52,11 +51,9 @@ class Settings(BaseModel):
     timeout_s: float = Field(300.0, gt=0)
 
 
-# A bento's arguments (``args:`` in its bentofile, ``--arg`` of bentoml build/serve) are defaults
-# under the LLMOPS_* variables: services/llm.bentofile.yaml sets llm_backend: vllm, so that bento
-# declares the GPU vLLM needs, in its bento.yaml and wherever it is served.
-_ARGUMENTS = {f"LLMOPS_{key.upper()}": str(value) for key, value in vars(bentoml.use_arguments()).items()}
-SETTINGS = settings_from_env(Settings, _ARGUMENTS | {k: v for k, v in os.environ.items() if v})
+# A bento's arguments are defaults under the LLMOPS_* variables (llmops.serving.settings_from_env):
+# services/llm.bentofile.yaml sets llm_backend: vllm, so that bento declares the GPU vLLM needs.
+SETTINGS = settings_from_env(Settings)
 API = Starlette()  # routes are added when the model is loaded (each worker loads its own)
 
 

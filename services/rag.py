@@ -12,12 +12,13 @@ index in the Chroma store the release was evaluated in, or in $LLMOPS_CHROMA_PAT
 $LLMOPS_CHROMA_URL when set. Every query is logged (question, k, top score, sources, answer)
 for monitoring.
 
-Environment: LLMOPS_RAG_RELEASE (registry name, default ``rag``), LLMOPS_RAG_RELEASE_VERSION
-(a version or alias; default the champion), LLMOPS_GENERATOR (override the release's generator:
-``extractive``, ``transformers:/folder``, ``openai:http://host:port/v1#model``), LLMOPS_API_KEY,
-LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S,
-LLMOPS_MAX_BODY_BYTES (larger request bodies: 413); LLMOPS_GENERATOR_TIMEOUT_S and LLMOPS_GENERATOR_RETRIES (an ``openai:`` generator: seconds per
-attempt, default 60, and retries, default 1). With the LLM service in the same deployment, serve
+Environment (every setting: docs/settings.md): LLMOPS_RAG_RELEASE (registry name, default
+``rag``), LLMOPS_RAG_VERSION (a version or alias; default the champion), LLMOPS_GENERATOR (override
+the release's generator: ``extractive``, ``transformers:/folder``, ``openai:http://host:port/v1#model``),
+LLMOPS_GENERATOR_TIMEOUT_S and LLMOPS_GENERATOR_RETRIES (an ``openai:`` generator: seconds per
+attempt, default 60, and retries, default 1), LLMOPS_API_KEY, LLMOPS_INFERENCE_LOG_DIR,
+LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S, LLMOPS_MAX_BODY_BYTES (larger bodies: 413),
+LLMOPS_TORCH_THREADS. With the LLM service in the same deployment, serve
 ``services.rag_llm:RagWithLLM`` instead (BentoML composition, no URL to wire).
 """
 
@@ -40,7 +41,7 @@ class Settings(BaseModel):
     """Service settings; each field is read from ``LLMOPS_<FIELD>`` (see the module docstring)."""
 
     rag_release: str = "rag"
-    rag_release_version: str | None = None  # None: whatever the champion alias points at
+    rag_version: str | None = None  # None: whatever the champion alias points at
     generator: str | None = None  # None: the release's own generator
     api_key: SecretStr | None = None
     inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
@@ -48,6 +49,7 @@ class Settings(BaseModel):
     max_k: int = Field(20, ge=1, le=50)
     timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
+    torch_threads: int | None = Field(None, ge=1)  # None: the declared cpu (llmops.threads)
 
 
 SETTINGS = settings_from_env(Settings)
@@ -104,7 +106,10 @@ class Retrieved(BaseModel):
     request_id: str
 
 
-@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources={"cpu": "2", "memory": "2Gi"}, workers=1)
+RESOURCES = {"cpu": "2", "memory": "2Gi"}
+
+
+@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources=RESOURCES, workers=1)
 class Rag:
     """Retrieval-augmented answers from the promoted release (champion by default)."""
 
@@ -113,8 +118,12 @@ class Rag:
         from llmops.rag.index import chroma_location
         from llmops.rag.release import load_release, open_pipeline
         from llmops.registry import Registry
+        from llmops.threads import configure_torch_threads
 
-        version = Registry().get(SETTINGS.rag_release, SETTINGS.rag_release_version or CHAMPION)
+        # before any model loads: the embedder and an in-process LLM share the declared CPUs
+        self.threads = configure_torch_threads(SETTINGS.torch_threads, RESOURCES["cpu"])
+
+        version = Registry().get(SETTINGS.rag_release, SETTINGS.rag_version or CHAMPION)
         release, prompt = load_release(version)
         store = chroma_location() if _store_overridden() else release.chroma
         spec = self._generator_spec(release)
@@ -197,9 +206,9 @@ class Rag:
 
 
 def _store_overridden() -> bool:
-    import os
+    from llmops.paths import chroma_overridden
 
-    return bool(os.environ.get("LLMOPS_CHROMA_PATH") or os.environ.get("LLMOPS_CHROMA_URL"))
+    return chroma_overridden()
 
 
 protect(Rag, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes)

@@ -23,7 +23,7 @@ import httpx
 from llmops.serving import protect
 from services.llm import LLM
 from services.llm import SETTINGS as LLM_SETTINGS
-from services.rag import SETTINGS, Rag
+from services.rag import RESOURCES, SETTINGS, Rag
 
 LLM_READY_S = 600  # the LLM process starts beside this one and may still be loading its model
 
@@ -42,7 +42,7 @@ def _wait_until_ready(client, within_s: float) -> None:
         time.sleep(0.5)
 
 
-@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources={"cpu": "2", "memory": "2Gi"}, workers=1)
+@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources=RESOURCES, workers=1)
 class RagWithLLM(Rag.inner):
     """Retrieval-augmented answers written by the LLM service composed into this deployment."""
 

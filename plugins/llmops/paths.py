@@ -20,6 +20,7 @@ from pathlib import Path
 HOME_ENV = "LLMOPS_HOME"
 DEFAULT_HOME = ".llmops"
 CHROMA_ENV = "LLMOPS_CHROMA_PATH"
+CHROMA_URL_ENV = "LLMOPS_CHROMA_URL"  # a Chroma server instead of the folder
 INFERENCE_LOG_ENV = "LLMOPS_INFERENCE_LOG_DIR"
 CHECKPOINT_ENV = "LLMOPS_CHECKPOINT_ROOT"
 
@@ -40,6 +41,11 @@ def _override(env: str) -> Path | str | None:
 def chroma_dir() -> Path:
     override = _override(CHROMA_ENV)
     return Path(override) if override is not None else home() / "chroma"
+
+
+def chroma_overridden() -> bool:
+    """The environment names a Chroma store (a folder or a server) that wins over a release's own."""
+    return bool(os.environ.get(CHROMA_ENV) or os.environ.get(CHROMA_URL_ENV))
 
 
 def inference_log_root() -> Path | str:

@@ -2,7 +2,8 @@
 127.0.0.1, wait until it is ready, stop it with all its workers. The one way the tests, the
 benchmarks and the demo run a service.
 
-    with bento_server("services.classifier:Classifier", env={"LLMOPS_MODEL": "classifier"}) as server:
+    env = os.environ | {"LLMOPS_CLASSIFIER_RELEASE": "classifier"}
+    with bento_server("services.classifier:Classifier", env=env, log=Path("server.log")) as server:
         httpx.post(f"{server.url}/predict", json=...)
 """
 

@@ -49,7 +49,7 @@ def champion():
 
 def serve(model_name: str, log_dir: Path, **env: str):
     """`bentoml serve` the classifier; yields an httpx client once /readyz answers 200."""
-    return serve_bento("services.classifier:Classifier", log_dir, LLMOPS_MODEL=model_name, **env)
+    return serve_bento("services.classifier:Classifier", log_dir, LLMOPS_CLASSIFIER_RELEASE=model_name, **env)
 
 
 @pytest.fixture(scope="module")

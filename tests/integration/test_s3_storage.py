@@ -309,8 +309,8 @@ def test_the_classifier_service_logs_to_s3_unchanged(classifier, s3_env, tmp_pat
         ]
     }
     with serve_bento(
-        "services.classifier:Classifier", tmp_path, LLMOPS_MODEL=version.name, LLMOPS_INFERENCE_LOG_DIR=root,
-        LLMOPS_INFERENCE_LOG_UPLOAD_S="0.5", **s3_env,
+        "services.classifier:Classifier", tmp_path, LLMOPS_CLASSIFIER_RELEASE=version.name,
+        LLMOPS_INFERENCE_LOG_DIR=root, LLMOPS_INFERENCE_LOG_UPLOAD_S="0.5", **s3_env,
     ) as client:  # fmt: skip
         for _ in range(3):
             response = client.post("/predict", json=body)

@@ -171,3 +171,24 @@ def test_a_batch_with_rows_the_model_cannot_score_fails_only_those_rows(cancer):
     assert np.isnan(proba[sorted(failures)]).all()
     clean, none = predict_proba_rows(model, batch.iloc[good])
     assert none == {} and np.isfinite(clean).all()
+
+
+def test_one_settings_helper_names_variables_and_honours_renamed_ones(caplog):
+    from pydantic import BaseModel, Field
+
+    from llmops.errors import LlmopsError
+    from llmops.serving import settings_from_env
+
+    class Settings(BaseModel):
+        classifier_release: str = "classifier"
+        classifier_version: str | None = None
+        max_k: int = Field(20, le=50)
+
+    env = {"LLMOPS_MODEL": "old-name", "LLMOPS_CLASSIFIER_VERSION": "", "LLMOPS_MAX_K": "7"}
+    settings = settings_from_env(Settings, env)
+    assert (settings.classifier_release, settings.classifier_version, settings.max_k) == ("old-name", None, 7)
+    assert "LLMOPS_MODEL is deprecated: set LLMOPS_CLASSIFIER_RELEASE instead" in caplog.text
+    both = settings_from_env(Settings, {"LLMOPS_MODEL": "old", "LLMOPS_CLASSIFIER_RELEASE": "new"})
+    assert both.classifier_release == "new"  # the new name wins
+    with pytest.raises(LlmopsError, match=r"LLMOPS_MAX_K: Input should be less than or equal to 50"):
+        settings_from_env(Settings, {"LLMOPS_MAX_K": "99"})

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel
 
+from llmops import paths
 from llmops.errors import LlmopsError
 from llmops.rag.chunking import Chunk, ChunkingConfig
 
@@ -78,9 +79,7 @@ def index_version(corpus_version: str, chunking: ChunkingConfig, embedding_model
 
 
 def default_chroma_path() -> Path:
-    if os.environ.get("LLMOPS_CHROMA_PATH"):
-        return Path(os.environ["LLMOPS_CHROMA_PATH"]).expanduser()
-    return Path(os.environ.get("LLMOPS_HOME", ".llmops")) / "chroma"
+    return paths.chroma_dir()
 
 
 def chroma_location(path: str | None = None, url: str | None = None) -> str:
@@ -88,7 +87,7 @@ def chroma_location(path: str | None = None, url: str | None = None) -> str:
     (a flow's --chroma: a folder or an http(s):// URL) wins over $LLMOPS_CHROMA_URL."""
     if path and path.startswith(("http://", "https://")):
         url, path = path, None
-    url = url or (None if path else os.environ.get("LLMOPS_CHROMA_URL")) or None
+    url = url or (None if path else os.environ.get(paths.CHROMA_URL_ENV)) or None
     if url:
         return url
     return str(Path(path).expanduser().resolve() if path else default_chroma_path().resolve())
