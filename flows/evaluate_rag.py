@@ -139,6 +139,7 @@ class EvaluateRagFlow(FlowSpec):
     def evaluate(self, inputs):
         from llmops.gates import GatePolicy
         from llmops.rag.candidates import choose_generator
+        from llmops.rag.release import score_champion
 
         self.merge_artifacts(inputs, exclude=["candidate"])
         candidates = sorted((i.candidate for i in inputs), key=lambda c: c["position"])
@@ -153,18 +154,10 @@ class EvaluateRagFlow(FlowSpec):
         self.generator_settings = winner["settings"]
         self.eval_scores, self.eval_rows = winner["scores"], winner["rows"]
         self.eval_notes = winner["notes"] + self.candidate_notes
-        self.champion_scored = self._champion_on_same_golden_set()
+        self.champion_scored = score_champion(self.registry_name, self.golden_version)
         print(self.generator_choice)
         print(f"Scores: {self.eval_scores}")
         self.next(self.promote)
-
-    def _champion_on_same_golden_set(self):
-        from llmops.registry import Registry
-
-        champion = Registry().find(self.registry_name)
-        if champion and champion.metadata.get("golden_version") == self.golden_version:
-            return {"version": champion.version, "scores": champion.metadata.get("metrics", {})}
-        return None
 
     @step
     def promote(self):

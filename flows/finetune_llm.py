@@ -182,9 +182,8 @@ class FinetuneLlmFlow(FlowSpec):
         self.eval_samples = [
             {**t, "base_answer": b["answer"]} for t, b in zip(tuned_samples, base_samples, strict=True)
         ]
-        champion = score_champion(self.registry_name, lambda *load: score(*load)[0])
-        self.champion_scored = (
-            {"version": champion[0], "scores": compare(champion[1], self.base_scores)} if champion else None
+        self.champion_scored = score_champion(
+            self.registry_name, lambda *load: compare(score(*load)[0], self.base_scores)
         )
         print(f"Base:  {self.base_scores}\nTuned: {self.eval_scores}")
         self.next(self.promote)

@@ -97,6 +97,20 @@ class RuleResult(BaseModel):
     applied: bool = True  # False: nothing to compare yet (see evaluate_gate); it passes, saying why
 
 
+class ChampionScored(BaseModel):
+    """The champion's scores on the candidate's own test set (or golden set, or held-out examples):
+    what the regression rules compare, like with like. Every flow stores it as the artifact
+    ``champion_scored`` (a dict, via :func:`champion_scored`), which ``@gate`` reads."""
+
+    version: str
+    scores: dict[str, float]
+
+
+def champion_scored(version: str, scores: dict[str, float]) -> dict[str, Any]:
+    """The one shape of ``champion_scored``: ``{"version": ..., "scores": {metric: value}}``."""
+    return ChampionScored(version=version, scores=scores).model_dump()
+
+
 class GateDecision(BaseModel):
     model: str
     passed: bool

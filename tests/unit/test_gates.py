@@ -136,3 +136,11 @@ def test_each_rule_without_its_input_is_decided_and_the_record_says_why():
     small = evaluate_gate(policy, GOOD, group_scores={"a": {"recall": 0.9}}, group_sizes={"a": 50})
     assert not by_rule(small)["fairness.recall.gap"].applied
     assert "fewer than 2 groups" in by_rule(small)["fairness.recall.gap"].detail
+
+
+def test_champion_scored_has_one_shape():
+    from llmops.gates import champion_scored
+
+    assert champion_scored("v1", {"f1": 0.9}) == {"version": "v1", "scores": {"f1": 0.9}}
+    with pytest.raises(ValueError, match="scores"):
+        champion_scored("v1", {"f1": "high"})

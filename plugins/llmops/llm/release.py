@@ -142,10 +142,11 @@ def merge_adapter(
     return target
 
 
-def score_champion(name: str, score: Any) -> tuple[str, dict[str, float]] | None:
-    """(version, scores) of ``name``'s champion scored by ``score(model, adapter, revision)``,
-    or None when there is no champion or it cannot be loaded here (the gate then falls back to
-    its recorded metrics, and says so)."""
+def score_champion(name: str, score: Any) -> dict[str, Any] | None:
+    """``name``'s champion scored by ``score(model, adapter, revision)``, as
+    :func:`llmops.gates.champion_scored`; None when there is no champion or it cannot be loaded
+    here (the gate then falls back to its recorded metrics, and says so)."""
+    from llmops.gates import champion_scored
     from llmops.registry import Registry
 
     champion = Registry().find(name)
@@ -153,7 +154,7 @@ def score_champion(name: str, score: Any) -> tuple[str, dict[str, float]] | None
         return None
     try:
         served = served_model(champion)
-        return champion.version, score(served.model, served.adapter, served.revision)
+        return champion_scored(champion.version, score(served.model, served.adapter, served.revision))
     except Exception as exc:  # not loadable here (another base, out of memory, …): not fatal
         print(f"Champion {champion.version} not scored here ({type(exc).__name__}: {exc}); "
               "the gate uses its recorded metrics")  # fmt: skip

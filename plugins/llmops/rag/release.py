@@ -119,3 +119,16 @@ def open_pipeline(
         make_generator(generator, embedder),
         versions=versions,
     )
+
+
+def score_champion(name: str, golden_version: str) -> dict[str, Any] | None:
+    """``name``'s champion scores, as :func:`llmops.gates.champion_scored`, when it was evaluated
+    on this very golden set (its recorded metrics then compare like with like); else None, and the
+    gate falls back to the recorded metrics and says so."""
+    from llmops.gates import champion_scored
+    from llmops.registry import Registry
+
+    champion = Registry().find(name)
+    if champion is None or champion.metadata.get("golden_version") != golden_version:
+        return None
+    return champion_scored(champion.version, champion.metadata.get("metrics", {}))

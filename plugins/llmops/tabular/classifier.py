@@ -222,6 +222,7 @@ def score_champion(
 ) -> dict[str, Any] | None:
     """The champion's metrics on the candidate's test set, so the regression rule compares like
     with like; None when there is no champion or it was trained on other features or classes."""
+    from llmops.gates import champion_scored
     from llmops.registry import Registry
 
     champion = Registry().find(name)
@@ -230,7 +231,5 @@ def score_champion(
     model = load_model(champion.path)
     table = TableSchema(**schema)
     proba = model.predict_proba(features(test_set, table))
-    return {
-        "version": champion.version,
-        "scores": classification_metrics(test_set[target], proba, list(model.classes_)),
-    }
+    scores = classification_metrics(test_set[target], proba, list(model.classes_))
+    return champion_scored(champion.version, scores)
