@@ -4,6 +4,7 @@ OpenAI-compatible endpoint (the `openai:` generator, the ragas judge) pointed at
 routes are in its OpenAPI document and a schemathesis fuzz over them finds no 5xx; a client that
 goes away, streaming or not, frees the server."""
 
+import json
 import time
 import uuid
 
@@ -134,6 +135,22 @@ def test_seed_overflow_is_400_streaming_or_not_and_the_connection_stays_usable(l
     reply = llm.post("/v1/completions", json=completion)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "unsupported_parameter"
     assert llm.post("/v1/completions", json=completion | {"logprobs": 0, "echo": False}).status_code == 200
+
+
+def test_half_a_surrogate_pair_is_400_not_a_500(llm):
+    # JSON may carry "\udba4" alone (the fuzz sent one): no tokenizer takes it
+    body = {"model": "llm", "prompt": "half a pair \udba4", "max_tokens": 4}
+    headers = {"Content-Type": "application/json"}
+    reply = llm.post("/v1/completions", content=json.dumps(body).encode(), headers=headers)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "prompt"
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_500(llm):
+    # found by the fuzz: 1e-236 overflowed the scaled logits into NaN, and the request failed
+    body = {"model": "llm", "prompt": "The registry keeps", "max_tokens": 6}
+    greedy = llm.post("/v1/completions", json=body | {"temperature": 0}).json()["choices"][0]["text"]
+    reply = llm.post("/v1/completions", json=body | {"temperature": 1.36e-236, "top_p": 0.83})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == greedy
 
 
 def test_openapi_document_describes_the_v1_routes(llm):

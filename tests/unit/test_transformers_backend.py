@@ -120,6 +120,49 @@ def test_a_seed_gives_the_same_sample_alone_and_in_a_batch(backend, prompts):
     )
 
 
+def test_a_vanishing_temperature_samples_as_greedy(backend, prompts):
+    greedy = backend.complete(prompts[1], SamplingParams(max_tokens=8))
+    for temperature in (1e-236, 1e-6):  # 1e-236 once overflowed the logits into NaN: a 500
+        tiny = backend.complete(prompts[1], SamplingParams(max_tokens=8, temperature=temperature, seed=1))
+        assert tiny.text == greedy.text
+    # and the sampler itself, below the greedy rule: no NaN, the largest logit
+    import torch
+
+    from llmops.llm.batching import Request
+
+    logits = torch.tensor([0.5, 3.0, 2.999, -1.0])
+    request = Request(ids=[1], params=SamplingParams(temperature=1e-300), generator=torch.Generator())
+    assert backend.engine._sample(logits, request) == 1
+
+
+def test_a_request_that_fails_does_not_fail_the_batch(backend, prompts, monkeypatch):
+    sample = backend.engine._sample
+
+    def failing_for_seed_13(logits, request):
+        if request.params.seed == 13:
+            raise RuntimeError("injected sampling failure")
+        return sample(logits, request)
+
+    monkeypatch.setattr(backend.engine, "_sample", failing_for_seed_13)
+    results: list = [None] * len(prompts)
+
+    def run(i):
+        try:
+            results[i] = backend.complete(
+                prompts[i], SamplingParams(max_tokens=8, temperature=1.0, seed=10 + i)
+            )
+        except RuntimeError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(results[3], RuntimeError)  # seed 13
+    assert all(isinstance(r, Completion) and r.completion_tokens == 8 for r in results[:3])
+
+
 def test_closing_a_stream_frees_its_slot_and_leaves_the_others(backend, prompts):
     long = SamplingParams(max_tokens=400, temperature=1.0, seed=0)
     stream = backend.stream(prompts[0], long)

@@ -36,6 +36,7 @@ from llmops.llm.types import Completion, SamplingParams
 log = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 30.0  # the engine thread ends after this long without work; the next request restarts it
+GREEDY_BELOW = 1e-5  # a temperature under this samples as greedy (vLLM's rule too)
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is not worth a forward pass of its own
 
 
@@ -304,7 +305,13 @@ class BatchEngine:
         greedy = logits.argmax(dim=-1).tolist()
         for i, request in enumerate(rows):
             params = request.params
-            token = greedy[i] if params.temperature <= 0 else self._sample(logits[i], request)
+            try:
+                token = greedy[i] if params.temperature < GREEDY_BELOW else self._sample(logits[i], request)
+            except Exception as exc:  # this request fails; the others in the batch go on
+                log.exception("sampling failed for one request")
+                request.done = True
+                request.outbox.put(exc)
+                continue
             request.generated.append(token)
             request.last = token
             self._emit(request)
@@ -327,7 +334,9 @@ class BatchEngine:
         import torch
 
         params = request.params
-        probs = torch.softmax(logits / params.temperature, dim=-1)
+        # shifted so the largest logit is 0, and the temperature kept where float32 can divide by it:
+        # the others may go to -inf, never to NaN
+        probs = torch.softmax((logits - logits.max()) / max(params.temperature, GREEDY_BELOW), dim=-1)
         if params.top_p < 1.0:
             ordered, order = probs.sort(descending=True)
             outside = ordered.cumsum(-1) - ordered > params.top_p  # keep the smallest set reaching top_p

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -34,6 +35,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from llmops.llm.backends import Backend, Completion, SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 class ChatMessage(BaseModel):
@@ -163,6 +166,12 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
             raise ApiError(400, "the body is not valid JSON", None, "invalid_json") from None
         if not isinstance(raw, dict):
             raise ApiError(400, "the body must be a JSON object", None)
+        for key, value in raw.items():  # JSON may escape half a surrogate pair; no tokenizer takes it
+            try:
+                json.dumps(value, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                raise ApiError(400, f"{key}: text with an unpaired surrogate (\\ud800-\\udfff) is not valid "
+                               "Unicode", str(key)) from None  # fmt: skip
         try:
             body = model.model_validate(raw)
         except ValidationError as exc:
@@ -179,7 +188,7 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         if asked is not None and asked > limits.max_tokens:
             raise ApiError(400, f"{field}: {asked} is over this server's limit of {limits.max_tokens}", field)
-        max_tokens = asked or limits.default_max_tokens
+        max_tokens = asked or min(limits.default_max_tokens, limits.max_tokens)
         used = backend.count_tokens(prompt)
         if used + max_tokens > backend.max_context:
             param = "messages" if isinstance(body, ChatRequest) else "prompt"
@@ -213,7 +222,13 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _events(backend.stream(prompt, params), ident, kind, model_name, chat, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        done = await _complete_unless_gone(request, backend.stream(prompt, params))
+        try:
+            done = await _complete_unless_gone(request, backend.stream(prompt, params))
+        except Exception as exc:  # the model failed on this request: a server error, in OpenAI's shape
+            log.exception("generation failed")
+            body = {"error": {"message": f"generation failed: {type(exc).__name__}", "type": "server_error",
+                              "param": None, "code": "generation_failed"}}  # fmt: skip
+            return JSONResponse(body, status_code=500)
         if done is None:  # the client went away: its generation was cancelled, nobody reads this
             return JSONResponse({"error": "client disconnected"}, status_code=499)
         choice: dict[str, Any] = {"index": 0, "finish_reason": done.finish_reason, "logprobs": None}
