@@ -45,7 +45,7 @@ class FinetuneLlmFlow(FlowSpec):
     training = Config(
         "training",
         default="configs/finetune.yaml",
-        parser="llmops.llm.finetune.parse_training_config_for_metaflow",
+        parser="llmops.llm.training_config.parse_training_config_for_metaflow",
         help="Training settings YAML: LoRA, optimizer, lengths, checkpoints, GPU step resources.",
     )
     base_model = Parameter(
@@ -67,9 +67,8 @@ class FinetuneLlmFlow(FlowSpec):
 
     @step
     def start(self):
-        from llmops.llm.base_models import resolve_base_model
+        from llmops.llm.base_models import folder_size, read_folder, resolve_base_model
         from llmops.llm.checkpoints import checkpoint_key
-        from llmops.llm.finetune import folder_size, read_folder
         from llmops.llm.sft_data import dataset_version, load_instructions, split_records
         from llmops.registry import check_name
 
@@ -111,8 +110,9 @@ class FinetuneLlmFlow(FlowSpec):
         import tempfile
         from pathlib import Path
 
+        from llmops.llm.base_models import materialize_base, read_folder
         from llmops.llm.checkpoints import CheckpointStore, default_root
-        from llmops.llm.finetune import fail_at_step_from_env, materialize_base, read_folder, train_lora
+        from llmops.llm.finetune import fail_at_step_from_env, train_lora
         from llmops.llm.sft_data import InstructionRecord
 
         store = CheckpointStore(default_root(*self._datastore_location()))
@@ -158,7 +158,8 @@ class FinetuneLlmFlow(FlowSpec):
         import tempfile
         from pathlib import Path
 
-        from llmops.llm.finetune import materialize_base, pick_device, write_folder
+        from llmops.llm.base_models import materialize_base, write_folder
+        from llmops.llm.finetune import pick_device
         from llmops.llm.lm_eval import compare, load_for_eval, score_model
         from llmops.llm.release import score_champion
         from llmops.llm.sft_data import InstructionRecord
@@ -193,7 +194,7 @@ class FinetuneLlmFlow(FlowSpec):
         import tempfile
         from pathlib import Path
 
-        from llmops.llm.finetune import materialize_base, write_folder
+        from llmops.llm.base_models import materialize_base, write_folder
         from llmops.llm.release import LlmRelease, merge_adapter, register_llm_release
         from llmops.promotion import gate_refusal
 
@@ -262,7 +263,7 @@ class FinetuneLlmFlow(FlowSpec):
     # ---- helpers (not steps) ---------------------------------------------------------------
 
     def _training(self):
-        from llmops.llm.finetune import TrainingConfig
+        from llmops.llm.training_config import TrainingConfig
 
         return TrainingConfig.model_validate(dict(self.training))
 

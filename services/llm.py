@@ -8,10 +8,10 @@
     client = OpenAI(base_url="http://127.0.0.1:3001/v1", api_key="unused")
 
 Routes (llmops.llm.openai_api): GET /v1/models, POST /v1/chat/completions and /v1/completions,
-streaming with "stream": true. The /v1 routes are described in the service's
-OpenAPI document (/docs.json). The model is LLMOPS_LLM_MODEL (a local folder, or a hub id when
-the machine is online), else the registry's LLMOPS_LLM_RELEASE (default ``llm``) champion, as
-flows/finetune_llm.py promotes it: merged weights, or the base model with the LoRA adapter
+streaming with "stream": true. The /v1 routes are described in the service's OpenAPI document
+(/docs.json; llmops.llm.openai_schemas). The model is LLMOPS_LLM_MODEL (a local folder, or a hub
+id when the machine is online), else the registry's LLMOPS_LLM_RELEASE (default ``llm``) champion,
+as flows/finetune_llm.py promotes it: merged weights, or the base model with the LoRA adapter
 (LLMOPS_LLM_VERSION pins a version instead of the champion). It is served under the name
 LLMOPS_LLM_SERVED_NAME (default: the registry name, ``llm``).
 
@@ -29,7 +29,7 @@ import bentoml
 from pydantic import BaseModel, Field, SecretStr
 from starlette.applications import Starlette
 
-from llmops.llm.openai_api import OpenAPIRoutes
+from llmops.llm.openai_schemas import OpenAPIRoutes
 from llmops.llm.release import ServedModel
 from llmops.serving import protect, settings_from_env
 

@@ -126,10 +126,12 @@ def _chroma(args: argparse.Namespace):
 
 
 def index_list(args: argparse.Namespace) -> None:
-    from llmops.rag.index import exported_indexes, list_indexes
+    from llmops.rag.index import list_indexes
+    from llmops.rag.index_transfer import exported_indexes
 
     if args.url:
-        found, title = exported_indexes(args.url), f"Index exports under {args.url}"
+        found = [manifest.metadata for manifest in exported_indexes(args.url)]
+        title = f"Index exports under {args.url}"
     else:
         client, location = _chroma(args)
         found, title = list_indexes(client), f"Indexes in {location}"
@@ -139,8 +141,7 @@ def index_list(args: argparse.Namespace) -> None:
     table = Table(title=title)
     for column in ("version", "chunks", "corpus", "embedding model", "created (UTC)"):
         table.add_column(column, no_wrap=column == "version")
-    for entry in found:
-        meta = entry.get("metadata", entry)  # an export's manifest holds the collection's metadata
+    for meta in found:
         table.add_row(
             str(meta.get("index_version", "")),
             str(meta.get("chunks", "")),
@@ -152,7 +153,7 @@ def index_list(args: argparse.Namespace) -> None:
 
 
 def index_export(args: argparse.Namespace) -> None:
-    from llmops.rag.index import export_index
+    from llmops.rag.index_transfer import export_index
 
     client, location = _chroma(args)
     url = export_index(client, args.version, args.url)
@@ -160,10 +161,10 @@ def index_export(args: argparse.Namespace) -> None:
 
 
 def index_import(args: argparse.Namespace) -> None:
-    from llmops.rag.index import import_index, read_export_manifest
+    from llmops.rag.index_transfer import import_index, read_export_manifest
 
     client, location = _chroma(args)
-    version = read_export_manifest(args.url)["index_version"]
+    version = read_export_manifest(args.url).index_version
     had = version in {c.name for c in client.list_collections()}
     collection = import_index(client, args.url)
     note = "already there with the same content: nothing imported" if had else "imported"

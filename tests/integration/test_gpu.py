@@ -29,8 +29,9 @@ def test_lora_trains_and_evaluates_on_cuda_with_bf16_where_supported(tiny_model,
     import torch
 
     from llmops.llm.checkpoints import CheckpointStore
-    from llmops.llm.finetune import parse_training_config, train_lora
+    from llmops.llm.finetune import train_lora
     from llmops.llm.lm_eval import load_for_eval, score_model
+    from llmops.llm.training_config import parse_training_config
 
     config = parse_training_config("optim: {max_steps: 30, learning_rate: 0.003}\nsave_steps: 10\n")
     store = CheckpointStore(str(tmp_path / "checkpoints"))
@@ -102,8 +103,9 @@ def test_vllm_backend_completes_and_streams(vllm_backend):
 def test_vllm_serves_a_lora_adapter_on_a_llama_base(records, tmp_path):
     pytest.importorskip("vllm", reason="needs the [gpu] extra (vLLM)")
     from llmops.llm.backends import SamplingParams, make_backend
-    from llmops.llm.finetune import parse_training_config, train_lora
+    from llmops.llm.finetune import train_lora
     from llmops.llm.tiny import build_tiny_causal_lm
+    from llmops.llm.training_config import parse_training_config
 
     base = build_tiny_causal_lm(tmp_path / "tiny-llama", architecture="llama")
     config = parse_training_config("optim: {max_steps: 20, learning_rate: 0.003}\nsave_steps: 20\n")

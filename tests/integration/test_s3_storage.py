@@ -196,7 +196,8 @@ def index(tmp_path):
 
 
 def test_an_index_exported_to_s3_is_restored_into_another_store(index, s3_env, tmp_path):
-    from llmops.rag.index import IndexTransferError, chroma_client, export_index, import_index, open_index
+    from llmops.rag.index import chroma_client, open_index
+    from llmops.rag.index_transfer import IndexTransferError, export_index, import_index
 
     client, info, vectors = index
     destination = prefix()
@@ -236,7 +237,8 @@ def test_an_index_exported_to_s3_is_restored_into_another_store(index, s3_env, t
 
 
 def test_a_tampered_index_export_is_refused(index, tmp_path):
-    from llmops.rag.index import IndexTransferError, chroma_client, export_index, import_index
+    from llmops.rag.index import chroma_client
+    from llmops.rag.index_transfer import IndexTransferError, export_index, import_index
 
     client, info, _ = index
     url = export_index(client, info.version, str(tmp_path / "exports"))

@@ -23,7 +23,8 @@ def test_smollm2_without_its_package_names_the_option_and_the_install(monkeypatc
 
 
 def test_importing_the_finetune_module_does_not_import_transformers():
-    code = "import sys, llmops.llm.finetune, llmops.llm.base_models; print('transformers' in sys.modules)"
+    modules = "llmops.llm.finetune, llmops.llm.training_config, llmops.llm.chat_format"
+    code = f"import sys, {modules}, llmops.llm.base_models; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -7,20 +7,10 @@ import uuid
 import pytest
 
 from llmops.gates import PolicyError, evaluate_gate, parse_policy
-from llmops.llm.base_models import folder_fingerprint
+from llmops.llm.base_models import folder_fingerprint, read_folder, write_folder
+from llmops.llm.chat_format import build_example, render_prompt
 from llmops.llm.checkpoints import CheckpointStore, checkpoint_key, default_root
-from llmops.llm.finetune import (
-    FAIL_AT_STEP_ENV,
-    InjectedFailure,
-    TrainingConfigError,
-    build_example,
-    fail_at_step_from_env,
-    parse_training_config,
-    read_folder,
-    render_prompt,
-    train_lora,
-    write_folder,
-)
+from llmops.llm.finetune import FAIL_AT_STEP_ENV, InjectedFailure, fail_at_step_from_env, train_lora
 from llmops.llm.lm_eval import compare, exact_match, rouge_l
 from llmops.llm.sft_data import (
     DatasetError,
@@ -29,6 +19,7 @@ from llmops.llm.sft_data import (
     load_instructions,
     split_records,
 )
+from llmops.llm.training_config import TrainingConfigError, parse_training_config
 
 
 def write_jsonl(path, rows):
@@ -104,7 +95,7 @@ def test_training_config_errors_name_the_field():
 
 
 def test_only_the_answer_is_learned(tmp_path):
-    from llmops.llm.finetune import load_tokenizer
+    from llmops.llm.chat_format import load_tokenizer
     from llmops.llm.tiny import build_tiny_causal_lm
 
     tokenizer = load_tokenizer(str(build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300)))

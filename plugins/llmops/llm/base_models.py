@@ -200,3 +200,44 @@ def named_base_here(ref: BaseModelRef) -> Path:
             f"recorded ({ref.package}, {ref.fingerprint}): install the recorded package version"
         )
     return Path(here.path)
+
+
+# ---- the base model's files, as artifacts -----------------------------------------------
+
+
+def materialize_base(ref: BaseModelRef, files: dict[str, bytes] | None, workdir: Path) -> str:
+    """The base model on this machine: the run's own copy (checked against its fingerprint)
+    when it travelled as an artifact; a named base built from its package here when this machine
+    has not built it yet (a remote step); else the folder or hub id it was found at."""
+    if files is None:
+        if ref.package and not Path(ref.path).is_dir():
+            return str(named_base_here(ref))
+        return ref.path
+    folder = write_folder(files, workdir / "base")
+    if folder_fingerprint(folder) != ref.fingerprint:
+        raise ValueError(f"base model files do not match {ref.fingerprint}")
+    return str(folder)
+
+
+def read_folder(folder: str | Path) -> dict[str, bytes]:
+    """Every file of a folder (relative path → bytes): small models travel as artifacts."""
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
+    """The inverse of :func:`read_folder`; refuses paths that would leave ``folder``."""
+    folder = Path(folder).resolve()
+    for relative, data in files.items():
+        target = (folder / relative).resolve()
+        if not target.is_relative_to(folder):
+            raise ValueError(f"files: {relative!r} would be written outside {folder}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return folder
+
+
+def folder_size(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any
 
-from llmops.llm.finetune import build_example, render_prompt
+from llmops.llm.chat_format import build_example, render_prompt
 from llmops.llm.sft_data import InstructionRecord, sentences, terms
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -170,7 +170,8 @@ def load_for_eval(
     base_path: str, adapter_dir: str | None, device: str, dtype: str, revision: str | None = None
 ) -> tuple[Any, Any]:
     """(model, tokenizer): the base, or the base with a LoRA adapter on top."""
-    from llmops.llm.finetune import load_causal_lm, load_tokenizer
+    from llmops.llm.chat_format import load_tokenizer
+    from llmops.llm.finetune import load_causal_lm
 
     model = load_causal_lm(base_path, device, dtype, revision)
     if adapter_dir is None:

@@ -134,7 +134,8 @@ def merge_adapter(
     the step needs memory for the base model in that dtype."""
     from peft import PeftModel
 
-    from llmops.llm.finetune import load_causal_lm, load_tokenizer
+    from llmops.llm.chat_format import load_tokenizer
+    from llmops.llm.finetune import load_causal_lm
 
     model = PeftModel.from_pretrained(load_causal_lm(base_path, "cpu", dtype, revision), str(adapter_dir))
     model.merge_and_unload().save_pretrained(target)

@@ -9,7 +9,8 @@ a failed or interrupted build never leaves a partial index under a real version.
 reused by chunk content hash from the newest earlier index of the same chunking and model.
 
 The store is a local persistent Chroma folder (``$LLMOPS_CHROMA_PATH``, default
-``$LLMOPS_HOME/chroma``) or a Chroma server when ``$LLMOPS_CHROMA_URL`` is set.
+``$LLMOPS_HOME/chroma``) or a Chroma server when ``$LLMOPS_CHROMA_URL`` is set. Moving an index
+between stores (export/import through S3 or a folder) is :mod:`llmops.rag.index_transfer`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -207,6 +209,30 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+@contextmanager
+def scratch_collection(
+    client,
+    version: str,
+    metadata: Callable[[], dict[str, Any]],
+    hnsw: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """A scratch collection to fill, renamed to ``version`` (with ``metadata()``, called then, so a
+    timestamp it stamps is the finish time) when the block ends, deleted when it raises: readers
+    never see a half-written index under a real version, whatever interrupts the writer."""
+    scratch = client.create_collection(
+        f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}",
+        configuration={"hnsw": hnsw or {"space": "cosine"}},
+        metadata={"building": version},
+        embedding_function=None,
+    )
+    try:
+        yield scratch
+        scratch.modify(name=version, metadata=metadata())
+    except BaseException:
+        client.delete_collection(scratch.name)
+        raise
+
+
 def write_index(
     client,
     info: IndexInfo,
@@ -217,13 +243,7 @@ def write_index(
     """Store ``chunks`` with their ``embeddings`` (row i is chunk i) as collection ``info.version``."""
     if len(chunks) != len(embeddings):
         raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
-    scratch = client.create_collection(
-        f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}",
-        configuration={"hnsw": {"space": "cosine"}},
-        metadata={"building": info.version},
-        embedding_function=None,
-    )
-    try:
+    with scratch_collection(client, info.version, info.collection_metadata) as scratch:
         step = min(client.get_max_batch_size(), 5000)
         for part in _batches(len(chunks), step):
             batch = chunks[part]
@@ -235,10 +255,6 @@ def write_index(
             )
             if progress:
                 progress(part.stop, len(chunks))
-        scratch.modify(name=info.version, metadata=info.collection_metadata())
-    except BaseException:
-        client.delete_collection(scratch.name)
-        raise
     return client.get_collection(info.version)
 
 
@@ -248,172 +264,3 @@ def drop_scratch(client) -> list[str]:
     for name in names:
         client.delete_collection(name)
     return names
-
-
-# ---- export / import through S3 or a folder --------------------------------------------------
-#
-# <url>/<index version>/index.json       format, collection metadata and HNSW configuration,
-#                                        rows, dimension, SHA-256 of the records file
-# <url>/<index version>/records.parquet  id, document, metadata (JSON text), embedding (float32)
-#
-# Parquet and JSON only: nothing in an export is ever unpickled.
-
-EXPORT_FORMAT = "llmops-index-export/1"
-EXPORT_MANIFEST = "index.json"
-EXPORT_RECORDS = "records.parquet"
-
-
-class IndexTransferError(LlmopsError, ValueError):
-    """An export that cannot be read or an import that would overwrite another index; says why."""
-
-
-def export_index(client, index_version: str, url: str, page: int = 5000) -> str:
-    """Write the finished index ``index_version`` under ``url`` (``s3://bucket/prefix`` or a folder)
-    as ``<url>/<index_version>/``; returns that folder's URL."""
-    import tempfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from llmops.storage import file_sha256, open_store
-
-    collection = open_index(client, index_version)
-    store = open_store(url, "url").child(index_version)
-    total, dimension = collection.count(), None
-    schema = pa.schema(
-        [("id", pa.string()), ("document", pa.string()), ("metadata", pa.string()),
-         ("embedding", pa.list_(pa.float32()))]
-    )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="llmops-index-export-") as tmp:
-        records = Path(tmp) / EXPORT_RECORDS
-        rows = 0
-        with pq.ParquetWriter(records, schema) as writer:
-            for offset in range(0, total, page):
-                include = ["embeddings", "documents", "metadatas"]
-                batch = collection.get(include=include, limit=page, offset=offset)
-                vectors = np.asarray(batch["embeddings"], dtype=np.float32)  # Chroma hands back float64
-                dimension = int(vectors.shape[1])
-                table = pa.table(
-                    {
-                        "id": batch["ids"],
-                        "document": batch["documents"],
-                        "metadata": [json.dumps(m, sort_keys=True) for m in batch["metadatas"]],
-                        "embedding": pa.array(list(vectors), type=pa.list_(pa.float32())),
-                    },
-                    schema=schema,
-                )
-                writer.write_table(table)
-                rows += len(batch["ids"])
-        if rows != total or collection.count() != total:
-            raise IndexTransferError(f"index {index_version!r} changed during the export; export it again")
-        store.upload_file(records, EXPORT_RECORDS)
-        manifest = {
-            "format": EXPORT_FORMAT,
-            "index_version": index_version,
-            "metadata": collection.metadata,
-            "configuration": {"hnsw": (collection.configuration or {}).get("hnsw")},
-            "rows": rows,
-            "dimension": dimension,
-            "records": EXPORT_RECORDS,
-            "records_sha256": file_sha256(records),
-            "exported_at": datetime.now(timezone.utc).isoformat(),
-        }
-    store.write_bytes(EXPORT_MANIFEST, json.dumps(manifest, indent=1).encode())  # last: marks it complete
-    return store.url
-
-
-def read_export_manifest(url: str) -> dict[str, Any]:
-    """The ``index.json`` of the export at ``url`` (its folder, or the file itself), checked."""
-    from llmops.storage import StorageNotFound, as_location, open_store
-
-    url = as_location(url).rstrip("/")
-    if url.endswith("/" + EXPORT_MANIFEST):
-        url = url[: -len(EXPORT_MANIFEST) - 1]
-    store = open_store(url, "url")
-    where = store.join(EXPORT_MANIFEST)
-    try:
-        manifest = json.loads(store.read_bytes(EXPORT_MANIFEST))
-    except StorageNotFound:
-        raise IndexTransferError(f"url: {where} does not exist (not an index export)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexTransferError(f"{where}: not JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        raise IndexTransferError(f"{where}: format: expected {EXPORT_FORMAT!r}")
-    version, metadata = manifest.get("index_version"), manifest.get("metadata")
-    if not isinstance(version, str) or not version or version.startswith(SCRATCH_PREFIX):
-        raise IndexTransferError(f"{where}: index_version: {version!r} is not an index version")
-    if not isinstance(metadata, dict) or metadata.get("index_version") != version:
-        raise IndexTransferError(f"{where}: metadata: must name index_version {version!r}")
-    if manifest.get("records") != EXPORT_RECORDS or not isinstance(manifest.get("rows"), int):
-        raise IndexTransferError(f"{where}: records, rows: missing or invalid")
-    manifest["url"] = store.url
-    return manifest
-
-
-def import_index(client, url: str):
-    """Restore the export at ``url`` into the store of ``client`` under its index version; returns
-    the collection. An identical index already there is kept (nothing written); a different
-    collection of that name is never overwritten."""
-    import tempfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from llmops.storage import file_sha256, open_store
-
-    manifest = read_export_manifest(url)
-    version, metadata, where = manifest["index_version"], manifest["metadata"], manifest["url"]
-    if version in {c.name for c in client.list_collections()}:
-        existing = client.get_collection(version)
-        if existing.metadata == metadata and existing.count() == manifest["rows"]:
-            return existing
-        raise IndexTransferError(
-            f"the Chroma store already has a different collection named {version!r}; not overwritten"
-        )
-    store = open_store(where, "url")
-    where = store.join(EXPORT_RECORDS)
-    with tempfile.TemporaryDirectory(prefix="llmops-index-import-") as tmp:
-        records = store.download_file(EXPORT_RECORDS, Path(tmp) / EXPORT_RECORDS)
-        if file_sha256(records) != manifest.get("records_sha256"):
-            raise IndexTransferError(f"{where}: SHA-256 differs from index.json (corrupt or replaced)")
-        try:
-            data = pq.ParquetFile(records)
-        except pa.ArrowException as exc:
-            raise IndexTransferError(f"{where}: not Parquet: {exc}") from None
-        missing = {"id", "document", "metadata", "embedding"} - set(data.schema_arrow.names)
-        if missing or data.metadata.num_rows != manifest["rows"]:
-            raise IndexTransferError(f"{where}: missing {sorted(missing)} or rows != {manifest['rows']}")
-        hnsw = (manifest.get("configuration") or {}).get("hnsw") or {"space": "cosine"}
-        scratch = client.create_collection(
-            f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}",
-            configuration={"hnsw": hnsw},
-            metadata={"building": version},
-            embedding_function=None,
-        )
-        try:
-            step = min(client.get_max_batch_size(), 5000)
-            for batch in data.iter_batches(batch_size=step):
-                columns = batch.to_pydict()
-                scratch.add(
-                    ids=columns["id"],
-                    embeddings=np.asarray(columns["embedding"], dtype=np.float32),
-                    documents=columns["document"],
-                    metadatas=[json.loads(m) for m in columns["metadata"]],
-                )
-            scratch.modify(name=version, metadata=metadata)
-        except BaseException:
-            client.delete_collection(scratch.name)
-            raise
-    return client.get_collection(version)
-
-
-def exported_indexes(url: str) -> list[dict[str, Any]]:
-    """The manifests of the index exports directly under ``url``, newest export first."""
-    from llmops.storage import open_store
-
-    store = open_store(url, "url")
-    found = []
-    for name in store.folders():
-        if store.exists(f"{name}/{EXPORT_MANIFEST}"):
-            found.append(read_export_manifest(store.join(name)))
-    return sorted(found, key=lambda m: str(m.get("exported_at", "")), reverse=True)

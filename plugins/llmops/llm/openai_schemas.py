@@ -1,0 +1,304 @@
+"""The OpenAI-compatible API's request and response schemas, and the OpenAPI description of its
+routes (:mod:`llmops.llm.openai_api` serves them).
+
+Requests (:class:`ChatRequest`, :class:`CompletionRequest`) ignore fields OpenAI's API does not
+define and accept the OpenAI parameters this server does not implement only at their "off" value
+(:data:`UNSUPPORTED`). The response models are not used to build answers (the app writes plain
+dicts, for speed on the streaming path); they describe them: ``openapi_document()`` turns every
+model into OpenAPI 3.0 components, and ``OpenAPIRoutes`` adds them to the hosting BentoML
+service's /docs.json, so fuzzers and client generators see the /v1 routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+SEED_LIMIT = 2**64  # torch.Generator takes seeds in [0, 2**64)
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # an end-user id for the caller's own records; not used in generation
+    # OpenAI parameters not implemented here: accepted only at their "off" value (see UNSUPPORTED)
+    n: int = Field(1, ge=1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str = Field(min_length=1)
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+# parameter -> the values that ask for nothing (what a client sends when it does not use it)
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+}
+
+
+# ---- the answers, as the OpenAPI document describes them -----------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx of these routes: OpenAI's error shape, ``param`` naming the field."""
+
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """The answer to a chat completion without ``stream``; with ``stream`` the same fields come as
+    server-sent events of ``chat.completion.chunk`` objects ending in ``data: [DONE]``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class TextCompletion(BaseModel):
+    """The answer to a text completion without ``stream`` (see ChatCompletion for streaming)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+def _openapi_30(schema: Any) -> Any:
+    """pydantic's JSON Schema (2020-12) as OpenAPI 3.0, which BentoML's document declares:
+    ``anyOf [X, null]`` becomes ``X`` + ``nullable``, ``const`` an ``enum``, numeric
+    ``exclusiveMinimum/Maximum`` the 3.0 boolean form, ``$defs`` references components."""
+    if isinstance(schema, list):
+        return [_openapi_30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _openapi_30(v) for k, v in schema.items() if k not in ("$defs", "title")}
+    if "$ref" in out:
+        return {"$ref": out["$ref"].replace("#/$defs/", "#/components/schemas/")}
+    if out.get("type") == "null":
+        return {"nullable": True, "enum": [None]}
+    for key in ("anyOf", "oneOf"):
+        options = out.get(key)
+        if options and any(o.get("nullable") and o.get("enum") == [None] for o in options):
+            rest = [o for o in options if not (o.get("nullable") and o.get("enum") == [None])]
+            del out[key]
+            if len(rest) == 1 and "$ref" not in rest[0]:
+                out |= rest[0]
+            elif len(rest) == 1:
+                out["allOf"] = rest
+            else:
+                out[key] = rest
+            out["nullable"] = True
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out.get(bound), bool):
+            out[plain], out[bound] = out[bound], True
+    return out
+
+
+def _component(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.get("$defs", {}).items():
+        components[name] = _openapi_30(sub)
+    components[model.__name__] = _openapi_30(schema)
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+# one server-sent event of a streamed answer: ``data`` is a JSON chunk, the last one ``[DONE]``
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a JSON chunk object, or [DONE] at the end"}},
+}
+
+
+def openapi_document(prefix: str = "/v1", model_name: str | None = None) -> dict[str, Any]:
+    """``{"paths": ..., "components": {"schemas": ...}}`` for the routes under ``prefix``, in the
+    OpenAPI 3.0 form of BentoML's /docs.json, so fuzzers and client generators see them. With
+    ``model_name`` the requests' ``model`` is declared as that one name (the server has one)."""
+    components: dict[str, Any] = {}
+    error = {"application/json": {"schema": _component(ErrorBody, components)}}
+    errors = {
+        "400": {"description": "A bad request; `error.param` names the field", "content": error},
+        "404": {"description": "The model is not served here (`error.param` is `model`)", "content": error},
+    }
+
+    def post(summary: str, request: type[BaseModel], answer: type[BaseModel]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "tags": ["OpenAI"],
+                "operationId": f"openai_{answer.__name__}",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _component(request, components)}}},
+                "responses": {
+                    "200": {
+                        "description": "The completion; with `stream: true`, server-sent events",
+                        "content": {
+                            "application/json": {"schema": _component(answer, components)},
+                            "text/event-stream": {"schema": SSE_EVENT},
+                        },
+                    },
+                    **errors,
+                },
+            }
+        }  # fmt: skip
+
+    models = {"application/json": {"schema": _component(ModelList, components)}}
+    paths = {
+        f"{prefix}/models": {
+            "get": {
+                "summary": "The served model",
+                "tags": ["OpenAI"],
+                "operationId": "openai_models",
+                "responses": {"200": {"description": "One model", "content": models}},
+            }
+        },
+        f"{prefix}/chat/completions": post("Chat completion, OpenAI style", ChatRequest, ChatCompletion),
+        f"{prefix}/completions": post("Text completion, OpenAI style", CompletionRequest, TextCompletion),
+    }
+    if model_name is not None:
+        for name in ("ChatRequest", "CompletionRequest"):
+            components[name]["properties"]["model"]["enum"] = [model_name]
+    return {"paths": paths, "components": {"schemas": components}}
+
+
+class OpenAPIRoutes:
+    """ASGI middleware for the hosting BentoML service: adds ``openapi_document(prefix)`` to its
+    ``GET /docs.json`` (BentoML documents a mounted Starlette app's routes nowhere)."""
+
+    def __init__(self, app: Any, prefix: str = "/v1", model_name: str | None = None) -> None:
+        self.app = app
+        self.document = openapi_document(prefix, model_name)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/docs.json":
+            return await self.app(scope, receive, send)
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def keep(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, keep)
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            with contextlib.suppress(ValueError):
+                spec = json.loads(body)
+                spec.setdefault("paths", {}).update(self.document["paths"])
+                schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+                schemas.update(self.document["components"]["schemas"])
+                body = json.dumps(spec).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": start.get("status", 500), "headers": headers})
+        await send({"type": "http.response.body", "body": body})
