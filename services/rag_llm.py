@@ -16,6 +16,7 @@ bentoml serve services.rag:Rag``. On a laptop without an LLM server, the in-proc
 """
 
 import time
+from urllib.parse import unquote, urlparse
 
 import bentoml
 import httpx
@@ -28,12 +29,23 @@ from services.rag import RESOURCES, SETTINGS, Rag
 LLM_READY_S = 600  # the LLM process starts beside this one and may still be loading its model
 
 
-def _wait_until_ready(client, within_s: float) -> None:
+def _connect(url: str) -> tuple[str, httpx.Client]:
+    """(base URL, HTTP client) for the address BentoML gives a composed service: a Unix socket
+    (``file://``), ``tcp://host:port``, or an http(s) URL."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        transport = httpx.HTTPTransport(uds=unquote(parsed.path))
+        return "http://127.0.0.1:3000", httpx.Client(transport=transport)  # the host is not used
+    base = f"http://{parsed.netloc}" if parsed.scheme == "tcp" else url.rstrip("/")
+    return base, httpx.Client()
+
+
+def _wait_until_ready(base: str, client: httpx.Client, within_s: float) -> None:
     """Until the composed LLM service answers its readiness probe (both processes start at once)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
-            if client.is_ready(timeout=5):
+            if client.get(f"{base}/readyz", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:  # its socket is not there yet
             pass
@@ -59,10 +71,11 @@ class RagWithLLM(Rag.inner):
         if isinstance(llm, LLM.inner):  # no separate process (the LLM runs in this one): no HTTP hop
             generator = TransformersGenerator(llm.backend.model_path, backend=llm.backend)
             label = f"composed:{llm.served_name}"
-        else:  # bentoml's proxy of the LLM process: its HTTP client knows the socket
-            _wait_until_ready(llm.to_sync, LLM_READY_S)
+        else:  # a proxy of the LLM process: speak OpenAI to the address BentoML gave it
+            base, client = _connect(type(self).__dict__["llm"].url)
+            _wait_until_ready(base, client, LLM_READY_S)
             key = LLM_SETTINGS.api_key.get_secret_value() if LLM_SETTINGS.api_key else None
-            generator = OpenAIGenerator(f"{llm.client_url}/v1", http_client=llm.to_sync.client, api_key=key)
+            generator = OpenAIGenerator(f"{base}/v1", http_client=client, api_key=key)
             label = f"composed:{generator.model}"
         self.pipeline.generator = generator
         self.pipeline.versions["generator"] = label

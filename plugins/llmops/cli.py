@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -240,8 +241,15 @@ def llm_base(args: argparse.Namespace) -> None:
     ``python -c "..." $(llmops llm base smollm2-135m-instruct)``."""
     from llmops.llm.base_models import resolve_base_model
 
-    ref = resolve_base_model(args.spec)
-    print(ref.path)  # plain print: a long path must not wrap
+    saved = os.dup(1)  # building writes progress, some of it from native code, to fd 1: send it to stderr
+    os.dup2(2, 1)
+    try:
+        ref = resolve_base_model(args.spec)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(ref.path)  # stdout holds the path alone (plain print: a long path must not wrap)
     if args.verbose:
         detail = f"fingerprint {ref.fingerprint}" + (f", from {ref.package}" if ref.package else "")
         print(detail, file=sys.stderr)

@@ -25,8 +25,8 @@ FLOW = "FinetuneLlmFlow"
 def fast_training(tmp_path_factory):
     """The shipped training config, cut down: few steps, a checkpoint every 5, short answers."""
     config = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())
-    config["optim"] |= {"max_steps": 20, "warmup_steps": 0, "learning_rate": 0.003, "batch_size": 8}
-    config |= {"save_steps": 5, "max_new_tokens": 6, "max_eval_examples": 8, "max_length": 256}
+    config["optim"] |= {"max_steps": 20, "warmup_steps": 0, "learning_rate": 0.003, "batch_size": 4}
+    config |= {"save_steps": 5, "max_new_tokens": 6, "max_eval_examples": 8, "max_length": 128}
     path = tmp_path_factory.mktemp("config") / "fast.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

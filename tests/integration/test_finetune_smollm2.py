@@ -13,7 +13,7 @@ from llmops.llm.release import RELEASE_FILE, LlmRelease, served_model
 from llmops.registry import Registry
 from tests.conftest import REPO, run_flow
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]  # loaded machines
 
 
 def test_a_short_finetune_of_the_default_base(smollm2_base, tmp_path, monkeypatch):

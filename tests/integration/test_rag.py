@@ -350,7 +350,7 @@ def test_the_rag_service_composed_with_the_llm_service(release, log_dir, tmp_pat
     """services.rag_llm:RagWithLLM: bentoml serve starts the LLM service beside the RAG one
     (bentoml.depends), and answers come from it over BentoML's own connection, no URL given."""
     name, _ = release
-    model = build_tiny_causal_lm(tmp_path / "tiny-lm")
+    model = build_tiny_causal_lm(tmp_path / "tiny-lm", n_positions=2048)  # room for a RAG prompt
     env = {"LLMOPS_RAG_RELEASE": name, "LLMOPS_API_KEY": API_KEY, "LLMOPS_LLM_MODEL": str(model),
            "LLMOPS_LLM_SERVED_NAME": "composed-tiny", "LLMOPS_GENERATOR_TIMEOUT_S": "120"}  # fmt: skip
     with serve_bento("services.rag_llm:RagWithLLM", log_dir, ready_s=240, **env) as client:

@@ -28,3 +28,14 @@ def test_importing_the_finetune_module_does_not_import_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_cli_prints_only_the_folder_even_while_it_builds(tmp_path):
+    """`llmops llm base` output is for other tools: the build's progress goes to stderr."""
+    import os
+
+    env = dict(os.environ, LLMOPS_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "llmops.cli", "llm", "base", "tiny"], capture_output=True,
+                         text=True, timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"{tmp_path.resolve() / 'models' / 'tiny-gpt2'}\n" and "Building" in out.stderr
