@@ -143,6 +143,16 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _missing(rule: str, limit: float | None, why: str) -> RuleResult:
+    """A rule whose input should be there and is not: it fails, saying what is missing."""
+    return RuleResult(rule=rule, value=None, limit=limit, passed=False, detail=why)
+
+
+def _not_applied(rule: str, limit: float | None, why: str) -> RuleResult:
+    """A rule with nothing to compare yet: it passes, marked not applied, saying why."""
+    return RuleResult(rule=rule, value=None, limit=limit, passed=True, applied=False, detail=why)
+
+
 def evaluate_gate(
     policy: GatePolicy,
     scores: dict[str, float],
@@ -176,13 +186,7 @@ def evaluate_gate(
                 continue
             if value is None or math.isnan(value):
                 rules.append(
-                    RuleResult(
-                        rule=f"metrics.{metric}.{bound}",
-                        value=None,
-                        limit=limit,
-                        passed=False,
-                        detail=f"metric {metric!r} was not measured",
-                    )
+                    _missing(f"metrics.{metric}.{bound}", limit, f"metric {metric!r} was not measured")
                 )
                 continue
             ok = value >= limit if bound == "min" else value <= limit
@@ -191,26 +195,13 @@ def evaluate_gate(
     for metric, allowed_drop in policy.regression.items():
         if not champion_scores:
             rules.append(
-                RuleResult(
-                    rule=f"regression.{metric}",
-                    value=None,
-                    limit=allowed_drop,
-                    passed=True,
-                    applied=False,
-                    detail="no champion yet: nothing to regress from",
-                )
+                _not_applied(f"regression.{metric}", allowed_drop, "no champion yet: nothing to regress from")
             )
             continue
         new, old = scores.get(metric), champion_scores.get(metric)
         if new is None or old is None:
             rules.append(
-                RuleResult(
-                    rule=f"regression.{metric}",
-                    value=None,
-                    limit=allowed_drop,
-                    passed=False,
-                    detail=f"metric {metric!r} missing for a side",
-                )
+                _missing(f"regression.{metric}", allowed_drop, f"metric {metric!r} missing for a side")
             )
             continue
         drop = new - old if metric in policy.lower_is_better else old - new
@@ -231,13 +222,8 @@ def evaluate_gate(
         limit = policy.drift.max_training_drifted_share
         if drift is None:
             rules.append(
-                RuleResult(
-                    rule="drift.training_drifted_share",
-                    value=None,
-                    limit=limit,
-                    passed=True,
-                    applied=False,
-                    detail="no champion reference: drift not measured",
+                _not_applied(
+                    "drift.training_drifted_share", limit, "no champion reference: drift not measured"
                 )
             )
         else:
@@ -267,22 +253,9 @@ def _fairness_rule(
 ) -> RuleResult:
     name = f"fairness.{rule.metric}.gap"
     if not group_scores:
-        return RuleResult(
-            rule=name,
-            value=None,
-            limit=rule.max_gap,
-            passed=True,
-            applied=False,
-            detail="no group column given: fairness not measured",
-        )
+        return _not_applied(name, rule.max_gap, "no group column given: fairness not measured")
     if not any(rule.metric in metrics for metrics in group_scores.values()):
-        return RuleResult(
-            rule=name,
-            value=None,
-            limit=rule.max_gap,
-            passed=False,
-            detail=f"metric {rule.metric!r} was not measured for any group",
-        )
+        return _missing(name, rule.max_gap, f"metric {rule.metric!r} was not measured for any group")
     sizes = group_sizes or {}
     values = {
         group: metrics[rule.metric]
@@ -290,14 +263,7 @@ def _fairness_rule(
         if sizes.get(group, rule.min_group_size) >= rule.min_group_size and rule.metric in metrics
     }
     if len(values) < 2:
-        return RuleResult(
-            rule=name,
-            value=None,
-            limit=rule.max_gap,
-            passed=True,
-            applied=False,
-            detail=f"fewer than 2 groups with >= {rule.min_group_size} rows",
-        )
+        return _not_applied(name, rule.max_gap, f"fewer than 2 groups with >= {rule.min_group_size} rows")
     worst, best = min(values, key=values.get), max(values, key=values.get)
     gap = values[best] - values[worst]
     return RuleResult(
