@@ -40,14 +40,13 @@ import itertools
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from llmops.server_process import ServerError, bento_server
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("transformers", "vllm")
@@ -136,24 +135,11 @@ def resolve_model(spec: str) -> Path:
 # ---- the server ---------------------------------------------------------------------------------
 
 
-class ServerError(RuntimeError):
-    """The service did not start (its log tail is in the message)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(backend: str, model: Path, max_tokens: int, log: Path, ready_s: float, threads: int | None):
-    """`bentoml serve services.llm:LLM` with ``backend`` on a free port; yields its base URL once
-    /readyz answers 200, and stops the server and its workers afterwards. A worker whose startup
-    failed is restarted by BentoML's arbiter, which does not exit: its log line ends the wait."""
-    import httpx
-
-    port = free_port()
+    """`bentoml serve services.llm:LLM` with ``backend`` on a free port of 127.0.0.1; yields its
+    base URL once /readyz answers 200, and stops the server and its workers afterwards
+    (llmops.server_process: a worker whose startup failed ends the wait with the log's end)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_")}
     env |= {
         "LLMOPS_LLM_MODEL": str(model),
@@ -166,33 +152,8 @@ def serving(backend: str, model: Path, max_tokens: int, log: Path, ready_s: floa
     }
     if threads:
         env["LLMOPS_TORCH_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "bentoml", "serve", "services.llm:LLM",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with open(log, "w") as sink:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + ready_s
-        while True:
-            if process.poll() is not None or "Application startup failed" in log.read_text():
-                raise ServerError(f"bentoml serve ({backend}) failed to start; {log} ends:\n"
-                                  f"{log.read_text()[-4000:]}")  # fmt: skip
-            if time.monotonic() > deadline:
-                raise ServerError(f"bentoml serve ({backend}) not ready after {ready_s:g} s; {log} ends:\n"
-                                  f"{log.read_text()[-4000:]}")  # fmt: skip
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()  # the arbiter stops its workers on SIGTERM
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the session this bench started
-            process.wait()
+    with bento_server("services.llm:LLM", env=env, log=log, ready_s=ready_s, cwd=REPO) as server:
+        yield server.url
 
 
 # ---- the load -----------------------------------------------------------------------------------

@@ -15,15 +15,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from llmops.server_process import ServerError, bento_server, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,38 +35,25 @@ def banner(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train() -> None:
     banner("Training: python flows/train_classifier.py run")
     subprocess.run([sys.executable, "flows/train_classifier.py", "--no-pylint", "run"], cwd=REPO, check=True)
 
 
-def serve(port: int, target: str = "services.classifier:Classifier") -> subprocess.Popen:
-    banner(f"Serving: bentoml serve {target} on 127.0.0.1:{port}")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=dict(
-            os.environ, LLMOPS_CLASSIFIER_RELEASE=os.environ.get("LLMOPS_CLASSIFIER_RELEASE", "classifier")
-        ),
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with code {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.terminate()
-    raise SystemExit("the server did not become ready within 90 s")
+@contextlib.contextmanager
+def serve(port: int, target: str = "services.classifier:Classifier") -> Iterator[None]:
+    """``bentoml serve`` on 127.0.0.1 until the block ends (its log goes to this terminal)."""
+    banner(f"Serving: bentoml serve {target} --host 127.0.0.1 --port {port}")
+    env = os.environ | {
+        "LLMOPS_CLASSIFIER_RELEASE": os.environ.get("LLMOPS_CLASSIFIER_RELEASE", "classifier")
+    }
+    try:
+        with bento_server(target, port=port, env=env, cwd=REPO, ready_s=300):  # a model may load slowly
+            yield
+    except ServerError as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        banner(f"Stopped {target}")
 
 
 def ask(port: int) -> None:
@@ -96,8 +86,7 @@ def rag(port: int) -> None:
         banner(f"RAG: python flows/{flow} run")
         subprocess.run([sys.executable, f"flows/{flow}", "--no-pylint", "run"], cwd=REPO, check=True)
     subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "rag"], cwd=REPO, check=True)
-    server = serve(port, "services.rag:Rag")
-    try:
+    with serve(port, "services.rag:Rag"):
         for question in QUESTIONS:
             banner(f"POST /query  {question}")
             reply = httpx.post(f"http://127.0.0.1:{port}/query", json={"question": question}, timeout=60)
@@ -109,10 +98,6 @@ def rag(port: int) -> None:
                     f"  [{source['number']}] {source['path']}#{source['chunk']}  score {source['score']:.3f}"
                 )
         print("versions:", json.dumps(body["versions"]))
-    finally:
-        banner("Stopping the RAG server")
-        server.terminate()
-        server.wait(30)
 
 
 def llm(port: int) -> None:
@@ -140,8 +125,7 @@ def llm(port: int) -> None:
         return
     subprocess.run([sys.executable, "-m", "llmops.cli", "models", "show", "llm"], cwd=REPO, check=True)
     sample = evaluate["eval_samples"].data[0]  # a held-out question: never trained on
-    server = serve(port, "services.llm:LLM")
-    try:
+    with serve(port, "services.llm:LLM"):
         question = sample["prompt"].rsplit("Question: ", 1)[-1]
         sources = [line.split("] ", 1)[1] for line in sample["prompt"].splitlines() if line.startswith("[")]
         banner(f"POST /v1/chat/completions (stream)  {question}\n  context: {', '.join(sources)}")
@@ -156,10 +140,6 @@ def llm(port: int) -> None:
                     delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
                     print(delta or "", end="", flush=True)
         print(f"\n\nreference:  {sample['reference']}\nbase model: {sample['base_answer']}\n{scores}")
-    finally:
-        banner("Stopping the LLM server")
-        server.terminate()
-        server.wait(30)
 
 
 def main() -> None:
@@ -176,13 +156,8 @@ def main() -> None:
         train()
     subprocess.run([sys.executable, "-m", "llmops.cli", "models", "list", "classifier"], cwd=REPO, check=True)
     port = args.port or free_port()
-    server = serve(port)
-    try:
+    with serve(port):
         ask(port)
-    finally:
-        banner("Stopping the server")
-        server.terminate()
-        server.wait(30)
     if not args.skip_rag:
         rag(args.port or free_port())
     if not args.skip_llm:
