@@ -39,3 +39,25 @@ def test_the_cli_prints_only_the_folder_even_while_it_builds(tmp_path):
                          text=True, timeout=300, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{tmp_path.resolve() / 'models' / 'tiny-gpt2'}\n" and "Building" in out.stderr
+
+
+def test_a_converted_tokenizer_keeps_no_load_options(tmp_path):
+    """save_pretrained writes how the tokenizer was loaded (local_files_only follows HF_HUB_OFFLINE):
+    left in, one package converted on two machines gave two fingerprints."""
+    import json
+
+    from llmops.llm.base_models import _drop_load_options, folder_fingerprint
+
+    def convert(offline: bool):
+        folder = tmp_path / f"offline-{offline}"
+        folder.mkdir()
+        config = {"model_max_length": 8192, "local_files_only": offline, "tokenizer_class": "GPT2Tokenizer"}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        _drop_load_options(folder / "tokenizer_config.json")
+        return folder
+
+    online, offline = convert(False), convert(True)
+    assert json.loads((online / "tokenizer_config.json").read_text()) == {
+        "model_max_length": 8192, "tokenizer_class": "GPT2Tokenizer"
+    }  # fmt: skip
+    assert folder_fingerprint(online) == folder_fingerprint(offline)

@@ -133,6 +133,23 @@ def convert_gguf(gguf_file: Path, target: Path) -> None:
     model.tie_weights()
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    _drop_load_options(Path(target) / "tokenizer_config.json")
+
+
+# How a tokenizer was loaded, which save_pretrained writes into its config: not what the tokenizer
+# is. Left in, the same package converted with and without HF_HUB_OFFLINE gave two fingerprints.
+LOAD_OPTIONS = ("local_files_only", "cache_dir", "force_download", "proxies", "token", "revision")
+
+
+def _drop_load_options(config_file: Path) -> None:
+    import json
+
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    kept = {key: value for key, value in config.items() if key not in LOAD_OPTIONS}
+    if kept != config:
+        config_file.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
 def _smollm2() -> tuple[Path, str]:
