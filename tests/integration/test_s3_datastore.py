@@ -134,15 +134,17 @@ def rag_chain(tmp: Path, names: dict[str, str]) -> dict[str, FlowRun]:
 
 
 def finetune_chain(tmp: Path, names: dict[str, str]) -> dict[str, FlowRun]:
-    """The flow's defaults (tiny local model, shipped dataset), with the training cut to 10 steps."""
-    config = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())
+    """The tiny local model on the shipped dataset and the CPU config, the training cut to 10 steps:
+    what is under test is where artifacts and checkpoints go, not what the model learns."""
+    config = yaml.safe_load((REPO / "configs" / "finetune_cpu.yaml").read_text())
     config["optim"] |= {"max_steps": 10, "warmup_steps": 0}
-    config |= {"save_steps": 5, "max_new_tokens": 4, "max_eval_examples": 4}
+    config |= {"save_steps": 5, "max_length": 128, "max_new_tokens": 4, "max_eval_examples": 4}
     training = tmp / "training.yaml"
     training.write_text(yaml.safe_dump(config))
     run = start(
-        tmp, "finetune_llm.py", "--release-name", names["llm"], top=("--config", "training", str(training))
-    )
+        tmp, "finetune_llm.py", "--release-name", names["llm"], "--base-model", "tiny",
+        top=("--config", "training", str(training)),
+    )  # fmt: skip
     return {"finetune_llm.py": run}
 
 
