@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/serve_classifier.py
 	$(PY) bench/drift.py
 	$(PY) bench/rag_index.py
+	$(PY) bench/rag_quality.py
 	$(PY) bench/llm_serve.py
 
 clean:
