@@ -123,7 +123,8 @@ def test_the_gate_passes_and_the_adapter_is_registered_with_lineage(first_releas
 
 
 def test_the_service_serves_the_adapter_release_to_the_openai_client(first_release, release_name, tmp_path):
-    from llmops.llm.backends import SamplingParams, TransformersBackend
+    from llmops.llm.backends import TransformersBackend
+    from llmops.llm.types import SamplingParams
 
     version = Registry().get(release_name, first_release[0]["promote"].task["release_version"].data)
     with serve_bento("services.llm:LLM", tmp_path, LLMOPS_LLM_RELEASE=release_name,

@@ -89,7 +89,7 @@ def _shut_down(backend):
 
 
 def test_vllm_backend_completes_and_streams(vllm_backend):
-    from llmops.llm.backends import Completion, SamplingParams
+    from llmops.llm.types import Completion, SamplingParams
 
     assert vllm_backend.name == "vllm" and vllm_backend.max_context == 512
     prompt = vllm_backend.render([{"role": "user", "content": "Which alias moves?"}])
@@ -102,10 +102,11 @@ def test_vllm_backend_completes_and_streams(vllm_backend):
 
 def test_vllm_serves_a_lora_adapter_on_a_llama_base(records, tmp_path):
     pytest.importorskip("vllm", reason="needs the [gpu] extra (vLLM)")
-    from llmops.llm.backends import SamplingParams, make_backend
+    from llmops.llm.backends import make_backend
     from llmops.llm.finetune import train_lora
     from llmops.llm.tiny import build_tiny_causal_lm
     from llmops.llm.training_config import parse_training_config
+    from llmops.llm.types import SamplingParams
 
     base = build_tiny_causal_lm(tmp_path / "tiny-llama", architecture="llama")
     config = parse_training_config("optim: {max_steps: 20, learning_rate: 0.003}\nsave_steps: 20\n")

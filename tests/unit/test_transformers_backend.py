@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from llmops.llm.backends import BackendError, Completion, SamplingParams, TransformersBackend, make_backend
+from llmops.llm.backends import TransformersBackend, make_backend
 from llmops.llm.batching import _held_back, cut_at_stop
 from llmops.llm.tiny import build_tiny_causal_lm
+from llmops.llm.types import BackendError, Completion, SamplingParams
 
 QUESTIONS = ["hi", "Which alias moves on promote?", "x",
              "A longer question about the registry, its champion alias and what a rollback does"]  # fmt: skip

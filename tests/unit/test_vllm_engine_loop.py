@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmops.llm.backends import Completion, SamplingParams
+from llmops.llm.types import Completion, SamplingParams
 from llmops.llm.vllm_backend import VLLMBackend
 
 

@@ -23,8 +23,6 @@ from typing import Any
 
 from llmops.llm.types import Backend, BackendError, Completion, SamplingParams
 
-__all__ = ["Backend", "BackendError", "Completion", "SamplingParams", "TransformersBackend", "make_backend"]
-
 DEFAULT_MAX_BATCH = 32
 
 

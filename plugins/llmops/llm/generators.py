@@ -194,7 +194,7 @@ class TransformersGenerator:
         self.settings = {"backend": "transformers", "model_path": self.backend.model_path}
 
     def generate(self, request: GenerationRequest) -> str:
-        from llmops.llm.backends import SamplingParams
+        from llmops.llm.types import SamplingParams
 
         prompt = self.backend.render(request.messages)
         room = self.backend.max_context - request.max_tokens

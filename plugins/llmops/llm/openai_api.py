@@ -34,8 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from llmops.llm.backends import Backend, Completion, SamplingParams
 from llmops.llm.openai_schemas import UNSUPPORTED, ChatRequest, CompletionRequest
+from llmops.llm.types import Backend, Completion, SamplingParams
 
 log = logging.getLogger(__name__)
 
