@@ -11,7 +11,7 @@ through its OpenAI API (``LLMOPS_GENERATOR_TIMEOUT_S`` / ``LLMOPS_GENERATOR_RETR
 loaded. Every other setting is services/rag.py's and services/llm.py's.
 
 An LLM server elsewhere stays a URL: ``LLMOPS_GENERATOR=openai:http://host:port/v1#model
-bentoml serve services.rag:Rag``. On a laptop without an LLM server, the in-process form is
+bentoml serve services.rag:Rag --host 127.0.0.1``. On a laptop without an LLM server, the in-process form is
 ``LLMOPS_GENERATOR=transformers:/model/folder``.
 """
 
