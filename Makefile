@@ -37,9 +37,13 @@ demo: setup
 demo-loop: setup
 	$(PY) scripts/demo_loop.py
 
-# the run ends with its 15 slowest tests: where the suite's time goes, in every CI log
+# TEST_WORKERS pytest-xdist workers, each taking one test module at a time (its module fixtures
+# are built once), the heaviest modules first (tests/conftest.py); a flow run or a server keeps
+# about one core busy, so two workers fill a 2-core machine. TEST_WORKERS=0: one process.
+# The run ends with its 15 slowest tests: where the suite's time goes, in every CI log.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 
 # the edit loop: unit tests and fast seams, no flow runs or servers (a few minutes at most)
 test-fast: setup

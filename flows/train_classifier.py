@@ -84,7 +84,8 @@ class TrainClassifierFlow(FlowSpec):
     @step
     def validate(self):
         from llmops.tabular.data import TableSchema
-        from llmops.tabular.validation import DataRules, DataValidationFailed, validate_table
+        from llmops.tabular.rules import DataRules
+        from llmops.tabular.validation import DataValidationFailed, validate_table
 
         report = validate_table(
             self.dataset,
@@ -102,8 +103,9 @@ class TrainClassifierFlow(FlowSpec):
     def version(self):
         from llmops.registry import Registry
         from llmops.tabular.data import TableSchema, dataset_version
-        from llmops.tabular.drift import DriftRule, detect_drift
+        from llmops.tabular.drift import detect_drift
         from llmops.tabular.profile import Profile, build_profile
+        from llmops.tabular.rules import DriftRule
 
         schema = TableSchema(**self.schema)
         self.dataset_version = dataset_version(self.dataset, schema)

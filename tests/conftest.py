@@ -1,5 +1,10 @@
 """Shared fixtures. The whole session uses a private BentoML home, set before anything
-imports bentoml, so tests never touch ~/bentoml; model names are unique per test."""
+imports bentoml, so tests never touch ~/bentoml; model names are unique per test.
+
+``make test`` runs the suite on pytest-xdist workers, one test module per worker at a time
+(``--dist loadscope``, so module fixtures are built once). Each worker is a session of its own,
+with its own state folder; what is costly and read-only (converted base models) is shared by all
+workers through one folder, made by the first process (the controller) and built under a lock."""
 
 from __future__ import annotations
 
@@ -23,6 +28,13 @@ from llmops.server_process import stop
 REPO = Path(__file__).resolve().parents[1]
 _STATE = Path(tempfile.mkdtemp(prefix="llmops-tests-"))
 atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
+if "LLMOPS_TESTS_SHARED" not in os.environ:  # the controller, or the only process: workers inherit it
+    os.environ["LLMOPS_TESTS_SHARED"] = tempfile.mkdtemp(prefix="llmops-tests-shared-")
+    atexit.register(shutil.rmtree, os.environ["LLMOPS_TESTS_SHARED"], ignore_errors=True)
+SHARED = Path(os.environ["LLMOPS_TESTS_SHARED"])
+(SHARED / "models").mkdir(exist_ok=True)
+(_STATE / "llmops").mkdir()
+(_STATE / "llmops" / "models").symlink_to(SHARED / "models")  # base models: converted once per run
 os.environ["BENTOML_HOME"] = str(_STATE / "bentoml")
 # Flow runs use the repo's ./.metaflow (git-ignored), as a user's runs do: Metaflow 2.19's
 # card store ignores METAFLOW_CARD_LOCALROOT and a moved local sysroot when reading cards.
@@ -46,7 +58,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def smollm2_base() -> Path:
     """SmolLM2-135M-Instruct as a plain model folder, converted from the packaged GGUF once per
-    test session (into the session's $LLMOPS_HOME, where flows and services find it too)."""
+    test run (into $LLMOPS_HOME/models, shared by the workers, where flows and services find it)."""
     from llmops.llm.base_models import SMOLLM2, resolve_base_model
 
     return Path(resolve_base_model(SMOLLM2).path)
@@ -89,8 +101,29 @@ def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> 
         pytest.fail(str(exc))
 
 
+# The costliest modules (measured, `--durations`), started first so that the workers finish
+# together instead of one of them starting a long module last; the rest keep their order.
+SLOWEST_FIRST = (
+    "test_s3_datastore.py",
+    "test_closed_loop.py",
+    "test_finetune_flow.py",
+    "test_rag.py",
+    "test_train_flow.py",
+    "test_chroma_server.py",
+    "test_llm_service.py",
+    "test_classifier_service.py",
+    "test_finetune_smollm2.py",
+    "test_service_reload.py",
+    "test_s3_storage.py",
+    "test_compile.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """``@pytest.mark.gpu`` tests skip, with the reason, where CUDA is not available."""
+    """Slowest modules first (for the xdist workers), and ``@pytest.mark.gpu`` tests skip, with
+    the reason, where CUDA is not available."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from llmops.tabular.data import DataError, dataset_version, infer_schema, load_table, normalize
-from llmops.tabular.validation import ColumnRule, DataRules, validate_table
+from llmops.tabular.rules import ColumnRule, DataRules
+from llmops.tabular.validation import validate_table
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,9 @@ measured) is above ``max_drifted_share`` (default 0.5; Evidently flags >= its ``
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
 from llmops.errors import LlmopsError
 from llmops.tabular.drift_stats import (
@@ -61,113 +59,13 @@ from llmops.tabular.profile import (
     finite_values,
     numeric_bin_counts,
 )
+from llmops.tabular.rules import DriftRule
 
-Test = Literal["ks", "wasserstein", "chi2", "chi2_homogeneity", "z", "js", "psi"]
-Method = Literal["auto", "ks", "wasserstein", "chi2", "chi2_homogeneity", "z", "js", "psi"]
-
-DEFAULT_MAX_PSI = 0.2
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "ks": 0.05,  # p-value level
-    "chi2": 0.05,
-    "chi2_homogeneity": 0.05,
-    "z": 0.05,
-    "wasserstein": 0.1,  # distances: drift at or above
-    "js": 0.1,
-    "psi": DEFAULT_MAX_PSI,
-}
-P_VALUE_TESTS = frozenset({"ks", "chi2", "chi2_homogeneity", "z"})
-SMALL_REFERENCE = 1000  # Evidently: up to this many reference rows, statistical tests; above, distances
 FEW_VALUES = 5  # numeric columns with this many distinct values or fewer are tested as categories
 
 
 class DriftError(LlmopsError, ValueError):
     """A drift check that cannot be made as asked; the message names the column and what to change."""
-
-
-def _check_threshold(method: str, threshold: float | None) -> None:
-    if threshold is None:
-        return
-    if method == "auto":
-        raise ValueError(
-            "a threshold needs a method (auto mixes p-values and distances): give `method`, "
-            "or per-test thresholds as `thresholds: {ks: 0.01, wasserstein: 0.2}`"
-        )
-    if method in P_VALUE_TESTS and not 0 < threshold < 1:
-        raise ValueError(f"the {method} threshold is a p-value level: give a value in (0, 1)")
-
-
-class ColumnRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    method: Method = "auto"
-    threshold: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _threshold_fits(self) -> ColumnRule:
-        _check_threshold(self.method, self.threshold)
-        return self
-
-
-class DriftRule(BaseModel):
-    """The ``drift:`` section of a policy: test per column, thresholds, the table's limit.
-
-    Parameters
-    ----------
-    method : auto|ks|wasserstein|chi2|chi2_homogeneity|z|js|psi
-        Test for every column it applies to (ks, wasserstein: numeric; chi2, chi2_homogeneity,
-        z: categorical or numeric with <= 20 distinct values, z only with <= 2; js, psi: any);
-        other columns use ``auto``.
-    threshold : float, optional
-        Threshold of ``method`` (not allowed with ``auto``).
-    thresholds : dict
-        Per-test thresholds replacing the defaults, e.g. ``{ks: 0.01, js: 0.2}``.
-    max_psi : float
-        Threshold of psi. A policy that names only ``max_psi`` (the first form of this
-        section) keeps its PSI test: ``method`` then defaults to ``psi``.
-    per_column : dict
-        ``{column: {method, threshold}}``; a method that cannot test the column is an error.
-    max_drifted_share : float
-        The table drifted when more than this share of the measured columns did (the drift
-        monitor's trigger for live traffic).
-    max_training_drifted_share : float
-        The gate's limit for the training data against the champion's reference. Looser than
-        ``max_drifted_share`` on purpose: retraining after drift *is* training on drifted
-        data; this catches a wrong or broken file, not a moving world.
-    small_reference : int
-        Reference sizes up to this use statistical tests under ``auto``; above, distances.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Method = "auto"
-    threshold: float | None = Field(default=None, gt=0)
-    thresholds: dict[Test, float] = Field(default_factory=dict)
-    max_psi: float = Field(default=DEFAULT_MAX_PSI, gt=0)
-    per_column: dict[str, ColumnRule] = Field(default_factory=dict)
-    max_drifted_share: float = Field(default=0.5, ge=0, le=1)
-    max_training_drifted_share: float = Field(default=0.8, ge=0, le=1)
-    small_reference: int = Field(default=SMALL_REFERENCE, ge=0)
-
-    @model_validator(mode="after")
-    def _compatible_and_consistent(self) -> DriftRule:
-        if "max_psi" in self.model_fields_set and "method" not in self.model_fields_set:
-            self.method = "psi"
-        _check_threshold(self.method, self.threshold)
-        for test, value in self.thresholds.items():
-            if value <= 0:
-                raise ValueError(f"thresholds.{test}: give a value above 0")
-            _check_threshold(test, value)
-        return self
-
-    def threshold_for(self, column: str, test: str) -> float:
-        own = self.per_column.get(column)
-        if own is not None and own.threshold is not None and test == own.method:
-            return own.threshold
-        if self.threshold is not None and test == self.method:
-            return self.threshold
-        if test in self.thresholds:
-            return self.thresholds[test]
-        return self.max_psi if test == "psi" else DEFAULT_THRESHOLDS[test]
 
 
 class ColumnDrift(BaseModel):

@@ -9,7 +9,9 @@ stattests (ks, wasserstein, chisquare, z, jensenshannon) where it has one.
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+
+# scipy is imported inside the tests that use it: flows load this module (through the gate
+# policy's drift section) in every task and card process, and scipy costs a second in each.
 
 _EPS = 1e-4  # floor for empty PSI bins, so log(0) never happens
 
@@ -49,6 +51,8 @@ def ks_test(
 ) -> tuple[float, float]:
     """(D, p-value). With ``ref_rows`` > len(ref_sorted) or ``ref_weights``, the reference points
     summarize ``ref_rows`` rows: D from the summary, p asymptotic (scipy's form) with the true size."""
+    from scipy import stats
+
     if ref_weights is None and ref_rows in (None, ref_sorted.size):
         result = stats.ks_2samp(ref_sorted, cur_sorted)
         return float(result.statistic), float(result.pvalue)
@@ -59,6 +63,8 @@ def ks_test(
 
 def chi2_test(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, float]:
     """(statistic, p-value) of current counts against reference proportions (Evidently's form)."""
+    from scipy import stats
+
     ref = np.asarray(reference_counts, dtype="float64")
     cur = np.asarray(current_counts, dtype="float64")
     expected = ref * (cur.sum() / ref.sum())
@@ -73,6 +79,8 @@ def chi2_test(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple
 
 def chi2_homogeneity_test(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, float]:
     """(statistic, p-value) of the two-sample chi-square test: are both rows of the 2 x k table alike?"""
+    from scipy import stats
+
     table = np.array([reference_counts, current_counts], dtype="float64")
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2:
@@ -83,6 +91,8 @@ def chi2_homogeneity_test(reference_counts: np.ndarray, current_counts: np.ndarr
 
 def z_test(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, float]:
     """(z, two-sided p-value) of the share of the second category on both sides (<= 2 categories)."""
+    from scipy import stats
+
     ref = np.asarray(reference_counts, dtype="float64")
     cur = np.asarray(current_counts, dtype="float64")
     if ref.size < 2:
@@ -95,6 +105,8 @@ def z_test(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[fl
 
 def js_distance(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
     """Jensen–Shannon distance (natural log) of two histograms over the same bins."""
+    from scipy import special
+
     p = np.asarray(reference_counts, dtype="float64")
     q = np.asarray(current_counts, dtype="float64")
     p, q = p / p.sum(), q / q.sum()

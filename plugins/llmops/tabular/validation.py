@@ -8,32 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from llmops.tabular.data import DataError, TableSchema
-
-
-class ColumnRule(BaseModel):
-    """Expectations for one column; all optional."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min: float | None = None
-    max: float | None = None
-    allowed: list[str] | None = None
-    required: bool = True
-
-
-class DataRules(BaseModel):
-    """The ``data:`` section of a gate policy."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_rows: int = Field(default=30, ge=1)
-    max_missing_share: float = Field(default=0.2, ge=0, le=1)
-    max_duplicate_share: float = Field(default=0.05, ge=0, le=1)
-    min_class_share: float = Field(default=0.02, ge=0, le=1)
-    columns: dict[str, ColumnRule] = Field(default_factory=dict)
+from llmops.tabular.rules import DataRules
 
 
 class CheckResult(BaseModel):
