@@ -27,7 +27,12 @@ class BuildRagIndexFlow(FlowSpec):
         default="all-MiniLM-L6-v2",
         help="'all-MiniLM-L6-v2' (packaged, offline) or a local sentence-transformers folder.",
     )
-    shards = Parameter("shards", default=2, type=int, help="Parallel embedding tasks (foreach width).")
+    shards = Parameter(
+        "shards",
+        default=2,
+        type=int,
+        help="Parallel embedding tasks (foreach width), each given at least 256 chunks to embed.",
+    )
     batch_size = Parameter("batch-size", default=16, type=int, help="Texts per embedding batch.")
     chroma = Parameter(
         "chroma",
@@ -41,7 +46,14 @@ class BuildRagIndexFlow(FlowSpec):
         from llmops.rag.chunking import ChunkingConfig, split_documents
         from llmops.rag.documents import load_corpus
         from llmops.rag.embeddings import Embedder
-        from llmops.rag.index import chroma_client, chroma_location, index_version, list_indexes
+        from llmops.rag.index import (
+            MIN_CHUNKS_PER_SHARD,
+            chroma_client,
+            chroma_location,
+            index_version,
+            list_indexes,
+            shard_positions,
+        )
 
         if self.shards < 1:
             raise ValueError(f"--shards: must be at least 1, got {self.shards}")
@@ -76,8 +88,12 @@ class BuildRagIndexFlow(FlowSpec):
             f"{self.index_version}: {len(self.to_embed)} to embed, {len(self.reused)} reused"
             + (" (already built)" if self.already_built else "")
         )
-        width = min(self.shards, max(1, len(self.to_embed)))
-        self.shard_plan = [self.to_embed[i::width] for i in range(width)]  # chunk positions per shard
+        self.shard_plan = shard_positions(self.to_embed, self.shards)  # chunk positions per shard
+        if len(self.shard_plan) < self.shards:
+            print(
+                f"{len(self.shard_plan)} of --shards {self.shards} used: {len(self.to_embed)} chunks to "
+                f"embed, at least {MIN_CHUNKS_PER_SHARD} a shard (each shard loads the model)"
+            )
         self.next(self.embed, foreach="shard_plan")
 
     def _plan(self, client, chunking, model_id):
@@ -97,13 +113,19 @@ class BuildRagIndexFlow(FlowSpec):
     @resources(cpu=2, memory=4096)
     @step
     def embed(self):
+        import numpy as np
+
         from llmops.rag.embeddings import Embedder
 
         positions = self.input
-        embedder = Embedder(self.embedding_model, batch_size=self.batch_size)
         texts = [self.chunks[i]["text"] for i in positions]
         self.shard_positions = positions
-        self.shard_embeddings = embedder.embed(texts)  # (len(positions), dim) float32
+        # (len(positions), dim) float32; nothing to embed (an unchanged corpus) loads no model
+        self.shard_embeddings = (
+            Embedder(self.embedding_model, batch_size=self.batch_size).embed(texts)
+            if texts
+            else np.zeros((0, 0), dtype=np.float32)
+        )
         print(f"shard {self.index}: embedded {len(texts)} chunks")
         self.next(self.write)
 

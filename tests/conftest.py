@@ -42,6 +42,11 @@ os.environ["LLMOPS_HOME"] = str(_STATE / "llmops")
 os.environ.setdefault("METAFLOW_USER", "tests")
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The workers' flows and servers share the cores: one compute thread per process (BLAS, OpenMP,
+# torch) rather than one per core each, which fight over them (STACK.md: an LLM request took 30 s
+# with torch's default under load, 2.4 s with one thread).
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LLMOPS_TORCH_THREADS"):
+    os.environ.setdefault(_threads, "1")
 
 
 @pytest.fixture
@@ -65,17 +70,18 @@ def smollm2_base() -> Path:
 
 
 def run_flow(
-    flow: str, *args: str, timeout: int = 420, top: tuple[str, ...] = ()
+    flow: str, *args: str, timeout: int = 420, top: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """``python flows/<flow> <top> run <args>`` from the repo root, as a user would; ``top``
-    holds options that come before ``run`` (e.g. ``--config policy FILE``)."""
+    holds options that come before ``run`` (e.g. ``--config policy FILE``), ``env`` settings of
+    this run's own over the test's environment."""
     return subprocess.run(
         [sys.executable, str(REPO / "flows" / flow), "--no-pylint", *top, "run", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=os.environ.copy(),
+        env=os.environ | (env or {}),
     )
 
 
@@ -109,7 +115,6 @@ SLOWEST_FIRST = (
     "test_finetune_flow.py",
     "test_rag.py",
     "test_train_flow.py",
-    "test_chroma_server.py",
     "test_llm_service.py",
     "test_classifier_service.py",
     "test_finetune_smollm2.py",

@@ -133,18 +133,14 @@ def test_evaluation_passes_the_gate_and_registers_a_release(release, built):
     assert "hit_rate" in card and "Per question" in card
 
 
-def test_a_release_that_fails_the_gate_is_not_promoted(tmp_path, release, chroma):
+def test_a_release_that_fails_the_gate_is_not_promoted(tmp_path, release, essays):
+    """The shipped golden set (questions about this project's docs) on an index of essays about
+    something else: retrieval finds nothing relevant, and the gate keeps the champion."""
     name, _ = release
     champion = Registry().get(name).version
-    unrelated = tmp_path / "unrelated"
-    unrelated.mkdir()
-    for topic in ("bread baking", "sailing knots", "tomato gardening"):
-        (unrelated / f"{topic.split()[0]}.md").write_text(
-            f"# {topic.title()}\n\n" + " ".join(f"A sentence about {topic}, number {i}." for i in range(40))
-        )
-    index = flow_run(tmp_path, "build_rag_index.py", "--docs", str(unrelated), "--chroma", chroma)
-    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index["end"].task["index_version"].data,
-                   "--chroma", chroma, "--release-name", name, "--generators", "extractive")  # fmt: skip
+    _, index, chroma = essays
+    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index, "--chroma", chroma,
+                   "--release-name", name, "--generators", "extractive")  # fmt: skip
     decision = run["evaluate"].task["gate_decision"].data
     failed = {r["rule"] for r in decision["rules"] if not r["passed"]}
     assert not decision["passed"] and "metrics.hit_rate.min" in failed and "regression.hit_rate" in failed
@@ -202,22 +198,31 @@ Caffeine blocks adenosine receptors, which is why late coffee makes it harder to
 }
 
 
-def test_a_new_corpus_with_a_starter_golden_set_passes_and_the_better_generator_is_released(tmp_path, chroma):
+@pytest.fixture(scope="module")
+def essays(tmp_path_factory, chroma):
+    """(docs folder, index version, chroma): three short essays on topics this project's docs never
+    touch, indexed once for the first-run test and the failing-gate test."""
+    docs = tmp_path_factory.mktemp("essays") / "essays"
+    docs.mkdir()
+    for name, text in ESSAYS.items():
+        (docs / name).write_text(text)
+    built = flow_run(tmp_path_factory.mktemp("essays-build"), "build_rag_index.py", "--docs", str(docs),
+                     "--chroma", chroma)  # fmt: skip
+    return docs, built["end"].task["index_version"].data, chroma
+
+
+def test_a_new_corpus_with_a_starter_golden_set_passes_and_the_better_generator_is_released(tmp_path, essays):
     """The first-run path on a corpus the project has never seen: golden init, index, evaluate with
     the default policy; two generators answer the same contexts and the higher-scoring one is
     released, with every candidate's scores recorded (the tiny LLM stands in for SmolLM2)."""
     from llmops.rag.golden_init import write_starter_golden
 
-    docs = tmp_path / "essays"
-    docs.mkdir()
-    for name, text in ESSAYS.items():
-        (docs / name).write_text(text)
+    docs, index, chroma = essays
     golden = tmp_path / "golden.yaml"
     assert len(write_starter_golden(docs, golden).questions) >= 8
-    index = flow_run(tmp_path, "build_rag_index.py", "--docs", str(docs), "--chroma", chroma)
     model = build_tiny_causal_lm(tmp_path / "tiny-lm")
     name = "rag-new-" + uuid.uuid4().hex[:8]
-    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index["end"].task["index_version"].data,
+    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index,
                    "--chroma", chroma, "--golden", str(golden), "--release-name", name,
                    "--generators", f"extractive,transformers:{model}")  # fmt: skip
     evaluate = run["evaluate"].task

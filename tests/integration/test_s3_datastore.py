@@ -1,15 +1,24 @@
-"""Every flow end to end on Metaflow's S3 datastore, against a real S3 API (moto_server on
-127.0.0.1): artifacts, task metadata and cards go to s3://llmops/metaflow, the Client API reads
-them back, and the bucket itself is listed to prove they are there and not in ./.metaflow.
+"""Every flow end to end on the production backends: Metaflow's S3 datastore against a real S3
+API (moto_server on 127.0.0.1), and the RAG index on a real Chroma server (`chroma run`).
+
+Artifacts, task metadata and cards go to s3://llmops/metaflow, the Client API reads them back, and
+the bucket itself is listed to prove they are there and not in ./.metaflow. One setting,
+LLMOPS_CHROMA_URL, points the index flow, the evaluation flow and `services.rag:Rag` at the Chroma
+server, and the embedded store ($LLMOPS_HOME/chroma) is never touched.
 
 Three chains run side by side to keep the wall time down: train_classifier → monitor_drift (the
-inference log on S3 too), build_rag_index → evaluate_rag, and finetune_llm.
+inference log on S3 too), build_rag_index → evaluate_rag (on the Chroma server), and finetune_llm.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,11 +26,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 import yaml
 from metaflow import Run, namespace
 
-from tests.conftest import REPO, run_flow
+from llmops.registry import Registry
+from tests.conftest import REPO, find_free_port, run_flow, serve_bento
 
 # several flow runs in one test (or fixture) on a 2-core machine
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -33,6 +44,12 @@ FLOWS = {
     "evaluate_rag.py": "EvaluateRagFlow",
     "finetune_llm.py": "FinetuneLlmFlow",
 }
+RAG_DOCS = ("gate.md", "registry.md")
+# the RAG chain is about where the index and the artifacts live, not about the gate: a policy any
+# sane index passes
+RAG_POLICY = {"model": "rag", "metrics": {"hit_rate": {"min": 0.5}}}
+# the `chroma` console script, run by this interpreter wherever its bin folder is
+CHROMA_CLI = "import sys; from chromadb.cli.cli import app; sys.argv[0] = 'chroma'; sys.exit(app())"
 SHIFTED = [f"{kind} {what}" for kind in ("mean", "worst") for what in
            ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity",
             "concave points", "symmetry", "fractal dimension")]  # fmt: skip
@@ -70,10 +87,50 @@ def keys_under(bucket, prefix: str) -> set[str]:
     return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
 
-def start(tmp: Path, flow: str, *args: str, top: tuple[str, ...] = ()) -> FlowRun:
+def start(tmp: Path, flow: str, *args: str, top: tuple[str, ...] = (), env: dict | None = None) -> FlowRun:
     run_id_file = tmp / f"{flow}-{uuid.uuid4().hex[:6]}.run-id"
-    result = run_flow(flow, *args, "--run-id-file", str(run_id_file), top=top, timeout=400)
+    result = run_flow(flow, *args, "--run-id-file", str(run_id_file), top=top, timeout=400, env=env)
     return FlowRun(result, run_id_file.read_text().strip() if run_id_file.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory):
+    """`chroma run` on a free port of 127.0.0.1 with its own data folder; yields its URL."""
+    port = find_free_port()
+    folder = tmp_path_factory.mktemp("chroma-server")
+    log = folder / "server.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", CHROMA_CLI, "run", "--host", "127.0.0.1", "--port", str(port),
+             "--path", str(folder / "data")],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"chroma run exited {process.returncode}:\n{log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"chroma run not answering after 30 s:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the session this fixture started
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """The RAG chain's LLMOPS_HOME: its chroma/ folder is the embedded store that must stay empty."""
+    return tmp_path_factory.mktemp("llmops-home")
 
 
 def ok(run: FlowRun) -> bool:
@@ -115,21 +172,32 @@ def classifier_chain(tmp: Path, names: dict[str, str]) -> dict[str, FlowRun]:
 
 
 def rag_chain(tmp: Path, names: dict[str, str]) -> dict[str, FlowRun]:
-    """Index two docs files, then evaluate the index on the golden questions about them."""
+    """Index two docs files on the Chroma server, then evaluate and release the index on the golden
+    questions about them; both flows are told only LLMOPS_CHROMA_URL."""
     docs = tmp / "docs"
     docs.mkdir()
-    for name in ("gate.md", "registry.md"):
+    for name in RAG_DOCS:
         shutil.copy(REPO / "docs" / name, docs / name)
+    texts = " ".join((docs / name).read_text() for name in RAG_DOCS)
     shipped = yaml.safe_load((REPO / "evals" / "rag_golden.yaml").read_text())
-    about = [q for q in shipped["questions"] if set(q["sources"]) <= {"docs/gate.md", "docs/registry.md"}]
-    golden = tmp / "golden.yaml"
-    golden.write_text(yaml.safe_dump({"version": 1, "questions": about[:4]}))
-    chroma = str(tmp / "chroma")
-    build = start(tmp, "build_rag_index.py", "--docs", str(docs), "--chroma", chroma, "--shards", "1")
+    about = [
+        q
+        for q in shipped["questions"]
+        if {s.removeprefix("docs/") for s in q["sources"]} <= set(RAG_DOCS)
+        and all(context in texts for context in q["reference_contexts"])  # still verbatim in the docs
+    ][:4]
+    assert len(about) >= 2, "the shipped golden set has too few questions on " + ", ".join(RAG_DOCS)
+    golden, policy = tmp / "golden.yaml", tmp / "policy.yaml"
+    golden.write_text(yaml.safe_dump({"version": 1, "questions": about}))
+    policy.write_text(yaml.safe_dump(RAG_POLICY))
+    env = {"LLMOPS_CHROMA_URL": names["chroma_url"], "LLMOPS_HOME": names["home"]}
+    build = start(tmp, "build_rag_index.py", "--docs", str(docs), "--shards", "1", env=env)
     if not ok(build):
         return {"build_rag_index.py": build, "evaluate_rag.py": FlowRun(None, None)}
-    evaluate = start(tmp, "evaluate_rag.py", "--golden", str(golden), "--chroma", chroma,
-                     "--release-name", names["release"], "--generators", "extractive")  # fmt: skip
+    evaluate = start(
+        tmp, "evaluate_rag.py", "--golden", str(golden), "--release-name", names["release"],
+        "--generators", "extractive", top=("--config", "policy", str(policy)), env=env,
+    )  # fmt: skip
     return {"build_rag_index.py": build, "evaluate_rag.py": evaluate}
 
 
@@ -150,11 +218,12 @@ def finetune_chain(tmp: Path, names: dict[str, str]) -> dict[str, FlowRun]:
 
 
 @pytest.fixture(scope="module")
-def runs(s3_env, tmp_path_factory) -> dict:
+def runs(s3_env, chroma_server, home, tmp_path_factory) -> dict:
     """{flow file: FlowRun} for the three chains run side by side, and the "names" they used."""
     tag = uuid.uuid4().hex[:8]
     names = {"model": f"s3-clf-{tag}", "release": f"s3-rag-{tag}", "llm": f"s3-llm-{tag}",
-             "log_dir": f"s3://{BUCKET}/inference-log/{tag}"}  # fmt: skip
+             "log_dir": f"s3://{BUCKET}/inference-log/{tag}", "chroma_url": chroma_server,
+             "home": str(home)}  # fmt: skip
     chains = [classifier_chain, rag_chain, finetune_chain]  # a missing flow file fails its chain's tests
     with ThreadPoolExecutor(len(chains)) as pool:
         futures = [pool.submit(chain, tmp_path_factory.mktemp(chain.__name__), names) for chain in chains]
@@ -234,6 +303,62 @@ def test_the_rag_index_and_its_evaluation_run_on_s3(runs):
     scores = evaluate["evaluate"].task["eval_scores"].data
     assert {"hit_rate", "mrr", "reference_coverage", "context_precision", "rouge_l"} <= set(scores)
     assert scores["hit_rate"] > 0
+
+
+def _chroma_client(url):
+    from llmops.rag.index import chroma_client
+
+    return chroma_client(url)
+
+
+def test_the_rag_flows_build_and_release_the_index_on_the_chroma_server(runs, chroma_server, home):
+    built, evaluated = flow_run(runs, "build_rag_index.py"), flow_run(runs, "evaluate_rag.py")
+    index = built["end"].task["index_version"].data
+    assert built["start"].task["chroma_location"].data == chroma_server
+    assert evaluated["start"].task["chroma_location"].data == chroma_server
+    assert evaluated["start"].task["index_version"].data == index  # the newest index on the server
+    assert evaluated["end"].task["promoted"].data, evaluated["end"].task["promotion_note"].data
+    assert Registry().get(runs["names"]["release"]).read_json("release.json")["chroma"] == chroma_server
+
+    client = _chroma_client(chroma_server)
+    assert index in [c.name for c in client.list_collections()]
+    collection = client.get_collection(index)
+    assert collection.count() == built["write"].task["corpus_stats"].data["chunks"] > 0
+    assert {m["source"] for m in collection.get(include=["metadatas"])["metadatas"]} == set(RAG_DOCS)
+    assert not (home / "chroma").exists()  # the embedded store got nothing
+
+
+def test_the_rag_service_answers_from_the_chroma_server_index(runs, chroma_server, home, tmp_path):
+    index = flow_run(runs, "build_rag_index.py")["end"].task["index_version"].data
+    env = {"LLMOPS_RAG_RELEASE": runs["names"]["release"], "LLMOPS_CHROMA_URL": chroma_server,
+           "LLMOPS_HOME": str(home)}  # fmt: skip
+    with serve_bento("services.rag:Rag", tmp_path, **env) as client:
+        reply = client.post("/query", json={"question": "How does the gate compare with the champion?"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["versions"]["index_version"] == index and body["sources"]
+    stored = _chroma_client(chroma_server).get_collection(index)
+    for source in body["sources"]:
+        assert source["path"] in RAG_DOCS
+        found = stored.get(where={"$and": [{"source": source["path"]}, {"position": source["chunk"]}]})
+        assert found["documents"] == [source["text"]]  # the very chunk the server holds
+    assert chroma_server in "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+    assert not (home / "chroma").exists()
+
+
+def test_chroma_location_takes_a_url_or_a_folder_over_the_setting(runs, chroma_server, tmp_path, monkeypatch):
+    """What the flows do with ``--chroma``: ``chroma_location`` takes a server URL or a folder,
+    and either overrides LLMOPS_CHROMA_URL (checked at the function the flows call, not by a run)."""
+    from llmops.rag.index import chroma_location, list_indexes
+
+    built = flow_run(runs, "build_rag_index.py")
+    monkeypatch.delenv("LLMOPS_CHROMA_URL", raising=False)
+    assert chroma_location(chroma_server) == chroma_server
+    indexes = list_indexes(_chroma_client(chroma_location(chroma_server)))
+    assert built["end"].task["index_version"].data in [m["index_version"] for m in indexes]
+    monkeypatch.setenv("LLMOPS_CHROMA_URL", chroma_server)
+    assert chroma_location(str(tmp_path / "store")) == str((tmp_path / "store").resolve())
+    assert chroma_location() == chroma_server
 
 
 def test_the_finetune_flow_runs_on_s3_with_checkpoints_beside_the_datastore(runs, bucket):

@@ -188,6 +188,14 @@ def test_model_id_is_stable_and_names_the_model(embedder):
     assert re.fullmatch(r"[0-9a-f]{12}", embedder.model_id.split("@", 1)[1])
 
 
+def test_token_counts_from_the_tokenizer_file_are_the_models_own(embedder, chunks):
+    long = " ".join(f"word{i}" for i in range(400))
+    texts = [c.text for c in chunks] + ["", "Ünïcode, emoji 🙂 and CamelCaseWords_with_underscores", long]
+    by_model = [len(ids) for ids in embedder._model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert embedder.count_tokens(texts) == by_model
+    assert max(by_model) > embedder.max_tokens  # counted before truncation
+
+
 def test_unusable_model_settings_name_the_option(tmp_path):
     with pytest.raises(EmbeddingError, match=r"--embedding-model: .*no-such-model"):
         resolve_model_path(str(tmp_path / "no-such-model"))
@@ -326,6 +334,18 @@ def test_stored_hashes_and_vectors_are_reused_exactly(store, chunks, vectors):
         np.testing.assert_array_equal(vector, vectors[row])
     assert reusable_embeddings(collection, set()) == {}
     assert reusable_embeddings(None, {hashes[0]}) == {}
+
+
+def test_shards_get_every_position_once_and_enough_chunks_to_pay_for_their_model_load():
+    from llmops.rag.index import MIN_CHUNKS_PER_SHARD, shard_positions
+
+    assert shard_positions([], 4) == [[]]  # nothing to embed: one empty shard, the write step still runs
+    assert shard_positions(list(range(40)), 4) == [list(range(40))]  # a small corpus: one model load
+    many = list(range(3 * MIN_CHUNKS_PER_SHARD - 1))
+    plan = shard_positions(many, 8)
+    assert len(plan) == 3 and sorted(p for shard in plan for p in shard) == many
+    assert min(len(shard) for shard in plan) >= MIN_CHUNKS_PER_SHARD - 1
+    assert len(shard_positions(many, 2)) == 2  # never more than asked
 
 
 def test_assemble_vectors_takes_shards_then_reused_rows():

@@ -108,7 +108,18 @@ class Embedder:
         return self.embed([text])[0]
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        """Word-piece tokens per text as the model sees them (before truncation to max_tokens)."""
+        """Word-piece tokens per text as the model sees them (before truncation to max_tokens).
+
+        From the folder's ``tokenizer.json`` alone where it has one (the fast tokenizer the model
+        itself uses): counting then costs no model load, which is most of an index build's first
+        step on a small corpus."""
+        if (self.path / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
         tokenizer = self._model.tokenizer
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 

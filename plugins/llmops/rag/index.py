@@ -184,6 +184,17 @@ def plan_embedding(content_hashes: list[str], known: set[str]) -> list[int]:
     return positions
 
 
+MIN_CHUNKS_PER_SHARD = 256  # each shard loads the model (~10 s on a CPU): about what it embeds in that time
+
+
+def shard_positions(positions: list[int], shards: int) -> list[list[int]]:
+    """``positions`` dealt round-robin over at most ``shards`` embedding tasks, each given at least
+    ``MIN_CHUNKS_PER_SHARD`` (a smaller shard costs more in model loading than it saves); one
+    shard, possibly empty, when there is nothing or little to embed."""
+    width = max(1, min(shards, -(-len(positions) // MIN_CHUNKS_PER_SHARD)))
+    return [positions[i::width] for i in range(width)]
+
+
 def assemble_vectors(
     content_hashes: list[str],
     embedded: list[tuple[list[int], np.ndarray]],

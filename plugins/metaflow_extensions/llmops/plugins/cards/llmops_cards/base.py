@@ -30,6 +30,9 @@ class ArtifactCard(BlankCard):
     type = None
     title = ""
     artifacts: tuple = ()
+    # drawn once from the finished task's artifacts: no live updates while the step runs, so Metaflow
+    # renders it once (BlankCard's True would start a second `card create` process per card)
+    RUNTIME_UPDATABLE = False
 
     def __init__(self, options=None, components=None, graph=None, **kwargs):
         options = dict(options or {})
