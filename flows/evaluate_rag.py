@@ -73,7 +73,6 @@ class EvaluateRagFlow(FlowSpec):
         except ValidationError as exc:
             raise ValueError(f"--retrieval/--dense-weight/--bm25-weight: {exc.errors()[0]['msg']}") from None
         self.retrieval_settings = settings.model_dump()
-        self.candidates, self.candidate_notes = resolve_candidates(self.generators, self.llm_release)
         golden = load_golden(self.golden)
         self.golden_version = golden.content_version
         prompt = load_prompt(self.prompt)
@@ -88,6 +87,8 @@ class EvaluateRagFlow(FlowSpec):
             )
         self.index_version = self.index_ref or indexes[0]["index_version"]
         self.index_metadata = dict(open_index(client, self.index_version).metadata)
+        # after the cheap checks: "base" may first build SmolLM2 from its package (tens of seconds)
+        self.candidates, self.candidate_notes = resolve_candidates(self.generators, self.llm_release)
         # every candidate answers from exactly these contexts
         pipeline = open_pipeline(
             self.chroma_location, self.index_version, prompt, "extractive", retrieval=settings
