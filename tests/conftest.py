@@ -110,15 +110,16 @@ def serve_bento(target: str, log_dir: Path, ready_s: float = 90, **env: str) -> 
 # The costliest modules (measured, `--durations`), started first so that the workers finish
 # together instead of one of them starting a long module last; the rest keep their order.
 SLOWEST_FIRST = (
-    "test_s3_datastore.py",
     "test_closed_loop.py",
-    "test_finetune_flow.py",
     "test_rag.py",
+    "test_s3_datastore.py",
+    "test_finetune_flow.py",
     "test_train_flow.py",
-    "test_llm_service.py",
-    "test_classifier_service.py",
     "test_finetune_smollm2.py",
+    "test_classifier_service.py",
+    "test_llm_service.py",
     "test_service_reload.py",
+    "test_bentos.py",
     "test_s3_storage.py",
     "test_compile.py",
 )

@@ -81,85 +81,90 @@ def monitor(tmp_path, name, since, log_dir, feedback, top=()):
     return Run(f"MonitorDriftFlow/{run_id_file.read_text().strip()}")
 
 
-def send_and_label(url, traffic, log_dir, name, tmp_path, labels=None):
+@pytest.fixture(scope="module")
+def server(model_name, tmp_path_factory):
+    """(client, log folder) of one service for the loop tests: it hot-reloads as the champion
+    moves, and each test reads the log from its own start on."""
+    log_dir = tmp_path_factory.mktemp("loop-log")
+    with serve(model_name, log_dir) as client:
+        yield client, log_dir
+
+
+def send_and_label(url, traffic, log_dir, name, tmp_path, since, labels=None):
     answers = send(url, traffic, "target")
     if labels is not None:
         answers["target"] = labels
     feedback = tmp_path / "feedback.csv"
     answers[["request_id", "row", "target"]].to_csv(feedback, index=False)
     for _ in range(100):  # the service's log writer flushes every 0.1 s
-        if len(read_log(log_dir, name)) >= len(traffic):
+        if len(read_log(log_dir, name, since=since)) >= len(traffic):
             break
         threading.Event().wait(0.1)
     return answers, feedback
 
 
-def test_drift_triggers_retrain_promotion_and_hot_reload(tmp_path, model_name, traffic):
+def test_drift_triggers_retrain_promotion_and_hot_reload(tmp_path, model_name, traffic, server):
     before = Registry().get(model_name).version
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    with serve(model_name, log_dir) as client:
-        url = str(client.base_url)
-        since = datetime.now(timezone.utc).isoformat()
-        answers, feedback = send_and_label(url, traffic, log_dir, model_name, tmp_path)
-        accuracy_before = (answers["prediction"] == answers["target"]).mean()
+    client, log_dir = server
+    url = str(client.base_url)
+    since = datetime.now(timezone.utc).isoformat()
+    answers, feedback = send_and_label(url, traffic, log_dir, model_name, tmp_path, since)
+    accuracy_before = (answers["prediction"] == answers["target"]).mean()
 
-        run = monitor(tmp_path, model_name, since, log_dir, feedback)
-        detect = run["detect"].task
-        drifted = set(
-            detect["drift_report"].data
-            and [c["column"] for c in detect["drift_report"].data["columns"] if c["drifted"]]
-        )
-        assert detect["decision"].data["retrain"]
-        assert len(drifted) >= 15 and drifted <= set(SHIFTED), drifted  # shifted columns, and only those
-        assert detect["live_scores"].data["accuracy"] == pytest.approx(accuracy_before, abs=1e-6)
-        drift_card = card_content(get_cards(detect, type="llmops_drift")[0])
-        assert "DRIFT" in drift_card and "mean area" in drift_card
-        after = Registry().get(model_name).version
-        assert after != before and "promoted" in run["end"].task["retrain_outcome"].data
+    run = monitor(tmp_path, model_name, since, log_dir, feedback)
+    detect = run["detect"].task
+    drifted = set(
+        detect["drift_report"].data
+        and [c["column"] for c in detect["drift_report"].data["columns"] if c["drifted"]]
+    )
+    assert detect["decision"].data["retrain"]
+    assert len(drifted) >= 15 and drifted <= set(SHIFTED), drifted  # shifted columns, and only those
+    assert detect["live_scores"].data["accuracy"] == pytest.approx(accuracy_before, abs=1e-6)
+    drift_card = card_content(get_cards(detect, type="llmops_drift")[0])
+    assert "DRIFT" in drift_card and "mean area" in drift_card
+    after = Registry().get(model_name).version
+    assert after != before and "promoted" in run["end"].task["retrain_outcome"].data
 
-        steady = SteadyTraffic(url)
-        steady.start()
-        threading.Event().wait(1.0)
-        reload = client.post("/reload", json={}).json()
-        threading.Event().wait(1.0)
-        steady.stop.set()
-        steady.join(30)
-        assert reload["reloaded"] and reload["previous"] == before and reload["current"] == after
-        assert steady.failures == [] and {before, after} <= set(steady.versions)
-        assert steady.versions[-1] == after
+    steady = SteadyTraffic(url)
+    steady.start()
+    threading.Event().wait(1.0)
+    reload = client.post("/reload", json={}).json()
+    threading.Event().wait(1.0)
+    steady.stop.set()
+    steady.join(30)
+    assert reload["reloaded"] and reload["previous"] == before and reload["current"] == after
+    assert steady.failures == [] and {before, after} <= set(steady.versions)
+    assert steady.versions[-1] == after
 
-        served = send(url, traffic.head(60), "target")
-        assert set(served["model_version"]) == {after}
-        assert (served["prediction"] == served["target"]).mean() > accuracy_before + 0.2
+    served = send(url, traffic.head(60), "target")
+    assert set(served["model_version"]) == {after}
+    assert (served["prediction"] == served["target"]).mean() > accuracy_before + 0.2
 
 
-def test_retrain_that_fails_the_gate_changes_nothing(tmp_path, model_name):
+def test_retrain_that_fails_the_gate_changes_nothing(tmp_path, model_name, server):
     # new traffic (the earlier test's rows are in the champion's training data by now)
     traffic = shift(load_table().sample(300, random_state=4), SHIFTED, 1.6)
     before = Registry().get(model_name).version
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    with serve(model_name, log_dir) as client:
-        since = datetime.now(timezone.utc).isoformat()
-        random_labels = np.random.default_rng(0).choice(["benign", "malignant"], len(traffic))
-        _, feedback = send_and_label(
-            str(client.base_url), traffic, log_dir, model_name, tmp_path, labels=random_labels
-        )
-        # a policy of the monitor's own: the retraining run must be gated by it, not the default
-        policy = tmp_path / "policy.yaml"
-        policy.write_text(
-            (REPO / "evals/classifier.yaml").read_text().replace("min_group_size: 20", "min_group_size: 21")
-        )
-        run = monitor(tmp_path, model_name, since, log_dir, feedback, top=("--config", "policy", str(policy)))
-        outcome = run["end"].task["retrain_outcome"].data
-        assert "not promoted: gate failed" in outcome and "metrics.accuracy.min" in outcome
-        retrain = Run(run["retrain_model"].task["retrain_run"].data)
-        assert retrain["start"].task["policy"].data["fairness"]["min_group_size"] == 21
-        assert Registry().get(model_name).version == before
-        reload = client.post("/reload", json={}).json()
-        assert not reload["reloaded"] and reload["current"] == before
-        assert set(send(str(client.base_url), traffic.head(10), "target")["model_version"]) == {before}
+    client, log_dir = server
+    since = datetime.now(timezone.utc).isoformat()
+    random_labels = np.random.default_rng(0).choice(["benign", "malignant"], len(traffic))
+    _, feedback = send_and_label(
+        str(client.base_url), traffic, log_dir, model_name, tmp_path, since, labels=random_labels
+    )
+    # a policy of the monitor's own: the retraining run must be gated by it, not the default
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        (REPO / "evals/classifier.yaml").read_text().replace("min_group_size: 20", "min_group_size: 21")
+    )
+    run = monitor(tmp_path, model_name, since, log_dir, feedback, top=("--config", "policy", str(policy)))
+    outcome = run["end"].task["retrain_outcome"].data
+    assert "not promoted: gate failed" in outcome and "metrics.accuracy.min" in outcome
+    retrain = Run(run["retrain_model"].task["retrain_run"].data)
+    assert retrain["start"].task["policy"].data["fairness"]["min_group_size"] == 21
+    assert Registry().get(model_name).version == before
+    reload = client.post("/reload", json={}).json()
+    assert not reload["reloaded"] and reload["current"] == before
+    assert set(send(str(client.base_url), traffic.head(10), "target")["model_version"]) == {before}
 
 
 def test_default_window_starts_where_the_last_monitor_run_ended(tmp_path, model_name):
