@@ -175,6 +175,20 @@ def test_one_seed_trains_one_adapter_whether_or_not_the_training_was_interrupted
     assert any((first[k] != other[k]).any() for k in first)
 
 
+def test_lora_target_modules_the_base_lacks_are_named_with_what_it_has(tmp_path):
+    from llmops.llm.tiny import build_tiny_causal_lm
+
+    base = str(build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300))  # GPT-2 layers: c_attn, ...
+    records = [InstructionRecord(instruction=f"Which step is {i}?", response=f"step {i}") for i in range(16)]
+    config = parse_training_config("lora: {target_modules: [q_proj, c_attn, v_proj]}\noptim: {max_steps: 1}")
+    with pytest.raises(
+        TrainingConfigError,
+        match=r"lora.target_modules: q_proj, v_proj not in .*tiny; its linear layers are c_attn, .*c_proj",
+    ):
+        train_lora(base, records, config, tmp_path / "out")
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
 def _checkpoint(folder, step):
     folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(bytes([step]) * 10)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from llmops.llm.chat_format import build_example, load_tokenizer
 from llmops.llm.checkpoints import CheckpointStore
 from llmops.llm.sft_data import InstructionRecord
-from llmops.llm.training_config import TrainingConfig
+from llmops.llm.training_config import TrainingConfig, TrainingConfigError
 
 FAIL_AT_STEP_ENV = "LLMOPS_FINETUNE_FAIL_AT_STEP"  # fault injection, to exercise recovery
 
@@ -60,6 +60,22 @@ def load_causal_lm(path: str, device: str, dtype: str, revision: str | None = No
     )
 
 
+def check_lora_targets(model: Any, targets: str | list[str], base: str) -> None:
+    """Each module ``lora.target_modules`` lists is in ``model`` (peft's own error names neither
+    the option nor what would do); a string (``all-linear``, a regex) is peft's to match."""
+    if isinstance(targets, str):
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if type(module).__name__ in ("Linear", "Conv1D") and name != "lm_head"})  # fmt: skip
+        raise TrainingConfigError(
+            f"lora.target_modules: {', '.join(missing)} not in {base}; its linear layers are "
+            f"{', '.join(layers)} (or say all-linear)"
+        )
+
+
 def train_lora(
     base_path: str,
     records: list[InstructionRecord],
@@ -80,6 +96,7 @@ def train_lora(
     tokenizer = load_tokenizer(base_path, revision)
     model = load_causal_lm(base_path, device, dtype, revision)
     lora = config.lora
+    check_lora_targets(model, lora.target_modules, base_path)
     model = get_peft_model(
         model,
         LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
