@@ -29,6 +29,7 @@ from typing import Annotated, Any
 
 import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, create_model
+from starlette.responses import JSONResponse
 
 from llmops.rag.retriever import FILTER_KEYS
 from llmops.registry import CHAMPION
@@ -159,9 +160,17 @@ class Rag:
 
     @bentoml.api
     def query(self, question: Question, k: K | None = None, filters: Filters = None) -> Answer:
-        """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources."""
+        """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources.
+        An LLM endpoint that answers an error: 502; one that does not answer in time: 504."""
+        from llmops.llm.generators import GeneratorFailed, GeneratorTimeout
+
         started = time.perf_counter()
-        result = self.pipeline.answer(question, k or self.release.k, filters)
+        try:
+            result = self.pipeline.answer(question, k or self.release.k, filters)
+        except (GeneratorFailed, GeneratorTimeout) as exc:  # not ours to hide behind a bare 500
+            status = 504 if isinstance(exc, GeneratorTimeout) else 502
+            logger.warning("query answered %d: %s", status, exc)
+            return JSONResponse({"error": str(exc)}, status_code=status)  # BentoML passes it on
         request_id = uuid.uuid4().hex
         sources = [SourceOut(**s.model_dump()) for s in result.sources]
         self._log(request_id, question, k or self.release.k, sources, result.answer, started)
@@ -211,4 +220,16 @@ def _store_overridden() -> bool:
     return chroma_overridden()
 
 
-protect(Rag, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes)
+def rag_openapi(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document lists /query's answers when its LLM endpoint fails."""
+    from llmops.openapi_doc import ERROR_RESPONSE
+
+    responses = doc.get("paths", {}).get("/query", {}).get("post", {}).get("responses", {})
+    responses.setdefault(
+        "502", {"description": "The LLM endpoint answered an error or is unreachable", **ERROR_RESPONSE}
+    )
+    responses.setdefault("504", {"description": "The LLM endpoint gave no answer in time", **ERROR_RESPONSE})
+    return doc
+
+
+protect(Rag, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=rag_openapi)

@@ -24,7 +24,7 @@ import httpx
 from llmops.serving import protect
 from services.llm import LLM
 from services.llm import SETTINGS as LLM_SETTINGS
-from services.rag import RESOURCES, SETTINGS, Rag
+from services.rag import RESOURCES, SETTINGS, Rag, rag_openapi
 
 LLM_READY_S = 600  # the LLM process starts beside this one and may still be loading its model
 
@@ -81,4 +81,4 @@ class RagWithLLM(Rag.inner):
         self.pipeline.versions["generator"] = label
 
 
-protect(RagWithLLM, SETTINGS.api_key)
+protect(RagWithLLM, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=rag_openapi)

@@ -35,6 +35,8 @@ ERROR_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# a response whose body is an Error
+ERROR_RESPONSE = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 # what the middlewares and BentoML answer besides each API's own 200/400/404/500
 EXTRA_RESPONSES = {
     "413": "Request body too large (LLMOPS_MAX_BODY_BYTES)",
@@ -58,7 +60,6 @@ def fix_openapi(doc: dict[str, Any], *, api_key: bool, loopback_paths: frozenset
     schemas["Error"] = ERROR_SCHEMA
     for schema in schemas.values():
         _mark_nullable(schema)
-    error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     for path, operations in doc.get("paths", {}).items():
         operation = operations.get("post")
         if operation is None:
@@ -75,7 +76,7 @@ def fix_openapi(doc: dict[str, Any], *, api_key: bool, loopback_paths: frozenset
         elif path in loopback_paths:
             extra["403"] = "Only clients on this machine may call this without LLMOPS_API_KEY"
         for status, description in extra.items():
-            operation["responses"].setdefault(status, {"description": description, **error_ref})
+            operation["responses"].setdefault(status, {"description": description, **ERROR_RESPONSE})
         for response in operation["responses"].values():
             _mark_nullable(response.get("content", {}).get("application/json", {}).get("schema", {}))
     return doc

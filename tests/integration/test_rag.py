@@ -17,6 +17,7 @@ from llmops.llm.tiny import build_tiny_causal_lm
 from llmops.registry import Registry
 from tests.conftest import REPO, run_flow, serve_bento
 from tests.integration.test_train_flow import card_content
+from tests.llm_endpoint import Behaviour, chat_endpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 API_KEY = "rag-key-" + uuid.uuid4().hex
@@ -349,6 +350,34 @@ def test_api_key_and_a_local_transformers_generator(release, log_dir, tmp_path):
         assert reply.status_code == 200, reply.text
         assert reply.json()["versions"]["generator"] == f"transformers:{model}"
         assert reply.json()["sources"]
+
+
+def test_an_llm_server_that_refuses_or_is_late_gets_502_or_504_with_the_reason(release, log_dir):
+    """Answers written by an LLM server elsewhere (LLMOPS_GENERATOR=openai:...): when it refuses
+    the prompt or does not answer in time, /query says so and why, not a bare 500, and the next
+    query is answered once the server is well again."""
+    name, _ = release
+    refusal = "this model's context is 512 tokens; the messages have 900"
+    llm = Behaviour(status=400, message=refusal)
+    with chat_endpoint(llm) as url:
+        env = {"LLMOPS_RAG_RELEASE": name, "LLMOPS_GENERATOR": f"openai:{url}#m",
+               "LLMOPS_GENERATOR_TIMEOUT_S": "1", "LLMOPS_GENERATOR_RETRIES": "0"}  # fmt: skip
+        with serve_bento("services.rag:Rag", log_dir, **env) as client:
+            question = {"question": "What is the gate?", "k": 2}
+            refused = client.post("/query", json=question)
+            assert refused.status_code == 502, refused.text
+            assert refused.json() == {"error": f"generator: {url} answered 400: {refusal}"}
+            llm.status, llm.delay_s, llm.message = 200, 3, "The gate compares scores [1]."
+            late = client.post("/query", json=question)
+            assert late.status_code == 504, late.text
+            assert f"{url} gave no answer within 1 s" in late.json()["error"]
+            llm.delay_s = 0
+            answered = client.post("/query", json=question)
+            assert answered.status_code == 200, answered.text
+            assert answered.json()["answer"] == "The gate compares scores [1]."
+            assert len(answered.json()["sources"]) == 2
+            responses = client.get("/docs.json").json()["paths"]["/query"]["post"]["responses"]
+            assert {"502", "504"} <= responses.keys()
 
 
 def test_the_rag_service_composed_with_the_llm_service(release, log_dir, tmp_path):

@@ -1,56 +1,28 @@
-"""The OpenAI generator's timeout and retries are settings, honoured against a real slow endpoint
-on 127.0.0.1 (an HTTP server that takes longer to answer than the generator may wait)."""
+"""The OpenAI generator against a real endpoint on 127.0.0.1 that is slow, refuses or fails: its
+timeout and retries are settings, and every failure is an error naming the endpoint and why."""
 
-import json
-import threading
+import socket
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmops.llm.generators import GenerationRequest, GeneratorTimeout, make_generator
+from llmops.llm.generators import GenerationRequest, GeneratorFailed, GeneratorTimeout, make_generator
+from tests.llm_endpoint import Behaviour, chat_endpoint
 
 SLOW_S = 4.0
-
-
-@pytest.fixture
-def slow_endpoint():
-    """An OpenAI-style chat endpoint that answers after SLOW_S seconds; counts the requests."""
-    calls = []
-
-    class Slow(BaseHTTPRequestHandler):
-        def do_POST(self):
-            calls.append(time.monotonic())
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            time.sleep(SLOW_S)
-            answer = {"role": "assistant", "content": "late"}
-            choice = {"index": 0, "finish_reason": "stop", "message": answer}
-            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                               "choices": [choice]})  # fmt: skip
-            try:
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(body.encode())
-            except OSError:  # the client gave up first
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", calls
-    server.shutdown()
-    server.server_close()
-
-
 REQUEST = GenerationRequest(messages=[{"role": "user", "content": "hi"}], question="hi", contexts=[])
 
 
-def test_the_generator_gives_up_after_the_configured_timeout_and_retries(slow_endpoint, monkeypatch):
-    url, calls = slow_endpoint
+@pytest.fixture
+def endpoint():
+    """(base URL, behaviour): an endpoint that answers "late" after SLOW_S seconds until told otherwise."""
+    behaviour = Behaviour(delay_s=SLOW_S)
+    with chat_endpoint(behaviour) as url:
+        yield url, behaviour
+
+
+def test_the_generator_gives_up_after_the_configured_timeout_and_retries(endpoint, monkeypatch):
+    url, behaviour = endpoint
     monkeypatch.setenv("LLMOPS_GENERATOR_TIMEOUT_S", "0.5")
     monkeypatch.setenv("LLMOPS_GENERATOR_RETRIES", "1")
     generator = make_generator(f"openai:{url}#m")
@@ -59,6 +31,7 @@ def test_the_generator_gives_up_after_the_configured_timeout_and_retries(slow_en
     ):
         generator.generate(REQUEST)
     given_up = time.monotonic()
+    calls = behaviour.calls
     assert len(calls) == 2  # the first attempt and one retry
     # each attempt is dropped after 0.5 s, long before the endpoint's 4 s answer (the wait is
     # counted from the first request: the client's first-call set-up is not the endpoint's time)
@@ -66,12 +39,41 @@ def test_the_generator_gives_up_after_the_configured_timeout_and_retries(slow_en
     assert given_up - calls[0] >= 1.0
 
 
-def test_a_timeout_longer_than_the_answer_gets_the_answer(slow_endpoint, monkeypatch):
-    url, calls = slow_endpoint
+def test_a_timeout_longer_than_the_answer_gets_the_answer(endpoint, monkeypatch):
+    url, behaviour = endpoint
     monkeypatch.setenv("LLMOPS_GENERATOR_TIMEOUT_S", str(SLOW_S + 3))
     monkeypatch.setenv("LLMOPS_GENERATOR_RETRIES", "0")
     assert make_generator(f"openai:{url}#m").generate(REQUEST) == "late"
-    assert len(calls) == 1
+    assert len(behaviour.calls) == 1
+
+
+def test_a_refusal_is_an_error_with_the_endpoints_message_and_is_not_retried(endpoint, monkeypatch):
+    url, behaviour = endpoint
+    monkeypatch.setenv("LLMOPS_GENERATOR_RETRIES", "2")
+    behaviour.delay_s, behaviour.status = 0, 400
+    behaviour.message = "this model's context is 512 tokens; the messages have 900"
+    with pytest.raises(GeneratorFailed, match=rf"{url} answered 400: this model's context is 512 tokens"):
+        make_generator(f"openai:{url}#m").generate(REQUEST)
+    assert len(behaviour.calls) == 1  # the same request would be refused again
+
+
+def test_a_server_error_is_retried_then_an_error_with_a_bounded_message(endpoint, monkeypatch):
+    url, behaviour = endpoint
+    monkeypatch.setenv("LLMOPS_GENERATOR_RETRIES", "1")
+    behaviour.delay_s, behaviour.status, behaviour.message = 0, 500, "x" * 5000
+    with pytest.raises(GeneratorFailed, match=r"answered 500: x+\.\.\.$") as failed:
+        make_generator(f"openai:{url}#m").generate(REQUEST)
+    assert len(behaviour.calls) == 2 and len(str(failed.value)) < 400
+
+
+def test_an_endpoint_nobody_listens_on_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv("LLMOPS_GENERATOR_RETRIES", "0")
+    with socket.socket() as free:  # a port that was free a moment ago: nothing listens on it
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(GeneratorFailed, match=rf"cannot reach {url} \(1 attempt\(s\)\)"):
+        make_generator(f"openai:{url}#m").generate(REQUEST)
 
 
 def test_bad_timeout_settings_name_the_variable(monkeypatch):

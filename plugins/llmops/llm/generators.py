@@ -8,7 +8,9 @@
 
 The OpenAI generator waits ``LLMOPS_GENERATOR_TIMEOUT_S`` seconds (default 60) per attempt and
 retries ``LLMOPS_GENERATOR_RETRIES`` times (default 1) before it gives up with
-:class:`GeneratorTimeout`; a CPU-served LLM needs more than a GPU one.
+:class:`GeneratorTimeout`; a CPU-served LLM needs more than a GPU one. An error answer (a prompt
+over the model's context, a wrong key) or an endpoint it cannot reach raises :class:`GeneratorFailed`
+with the endpoint's own message.
 
 Each takes a ``GenerationRequest``: the rendered chat messages (for LLMs) plus the question and
 the retrieved contexts (for the extractive generator), and returns text. ``settings`` says what
@@ -36,6 +38,11 @@ class GeneratorError(LlmopsError, ValueError):
 
 class GeneratorTimeout(LlmopsError, TimeoutError):
     """The generator's endpoint gave no answer within the configured time and retries."""
+
+
+class GeneratorFailed(LlmopsError, RuntimeError):
+    """The generator's endpoint answered with an error (e.g. a prompt over its context) or could
+    not be reached. A service answers 502 with this message; a flow step fails with it."""
 
 
 class EndpointSettings(BaseModel):
@@ -251,16 +258,33 @@ class OpenAIGenerator:
         return (reply.choices[0].message.content or "").strip()
 
     def _call(self, call: Any) -> Any:
-        from openai import APITimeoutError
+        from openai import APIConnectionError, APIStatusError, APITimeoutError
 
         try:
             return call()
-        except APITimeoutError:
+        except APITimeoutError:  # before APIConnectionError: it is one
             raise GeneratorTimeout(
                 f"generator: {self.base_url} gave no answer within {self.timeout_s:g} s "
                 f"({1 + self.retries} attempt(s)); raise LLMOPS_GENERATOR_TIMEOUT_S or "
                 "LLMOPS_GENERATOR_RETRIES for a slow endpoint"
             ) from None
+        except APIConnectionError:
+            raise GeneratorFailed(
+                f"generator: cannot reach {self.base_url} ({1 + self.retries} attempt(s))"
+            ) from None
+        except APIStatusError as exc:
+            raise GeneratorFailed(
+                f"generator: {self.base_url} answered {exc.status_code}: {_endpoint_message(exc)}"
+            ) from None
+
+
+def _endpoint_message(error: Any, limit: int = 300) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": ...}}``), else its text;
+    at most ``limit`` characters."""
+    body = error.body
+    message = body.get("message") if isinstance(body, dict) else None
+    text = str(message or body or error.response.text or "no message").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def make_generator(spec: str, embedder: Any = None, field: str = "--generator") -> Generator:

@@ -1,0 +1,67 @@
+"""An OpenAI-style chat endpoint on 127.0.0.1 that misbehaves on purpose: late, refusing or
+failing. It stands in for a remote LLM server in the tests of what a generator (and the RAG
+service above it) does when that server is slow or answers an error; the real LLM service's own
+errors are tested against it in test_llm_service.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Behaviour:
+    """What the endpoint answers next; the test may change it between requests."""
+
+    status: int = 200
+    delay_s: float = 0.0
+    message: str = "late"  # the answer's content, or the error's message
+    calls: list[float] = field(default_factory=list)  # when each request came in
+
+
+@contextmanager
+def chat_endpoint(behaviour: Behaviour) -> Iterator[str]:
+    """Serve ``behaviour`` at ``http://127.0.0.1:<port>/v1``; yields that base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            behaviour.calls.append(time.monotonic())
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            time.sleep(behaviour.delay_s)
+            if behaviour.status == 200:
+                answer = {"role": "assistant", "content": behaviour.message}
+                choice = {"index": 0, "finish_reason": "stop", "message": answer}
+                body = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [choice],
+                }
+            else:  # the shape the project's LLM service and vLLM answer errors in
+                body = {"error": {"message": behaviour.message, "type": "invalid_request_error",
+                                  "param": "messages", "code": "context_length_exceeded"}}  # fmt: skip
+            try:
+                self.send_response(behaviour.status)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps(body).encode())
+            except OSError:  # the client gave up first
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
