@@ -198,9 +198,32 @@ def group_metrics(
     return scores, sizes
 
 
-def save_model(model: Pipeline, folder: Path) -> Path:
-    import skops.io as sio
+# scikit-learn's array-API adapter for torch: a package that imports torch and holds no estimator
+_TORCH_SHIM = "sklearn.externals.array_api_compat.torch"
 
+
+def _skops_io() -> Any:
+    """``skops.io``, imported without torch. To list the estimators it trusts, skops imports every
+    scikit-learn package, the torch adapter included, which imports torch: 2.4 of its 7 s and
+    hundreds of MB in every promote step and classifier service. That one package is hidden
+    during the import (the trusted list comes out the same) and restored after it."""
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    hidden = _TORCH_SHIM not in sys.modules
+    if hidden:
+        sys.modules[_TORCH_SHIM] = None  # type: ignore[assignment]  # an import of it: ImportError
+    try:
+        import skops.io as sio
+    finally:
+        if hidden and sys.modules.get(_TORCH_SHIM, ...) is None:
+            del sys.modules[_TORCH_SHIM]
+    return sio
+
+
+def save_model(model: Pipeline, folder: Path) -> Path:
+    sio = _skops_io()
     path = Path(folder) / MODEL_FILE
     sio.dump(model, path)
     return path
@@ -208,7 +231,7 @@ def save_model(model: Pipeline, folder: Path) -> Path:
 
 def load_model(folder: Path) -> Pipeline:
     """Load a model file written by :func:`save_model`; refuses any type outside the allowlist."""
-    import skops.io as sio
+    sio = _skops_io()
 
     path = Path(folder) / MODEL_FILE
     untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
