@@ -47,9 +47,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # with torch's default under load, 2.4 s with one thread).
 for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LLMOPS_TORCH_THREADS"):
     os.environ.setdefault(_threads, "1")
-# Likewise one task process at a time per flow run: two workers' foreach branches would
-# otherwise run four or more tasks on two cores, each paying its imports while the others compute
-# (measured: the suite took 12 to 15 minutes with Metaflow's default of 16, 10 with 1).
+# Likewise one task process at a time per flow run: the two workers already keep both cores busy,
+# and a foreach's branches side by side would only add processes competing for them.
 for _tasks in ("METAFLOW_RUN_MAX_WORKERS", "METAFLOW_RESUME_MAX_WORKERS"):
     os.environ.setdefault(_tasks, "1")
 
