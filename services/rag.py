@@ -162,15 +162,14 @@ class Rag:
     def query(self, question: Question, k: K | None = None, filters: Filters = None) -> Answer:
         """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources.
         An LLM endpoint that answers an error: 502; one that does not answer in time: 504."""
-        from llmops.llm.generators import GeneratorFailed, GeneratorTimeout
+        from llmops.llm.generators import GeneratorEndpointError
 
         started = time.perf_counter()
         try:
             result = self.pipeline.answer(question, k or self.release.k, filters)
-        except (GeneratorFailed, GeneratorTimeout) as exc:  # not ours to hide behind a bare 500
-            status = 504 if isinstance(exc, GeneratorTimeout) else 502
-            logger.warning("query answered %d: %s", status, exc)
-            return JSONResponse({"error": str(exc)}, status_code=status)  # BentoML passes it on
+        except GeneratorEndpointError as exc:  # not ours to hide behind a bare 500
+            logger.warning("query answered %d: %s", exc.http_status, exc)
+            return JSONResponse({"error": str(exc)}, status_code=exc.http_status)  # BentoML passes it on
         request_id = uuid.uuid4().hex
         sources = [SourceOut(**s.model_dump()) for s in result.sources]
         self._log(request_id, question, k or self.release.k, sources, result.answer, started)

@@ -1,7 +1,7 @@
 """An OpenAI-style chat endpoint on 127.0.0.1 that misbehaves on purpose: late, refusing or
 failing. It stands in for a remote LLM server in the tests of what a generator (and the RAG
-service above it) does when that server is slow or answers an error; the real LLM service's own
-errors are tested against it in test_llm_service.py."""
+service above it) does when that server is slow or answers an error. The errors the project's own
+LLM service answers are tested in test_llm_service.py."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def chat_endpoint(behaviour: Behaviour) -> Iterator[str]:
                     "choices": [choice],
                 }
             else:  # the shape the project's LLM service and vLLM answer errors in
-                body = {"error": {"message": behaviour.message, "type": "invalid_request_error",
-                                  "param": "messages", "code": "context_length_exceeded"}}  # fmt: skip
+                kind = "server_error" if behaviour.status >= 500 else "invalid_request_error"
+                body = {"error": {"message": behaviour.message, "type": kind, "param": None, "code": None}}
             try:
                 self.send_response(behaviour.status)
                 self.send_header("content-type", "application/json")

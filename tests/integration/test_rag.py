@@ -367,6 +367,8 @@ def test_an_llm_server_that_refuses_or_is_late_gets_502_or_504_with_the_reason(r
             refused = client.post("/query", json=question)
             assert refused.status_code == 502, refused.text
             assert refused.json() == {"error": f"generator: {url} answered 400: {refusal}"}
+            retrieved = client.post("/retrieve", json=question)  # needs no LLM: still answers
+            assert retrieved.status_code == 200 and len(retrieved.json()["sources"]) == 2
             llm.status, llm.delay_s, llm.message = 200, 3, "The gate compares scores [1]."
             late = client.post("/query", json=question)
             assert late.status_code == 504, late.text

@@ -65,11 +65,14 @@ def check_lora_targets(model: Any, targets: str | list[str], base: str) -> None:
     the option nor what would do); a string (``all-linear``, a regex) is peft's to match."""
     if isinstance(targets, str):
         return
+    from torch.nn import Linear
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if type(module).__name__ in ("Linear", "Conv1D") and name != "lm_head"})  # fmt: skip
+                         if isinstance(module, (Linear, Conv1D)) and name != "lm_head"})  # fmt: skip
         raise TrainingConfigError(
             f"lora.target_modules: {', '.join(missing)} not in {base}; its linear layers are "
             f"{', '.join(layers)} (or say all-linear)"

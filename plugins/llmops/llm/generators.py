@@ -36,13 +36,22 @@ class GeneratorError(LlmopsError, ValueError):
     """A generator spec or request that cannot be used; names the field."""
 
 
-class GeneratorTimeout(LlmopsError, TimeoutError):
+class GeneratorEndpointError(LlmopsError):
+    """The generator's endpoint did not answer. ``http_status`` is what a service that relays it
+    answers, with this message (a flow step fails with the message)."""
+
+    http_status = 502
+
+
+class GeneratorTimeout(GeneratorEndpointError, TimeoutError):
     """The generator's endpoint gave no answer within the configured time and retries."""
 
+    http_status = 504
 
-class GeneratorFailed(LlmopsError, RuntimeError):
+
+class GeneratorFailed(GeneratorEndpointError, RuntimeError):
     """The generator's endpoint answered with an error (e.g. a prompt over its context) or could
-    not be reached. A service answers 502 with this message; a flow step fails with it."""
+    not be reached."""
 
 
 class EndpointSettings(BaseModel):
