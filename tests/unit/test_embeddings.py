@@ -1,0 +1,97 @@
+"""The embedder against sentence-transformers itself: the same vectors from a folder in
+sentence-transformers' layout, without importing it (or transformers, for a BERT encoder)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmops.rag import bert
+from llmops.rag.embeddings import DEFAULT_MODEL, Embedder, EmbeddingError, resolve_model_path
+
+TEXTS = [
+    "The volcano erupted.",
+    "",
+    "  spaces around  ",
+    "Ünïcode, emoji 🙂 and CamelCaseWords_with_underscores",
+    " ".join(f"word{i}" for i in range(400)),  # over the 256-token limit: truncated
+    *(f"Sentence {i} about the gate and the registry. " * (i % 4 + 1) for i in range(12)),
+]
+
+
+def folder_with(tmp_path: Path, pooling: dict | None = None, extra_module: str | None = None) -> Path:
+    """The packaged model's files, linked into a folder whose pooling or modules differ."""
+    source = resolve_model_path(DEFAULT_MODEL)
+    folder = tmp_path / "model"
+    (folder / "1_Pooling").mkdir(parents=True)
+    for file in source.iterdir():
+        if file.is_file():
+            (folder / file.name).symlink_to(file)
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(pooling or json.loads((source / "1_Pooling" / "config.json").read_text()))
+    )
+    if extra_module:
+        modules = json.loads((source / "modules.json").read_text())
+        modules.append({"idx": 3, "name": "3", "path": "3_Extra", "type": extra_module})
+        (folder / "modules.json").unlink()
+        (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+def sentence_transformers_vectors(folder: Path, texts: list[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    "pooling",
+    [
+        None,
+        {"word_embedding_dimension": 384, "pooling_mode_cls_token": True, "pooling_mode_max_tokens": True},
+    ],
+    ids=["mean", "cls+max"],
+)
+def test_vectors_are_sentence_transformers_own(tmp_path, pooling):
+    folder = folder_with(tmp_path, pooling)
+    ours = Embedder(str(folder), batch_size=5)
+    vectors = ours.embed(TEXTS)
+    expected = sentence_transformers_vectors(folder, TEXTS)
+    assert vectors.shape == expected.shape == (len(TEXTS), ours.dimension)
+    np.testing.assert_allclose(vectors, expected, atol=2e-5)
+    assert ours.dimension == (384 if pooling is None else 768)
+
+
+def test_other_architectures_run_through_transformers_with_the_same_result(monkeypatch):
+    direct = Embedder().embed(TEXTS[:5])
+    monkeypatch.setattr(bert, "runs", lambda config, folder: False)
+    through_transformers = Embedder()
+    np.testing.assert_allclose(through_transformers.embed(TEXTS[:5]), direct, atol=2e-5)
+    assert not isinstance(through_transformers._encoder, bert.BertEncoder)
+
+
+def test_a_module_or_pooling_the_embedder_does_not_run_is_named(tmp_path):
+    dense = folder_with(tmp_path / "a", extra_module="sentence_transformers.models.Dense")
+    with pytest.raises(EmbeddingError, match=r"--embedding-model: .* has a \S+Dense module"):
+        Embedder(str(dense)).embed(["text"])
+    weighted = folder_with(tmp_path / "b", {"pooling_mode": "weightedmean"})
+    with pytest.raises(EmbeddingError, match=r"--embedding-model: .* pools by weightedmean"):
+        Embedder(str(weighted)).embed(["text"])
+
+
+def test_embedding_imports_neither_transformers_nor_sentence_transformers():
+    """The point of llmops.rag.bert: a process that embeds pays for torch, not for transformers."""
+    code = (
+        "import sys; from llmops.rag.embeddings import Embedder; "
+        "e = Embedder(); e.embed(['a text']); e.count_tokens(['a text']); "
+        "print(sorted(m for m in ('transformers', 'sentence_transformers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
