@@ -18,7 +18,6 @@ publishes an event only when it decides to retrain and the training flow is depl
 from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, step
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
-from llmops.tabular.data import DataError
 
 
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
@@ -180,6 +179,8 @@ class MonitorDriftFlow(FlowSpec):
         from pathlib import Path
 
         from metaflow import Runner
+
+        from llmops.tabular.data import DataError
 
         flow_file = Path(__file__).resolve().parent / "train_classifier.py"
         options = {"data": data_path, "model_name": self.monitored_model, "target": self.schema["target"]}

@@ -13,7 +13,7 @@ Cards: python flows/train_classifier.py card view validate|evaluate [--id gate]
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
-from llmops.tabular.data import DEFAULT_DATASET
+from llmops.tabular import DEFAULT_DATASET
 
 
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)

@@ -10,3 +10,6 @@ release.py      register a gated classifier in the registry
 monitoring.py   live metrics from labelled traffic, the retraining set
 simulate.py     shifted traffic for demos and tests
 """
+
+# here, not in data.py, so that a flow can name it without importing pandas into every task and card
+DEFAULT_DATASET = "sklearn:breast_cancer"

@@ -16,9 +16,9 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from llmops.errors import LlmopsError
+from llmops.tabular import DEFAULT_DATASET
 
 ColumnKind = Literal["numeric", "categorical"]
-DEFAULT_DATASET = "sklearn:breast_cancer"
 _SKLEARN_DATASETS = {"breast_cancer", "iris", "wine"}
 
 
