@@ -1,145 +1,214 @@
-"""Matplotlib figures for cards and reports (Agg backend; nothing opens a window)."""
+"""Card figures as Vega-Lite specs: plain dicts, drawn in the browser by the card viewer.
+
+Metaflow's card bundle carries Vega, so a card shows these (with tooltips) offline. Building a
+spec imports nothing heavy: a card process, started once per card per task, no longer imports and
+renders matplotlib (about 1 s of CPU each).
+"""
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+if TYPE_CHECKING:
+    from llmops.tabular.profile import Profile
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.figure import Figure
-
-from llmops.tabular.profile import Profile
+SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+BLUE, GREEN, RED = "#4c72b0", "#55a868", "#c44e52"
+Spec = dict[str, Any]
 
 
-def profile_figure(profile: Profile, max_columns: int = 12) -> Figure:
+def _spec(**parts: Any) -> Spec:
+    return {"$schema": SCHEMA, **parts}
+
+
+def _grid(charts: list[Spec], columns: int) -> Spec:
+    """Small charts side by side, ``columns`` to a row."""
+    return _spec(concat=charts, columns=columns, spacing=12)
+
+
+def _bins(bounds: list[float], counts: list[float], series: str) -> list[dict[str, Any]]:
+    """One row per bin: its edges and the density of ``counts`` over the bin's width (decile bins
+    hold equal counts by construction; density shows the shape)."""
+    total = max(float(sum(counts)), 1.0)
+    return [
+        {"x0": low, "x1": high, "density": count / total / max(high - low, 1e-12), "series": series}
+        for low, high, count in zip(bounds, bounds[1:], counts, strict=False)
+    ]
+
+
+def profile_figure(profile: Profile, max_columns: int = 12) -> Spec:
     """One small bar chart per column: reference bins (numeric) or value counts (categorical)."""
-    names = list(profile.columns)[:max_columns]
-    cols = 4
-    rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
+    charts = []
+    for name in list(profile.columns)[:max_columns]:
         column = profile.columns[name]
+        title = {"text": name[:28], "fontSize": 10}
         if column.kind == "numeric" and column.min is not None:
-            # decile bins hold equal counts by construction: density over their widths shows the shape
-            bounds = np.array([column.min, *(column.edges or []), column.max], dtype="float64")
-            widths = np.maximum(np.diff(bounds), 1e-12)
-            counts = np.asarray(column.bin_counts or [], dtype="float64")[: len(widths)]
-            ax.stairs(counts / widths, bounds, fill=True, color="#4c72b0")
-            ax.set_xlabel(f"{column.min:.3g} … {column.max:.3g}", fontsize=7)
-            ax.set_yticks([])
+            bounds = [column.min, *(column.edges or []), column.max]
+            charts.append({
+                "title": title, "width": 150, "height": 80,
+                "data": {"values": _bins(bounds, list(column.bin_counts or []), "reference")},
+                "mark": {"type": "rect", "color": BLUE},
+                "encoding": {
+                    "x": {"field": "x0", "type": "quantitative", "title": None, "scale": {"zero": False}},
+                    "x2": {"field": "x1"},
+                    "y": {"field": "density", "type": "quantitative", "axis": None},
+                },
+            })  # fmt: skip
         else:
             items = sorted((column.value_counts or {}).items(), key=lambda kv: -kv[1])[:10]
-            ax.bar([k[:10] for k, _ in items], [v for _, v in items], color="#55a868")
-            ax.tick_params(axis="x", labelrotation=45, labelsize=6)
-        ax.set_title(name[:28], fontsize=8)
-        ax.tick_params(axis="y", labelsize=6)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
+            charts.append({
+                "title": title, "width": 150, "height": 80,
+                "data": {"values": [{"value": k[:10], "count": v} for k, v in items]},
+                "mark": {"type": "bar", "color": GREEN},
+                "encoding": {
+                    "x": {"field": "value", "type": "nominal", "sort": "-y", "title": None},
+                    "y": {"field": "count", "type": "quantitative", "title": None},
+                },
+            })  # fmt: skip
+    return _grid(charts, columns=4)
 
 
-def candidates_figure(scores: dict[str, float], metric: str) -> Figure:
+def candidates_figure(scores: dict[str, float], metric: str) -> Spec:
     """Validation score of every candidate, best on top."""
-    items = sorted(scores.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(items) + 1))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
-    low = min(v for _, v in items)
-    ax.set_xlim(max(0.0, low - 0.05), 1.0)
-    ax.set_xlabel(f"validation {metric}")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    return fig
+    low = min(scores.values(), default=0.0)
+    return _spec(
+        width=500,
+        data={"values": [{"candidate": k, "score": v} for k, v in scores.items()]},
+        mark={"type": "bar", "color": BLUE, "tooltip": True},
+        encoding={
+            "y": {"field": "candidate", "type": "nominal", "sort": "-x", "title": None},
+            "x": {
+                "field": "score", "type": "quantitative", "title": f"validation {metric}",
+                "scale": {"domain": [max(0.0, low - 0.05), 1.0], "clamp": True},
+            },
+        },
+    )  # fmt: skip
 
 
-def confusion_figure(matrix: list[list[int]], classes: list[str]) -> Figure:
-    data = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
-    ax.imshow(data, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=30)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    for (i, j), value in np.ndenumerate(data):
-        ax.text(
-            j,
-            i,
-            str(value),
-            ha="center",
-            va="center",
-            color="white" if value > data.max() / 2 else "black",
-        )
-    fig.tight_layout()
-    return fig
+def confusion_figure(matrix: list[list[int]], classes: list[str]) -> Spec:
+    """Counts of actual (rows) against predicted (columns) classes."""
+    cells = [
+        {"actual": classes[i], "predicted": classes[j], "count": int(value)}
+        for i, row in enumerate(matrix)
+        for j, value in enumerate(row)
+    ]
+    top = max((cell["count"] for cell in cells), default=0)
+    axis = {"type": "nominal", "sort": list(classes)}
+    return _spec(
+        width=60 * len(classes), height=60 * len(classes),
+        data={"values": cells},
+        encoding={"x": {"field": "predicted", **axis}, "y": {"field": "actual", **axis}},
+        layer=[
+            {"mark": "rect", "encoding": {"color": {"field": "count", "type": "quantitative",
+                                                     "scale": {"scheme": "blues"}}}},
+            {"mark": "text", "encoding": {
+                "text": {"field": "count", "type": "quantitative"},
+                "color": {"condition": {"test": f"datum.count > {top / 2}", "value": "white"},
+                          "value": "black"},
+            }},
+        ],
+    )  # fmt: skip
 
 
-def gate_figure(rules: list[dict]) -> Figure:
-    """Each rule with a value and a limit: measured value against the limit, red when failed."""
-    shown = [r for r in rules if r.get("value") is not None and r.get("limit") is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.4 * max(1, len(shown)) + 1))
-    for i, rule in enumerate(shown):
-        ax.barh(i, rule["value"], color="#55a868" if rule["passed"] else "#c44e52")
-        ax.plot([rule["limit"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
-    ax.set_yticks(range(len(shown)), [r["rule"] for r in shown], fontsize=7)
-    ax.set_xlabel("measured value (bar) and limit (black line)")
-    fig.tight_layout()
-    return fig
+def gate_figure(rules: list[dict]) -> Spec:
+    """Each rule with a value and a limit: measured value (bar, red when failed) and limit (tick)."""
+    shown = [
+        {**{key: r[key] for key in ("rule", "value", "limit")}, "result": "ok" if r["passed"] else "FAIL"}
+        for r in rules
+        if r.get("value") is not None and r.get("limit") is not None
+    ]
+    rule = {"field": "rule", "type": "nominal", "title": None, "sort": None}
+    return _spec(
+        width=500,
+        data={"values": shown},
+        encoding={"y": rule},
+        layer=[
+            {"mark": {"type": "bar", "tooltip": True}, "encoding": {
+                "x": {"field": "value", "type": "quantitative",
+                      "title": "measured value (bar) and limit (tick)"},
+                "color": {"field": "result", "type": "nominal",
+                          "scale": {"domain": ["ok", "FAIL"], "range": [GREEN, RED]}},
+            }},
+            {"mark": {"type": "tick", "color": "black", "thickness": 2},
+             "encoding": {"x": {"field": "limit", "type": "quantitative"}}},
+        ],
+    )  # fmt: skip
 
 
-def drift_figure(profile: Profile, current, columns: list[str], drifted: set[str]) -> Figure:
+def drift_figure(profile: Profile, current, columns: list[str], drifted: set[str]) -> Spec:
     """Reference (outline) against current (filled) distribution per column, on the bins the drift
     tests use (:func:`llmops.tabular.drift.column_histograms`): densities for numeric columns, shares for
     categories (the ten first)."""
     from llmops.tabular.drift import DriftError, column_histograms
 
-    cols = 3
-    rows = max(1, math.ceil(len(columns) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, columns, strict=False):
-        colour = "#c44e52" if name in drifted else "#55a868"
+    charts = []
+    for name in columns:
+        colour = RED if name in drifted else GREEN
+        title = {"text": ("DRIFT  " if name in drifted else "") + name[:30], "fontSize": 10,
+                 "color": RED if name in drifted else "black"}  # fmt: skip
         try:
             bins, ref_counts, cur_counts = column_histograms(profile, current, name)
         except DriftError:
-            bins = None
-        ref_share = np.asarray(ref_counts, "float64") / max(float(np.sum(ref_counts)), 1.0) if bins else None
-        cur_share = np.asarray(cur_counts, "float64") / max(float(np.sum(cur_counts)), 1.0) if bins else None
-        if not bins or not np.sum(cur_counts):
-            ax.text(0.5, 0.5, "no current values", ha="center", va="center", transform=ax.transAxes)
+            bins, ref_counts, cur_counts = [], [], []
+        chart: Spec = {"title": title, "width": 200, "height": 90}
+        if not len(bins) or not sum(cur_counts):
+            charts.append({**chart, "data": {"values": [{"note": "no current values"}]},
+                           "mark": {"type": "text"}, "encoding": {"text": {"field": "note"}}})  # fmt: skip
         elif isinstance(bins[0], (int, float)) and len(bins) == len(ref_counts) + 1:  # numeric edges
-            bounds = np.asarray(bins, dtype="float64")
-            widths = np.maximum(np.diff(bounds), 1e-12)
-            ax.stairs(cur_share / widths, bounds, fill=True, alpha=0.5, color=colour, label="current")
-            ax.stairs(ref_share / widths, bounds, color="black", label="reference")
-            ax.set_yticks([])
+            bounds = [float(b) for b in bins]
+            values = _bins(bounds, [float(c) for c in ref_counts], "reference")
+            values += _bins(bounds, [float(c) for c in cur_counts], "current")
+            encoding = {
+                "x": {"field": "x0", "type": "quantitative", "title": None, "scale": {"zero": False}},
+                "x2": {"field": "x1"},
+                "y": {"field": "density", "type": "quantitative", "axis": None},
+            }
+            charts.append({**chart, "data": {"values": values}, "encoding": encoding, "layer": [
+                {"transform": [{"filter": "datum.series == 'current'"}],
+                 "mark": {"type": "rect", "color": colour, "opacity": 0.5}},
+                {"transform": [{"filter": "datum.series == 'reference'"}],
+                 "mark": {"type": "rect", "fillOpacity": 0, "stroke": "black"}},
+            ]})  # fmt: skip
         else:  # categories, or the few values of a discrete numeric column
-            x = np.arange(min(len(bins), 10))
-            ax.bar(x - 0.2, ref_share[: len(x)], 0.4, color="black", label="reference")
-            ax.bar(x + 0.2, cur_share[: len(x)], 0.4, color=colour, label="current")
-            ax.set_xticks(x, [str(k)[:10] for k in bins[: len(x)]], rotation=45, fontsize=6)
-        ax.set_title(
-            ("DRIFT  " if name in drifted else "") + name[:30],
-            fontsize=8,
-            color="#c44e52" if name in drifted else "black",
-        )
-    for ax in list(axes.flat)[len(columns) :]:
-        ax.axis("off")
-    if columns:
-        axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+            shown = [str(k)[:10] for k in bins[:10]]
+            ref_total, cur_total = max(float(sum(ref_counts)), 1.0), max(float(sum(cur_counts)), 1.0)
+            values = [
+                {"value": v, "series": "reference", "share": float(r) / ref_total}
+                for v, r in zip(shown, ref_counts, strict=False)
+            ]
+            values += [{"value": v, "series": "current", "share": float(c) / cur_total}
+                       for v, c in zip(shown, cur_counts, strict=False)]  # fmt: skip
+            charts.append({**chart, "data": {"values": values}, "mark": {"type": "bar", "tooltip": True},
+                "encoding": {
+                    "x": {"field": "value", "type": "nominal", "sort": shown, "title": None},
+                    "xOffset": {"field": "series", "sort": ["reference", "current"]},
+                    "y": {"field": "share", "type": "quantitative", "title": None},
+                    "color": {"field": "series", "type": "nominal",
+                              "scale": {"domain": ["reference", "current"], "range": ["black", colour]}},
+                }})  # fmt: skip
+    return _grid(charts, columns=3)
 
 
-def loss_figure(history: list[dict[str, float]], resumed_from: int | None = None) -> Figure:
+def loss_figure(history: list[dict[str, float]], resumed_from: int | None = None) -> Spec:
     """Training loss per logged step; a dashed line where a retry or resume continued."""
-    fig, ax = plt.subplots(figsize=(7, 2.6))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="#4c72b0", marker=".")
+    line = {
+        "data": {"values": [{"step": h["step"], "loss": h["loss"]} for h in history]},
+        "mark": {"type": "line", "point": True, "color": BLUE, "tooltip": True},
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative"},
+            "y": {
+                "field": "loss",
+                "type": "quantitative",
+                "title": "training loss",
+                "scale": {"zero": False},
+            },
+        },
+    }
+    layers = [line]
     if resumed_from:
-        ax.axvline(resumed_from, color="#c44e52", linestyle="--", label=f"continued from step {resumed_from}")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    fig.tight_layout()
-    return fig
+        layers.append({
+            "data": {"values": [{"step": resumed_from, "note": f"continued from step {resumed_from}"}]},
+            "mark": {"type": "rule", "color": RED, "strokeDash": [6, 4], "tooltip": True},
+            "encoding": {"x": {"field": "step", "type": "quantitative"}, "tooltip": {"field": "note"}},
+        })  # fmt: skip
+    return _spec(width=500, height=180, layer=layers)

@@ -1,17 +1,14 @@
 """What every llmops card shares: artifacts read by name, names overridable by card options, and
-matplotlib figures turned into card images."""
+Vega-Lite figures (llmops.plots) turned into card charts."""
 
 from metaflow.plugins.cards.card_modules.basic import BlankCard
 
 
-def figure(fig):
-    """A matplotlib figure as a card image (the figure is closed)."""
-    import matplotlib.pyplot as plt
-    from metaflow.cards import Image
+def figure(spec):
+    """A Vega-Lite spec (llmops.plots) as a card chart, drawn by the card viewer."""
+    from metaflow.cards import VegaChart
 
-    image = Image.from_matplotlib(fig)
-    plt.close(fig)
-    return image
+    return VegaChart(spec)
 
 
 def fmt(value, spec=".4f"):
