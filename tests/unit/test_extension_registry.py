@@ -72,3 +72,22 @@ def test_cards_take_artifact_names_from_their_options():
         GateCard(options={"scores": "x"})
     for card in CARDS:  # a task without the artifacts renders, it does not raise
         assert _card_text(card(), _Task())
+
+
+def test_a_gate_policy_file_is_checked_when_the_step_is_set_up(tmp_path):
+    """A policy given as a path fails before any task runs, naming the step; a Config policy was
+    already checked by its parser when the run started, so set-up reads nothing."""
+    from metaflow_extensions.llmops.plugins.gate_decorator import GateDecorator, GateException
+
+    missing = GateDecorator(attributes={"policy": str(tmp_path / "nope.yaml")}, statically_defined=True)
+    with pytest.raises(GateException, match=r"@gate on step \*evaluate\*: .*nope.yaml"):
+        missing.step_init(None, None, "evaluate", [], None, None, None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: clf\nthresholds: {accuracy: 0.9}\n")  # not a policy field
+    with pytest.raises(GateException, match=r"@gate on step \*evaluate\*: .*thresholds"):
+        GateDecorator(attributes={"policy": str(bad)}, statically_defined=True).step_init(
+            None, None, "evaluate", [], None, None, None
+        )
+    # a Config's value is not parsed again in every task and card process (its parser did it once)
+    unparsed = GateDecorator(attributes={"policy": {"model": "Not A Name"}}, statically_defined=True)
+    unparsed.step_init(None, None, "evaluate", [], None, None, None)

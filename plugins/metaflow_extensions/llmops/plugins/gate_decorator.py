@@ -54,17 +54,21 @@ class GateDecorator(StepDecorator):
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
-        from llmops.gates import PolicyError
-
         if not self.attributes["policy"]:
             raise GateException(
                 f'@gate on step *{step_name}* needs a policy: @gate(policy=config_expr("policy")) '
                 'with a flow Config, or @gate(policy="evals/<model>.yaml").'
             )
-        try:
-            self._policy = self._load_policy(flow)
-        except PolicyError as exc:
-            raise GateException(f"@gate on step *{step_name}*: {exc}") from None
+        # Every process of a run (each task, each card) calls step_init. A Config policy was checked
+        # once, when the run started, by its parser (llmops.gates.parse_policy_config); only a file
+        # path is read here, so that a missing or invalid file fails before any task runs.
+        if isinstance(self.attributes["policy"], str):
+            from llmops.gates import PolicyError
+
+            try:
+                self._load_policy(flow)
+            except PolicyError as exc:
+                raise GateException(f"@gate on step *{step_name}*: {exc}") from None
 
     def _load_policy(self, flow):
         from llmops.gates import GatePolicy, PolicyError, load_policy
