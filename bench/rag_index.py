@@ -215,13 +215,16 @@ def retrieval(store: Path, embedder, n: int, queries: int, texts) -> None:
     collection = client.get_collection(info.version)
     retriever = Retriever(collection, embedder)
     questions = [f"question {i}: " + texts[i % len(texts)][:80] for i in range(queries)]
+    from sentence_transformers import SentenceTransformer
+
+    raw_model = SentenceTransformer(str(embedder.path), device="cpu")  # the baseline embeds by hand
     ours, raw = [], []
     for question in questions:  # interleaved, so both see the same machine state
         _, seconds = timed(lambda q=question: retriever.retrieve(q, 4))
         ours.append(seconds)
         _, seconds = timed(
             lambda q=question: collection.query(
-                query_embeddings=embedder._model.encode([q], normalize_embeddings=True),
+                query_embeddings=raw_model.encode([q], normalize_embeddings=True),
                 n_results=4,
                 include=["documents", "metadatas", "distances"],
             )
