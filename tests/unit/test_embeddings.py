@@ -4,8 +4,6 @@ sentence-transformers' layout, without importing it (or transformers, for a BERT
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 
 from llmops.rag import bert
 from llmops.rag.embeddings import DEFAULT_MODEL, Embedder, EmbeddingError, resolve_model_path
+from tests.fresh_process import imported_by
 
 TEXTS = [
     "The volcano erupted.",
@@ -87,11 +86,5 @@ def test_a_module_or_pooling_the_embedder_does_not_run_is_named(tmp_path):
 
 def test_embedding_imports_neither_transformers_nor_sentence_transformers():
     """The point of llmops.rag.bert: a process that embeds pays for torch, not for transformers."""
-    code = (
-        "import sys; from llmops.rag.embeddings import Embedder; "
-        "e = Embedder(); e.embed(['a text']); e.count_tokens(['a text']); "
-        "print(sorted(m for m in ('transformers', 'sentence_transformers') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]"
+    code = "from llmops.rag.embeddings import Embedder; e = Embedder(); e.embed(['a']); e.count_tokens(['a'])"
+    assert imported_by(code, ("transformers", "sentence_transformers")) == []
