@@ -23,8 +23,11 @@ TEXTS = [
 ]
 
 
-def folder_with(tmp_path: Path, pooling: dict | None = None, extra_module: str | None = None) -> Path:
-    """The packaged model's files, linked into a folder whose pooling or modules differ."""
+def folder_with(
+    tmp_path: Path, pooling: dict | None = None, extra_module: str | None = None, files: dict | None = None
+) -> Path:
+    """The packaged model's files, linked into a folder whose pooling, modules or other files
+    (``files``: name -> text) differ."""
     source = resolve_model_path(DEFAULT_MODEL)
     folder = tmp_path / "model"
     (folder / "1_Pooling").mkdir(parents=True)
@@ -39,6 +42,9 @@ def folder_with(tmp_path: Path, pooling: dict | None = None, extra_module: str |
         modules.append({"idx": 3, "name": "3", "path": "3_Extra", "type": extra_module})
         (folder / "modules.json").unlink()
         (folder / "modules.json").write_text(json.dumps(modules))
+    for name, text in (files or {}).items():
+        (folder / name).unlink()
+        (folder / name).write_text(text)
     return folder
 
 
@@ -67,6 +73,14 @@ def test_vectors_are_sentence_transformers_own(tmp_path, pooling):
     assert ours.dimension == (384 if pooling is None else 768)
 
 
+def test_the_folders_default_prompt_goes_before_every_text_as_in_sentence_transformers(tmp_path):
+    settings = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"}
+    folder = folder_with(tmp_path, files={"config_sentence_transformers.json": json.dumps(settings)})
+    vectors = Embedder(str(folder)).embed(TEXTS[:4])
+    np.testing.assert_allclose(vectors, sentence_transformers_vectors(folder, TEXTS[:4]), atol=2e-5)
+    assert not np.allclose(vectors, Embedder().embed(TEXTS[:4]), atol=1e-3)  # the prompt changed them
+
+
 def test_other_architectures_run_through_transformers_with_the_same_result(monkeypatch):
     direct = Embedder().embed(TEXTS[:5])
     monkeypatch.setattr(bert, "runs", lambda config, folder: False)
@@ -82,6 +96,9 @@ def test_a_module_or_pooling_the_embedder_does_not_run_is_named(tmp_path):
     weighted = folder_with(tmp_path / "b", {"pooling_mode": "weightedmean"})
     with pytest.raises(EmbeddingError, match=r"--embedding-model: .* pools by weightedmean"):
         Embedder(str(weighted)).embed(["text"])
+    broken = folder_with(tmp_path / "c", files={"config.json": "{not json"})
+    with pytest.raises(EmbeddingError, match=r"--embedding-model: .*config.json is not valid JSON"):
+        Embedder(str(broken)).embed(["text"])
 
 
 def test_embedding_imports_neither_transformers_nor_sentence_transformers():

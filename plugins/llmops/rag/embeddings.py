@@ -93,15 +93,21 @@ class Layout:
         return int(self.config.get("pad_token_id") or 0)
 
 
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _json(path: Path, field: str, missing: Any = None) -> Any:
+    """A JSON file of the model folder; ``missing`` (default ``{}``) when it is not there."""
+    if not path.is_file():
+        return {} if missing is None else missing
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EmbeddingError(f"{field}: {path} is not valid JSON ({exc})") from None
 
 
 def read_layout(folder: Path, field: str = "--embedding-model") -> Layout:
     """The folder's modules, pooling, token limit and default prompt; a plain transformers folder
     (no modules.json) is mean-pooled, as sentence-transformers does. Raises ``EmbeddingError``
     naming ``field`` for a module or pooling mode the embedder does not run."""
-    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
+    modules = _json(folder / "modules.json", field, missing=[])
     paths = {}
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -112,10 +118,10 @@ def read_layout(folder: Path, field: str = "--embedding-model") -> Layout:
             )
         paths[kind] = folder / module.get("path", "")
     transformer = paths.get("Transformer", folder)
-    config = _json(transformer / "config.json")
+    config = _json(transformer / "config.json", field)
     if "hidden_size" not in config:
         raise EmbeddingError(f"{field}: {transformer / 'config.json'} names no hidden_size")
-    pooling_config = _json(paths["Pooling"] / "config.json") if "Pooling" in paths else {}
+    pooling_config = _json(paths["Pooling"] / "config.json", field) if "Pooling" in paths else {}
     legacy = [mode for key, mode in _POOLING.items() if pooling_config.get(key)]  # pooling_mode_*: true
     modes = pooling_config.get("pooling_mode") or legacy
     modes = (modes,) if isinstance(modes, str) else tuple(modes) or ("mean",)
@@ -125,9 +131,9 @@ def read_layout(folder: Path, field: str = "--embedding-model") -> Layout:
             f"{field}: {folder} pools by {', '.join(unknown)}; "
             f"the embedder pools by {', '.join(_POOLING.values())}"
         )
-    settings = _json(transformer / "sentence_bert_config.json")
+    settings = _json(transformer / "sentence_bert_config.json", field)
     limit = min(int(config.get("max_position_embeddings", 512)), 512)
-    st_config = _json(folder / "config_sentence_transformers.json")
+    st_config = _json(folder / "config_sentence_transformers.json", field)
     prompt = st_config.get("default_prompt_name")
     return Layout(
         transformer=transformer,
