@@ -99,7 +99,7 @@ class FinetuneLlmFlow(FlowSpec):
         )
         self.next(self.train)
 
-    @retry(times=2, minutes_between_retries=1)  # a retry continues from the last checkpoint
+    @retry(times=config_expr("training.retries"), minutes_between_retries=1)  # from the last checkpoint
     @resources(
         cpu=config_expr("training.resources.cpu"),
         gpu=config_expr("training.resources.gpu"),

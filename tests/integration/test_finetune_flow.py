@@ -148,11 +148,14 @@ def test_resume_continues_training_from_the_failed_runs_checkpoint(
     tmp_path, fast_training, tiny_policy, release_name, first_release, checkpoints, monkeypatch
 ):
     monkeypatch.setenv("LLMOPS_FINETUNE_FAIL_AT_STEP", "12:all")  # every attempt fails at step 12
+    # `retries: 0`: the first failure fails the run (retries are what first_release shows)
+    training = tmp_path / "no-retries.yaml"
+    training.write_text(yaml.safe_dump(yaml.safe_load(fast_training.read_text()) | {"retries": 0}))
     failed, failed_run = finetune(
-        tmp_path, fast_training, tiny_policy, "--release-name", release_name, "--merge", "true"
+        tmp_path, training, tiny_policy, "--release-name", release_name, "--merge", "true"
     )
     assert failed.returncode != 0 and "failure injected at step 12" in output(failed)
-    assert not failed_run.successful
+    assert not failed_run.successful and failed_run["train"].task.current_attempt == 0
     monkeypatch.delenv("LLMOPS_FINETUNE_FAIL_AT_STEP")
     run_id_file = tmp_path / "resumed-run-id"
     resumed = subprocess.run(

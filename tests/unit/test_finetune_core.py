@@ -90,6 +90,8 @@ def test_training_config_errors_name_the_field():
         parse_training_config("optim: {learning_rate: 0}")
     with pytest.raises(TrainingConfigError, match=r"lora.rank: Extra inputs are not permitted"):
         parse_training_config("lora: {rank: 8}")
+    with pytest.raises(TrainingConfigError, match=r"retries: Input should be less than or equal to 4"):
+        parse_training_config("retries: 5")  # Metaflow's @retry allows at most 4
     with pytest.raises(TrainingConfigError, match="not valid YAML"):
         parse_training_config("optim: [")
 

@@ -57,6 +57,9 @@ class TrainingConfig(_Strict):
     save_steps: int = Field(50, ge=1)
     max_new_tokens: int = Field(64, ge=1)  # generated per held-out example for the task metrics
     max_eval_examples: int = Field(200, ge=1)  # held-out examples generated for (loss uses all)
+    # times a failed train task is tried again, each from the newest checkpoint (Metaflow's @retry;
+    # it allows at most 4)
+    retries: int = Field(2, ge=0, le=4)
     resources: Resources = Field(default_factory=Resources)
 
     def decides_training(self) -> dict[str, Any]:
