@@ -81,6 +81,17 @@ def test_the_folders_default_prompt_goes_before_every_text_as_in_sentence_transf
     assert not np.allclose(vectors, Embedder().embed(TEXTS[:4]), atol=1e-3)  # the prompt changed them
 
 
+def test_without_a_max_seq_length_the_tokenizers_limit_truncates_as_in_sentence_transformers(tmp_path):
+    tokenizer_config = json.loads((resolve_model_path(DEFAULT_MODEL) / "tokenizer_config.json").read_text())
+    folder = folder_with(tmp_path, files={
+        "sentence_bert_config.json": json.dumps({"do_lower_case": False}),
+        "tokenizer_config.json": json.dumps(tokenizer_config | {"model_max_length": 40}),
+    })  # fmt: skip
+    embedder = Embedder(str(folder))
+    assert embedder.max_tokens == 40 < Embedder().max_tokens
+    np.testing.assert_allclose(embedder.embed(TEXTS), sentence_transformers_vectors(folder, TEXTS), atol=2e-5)
+
+
 def test_other_architectures_run_through_transformers_with_the_same_result(monkeypatch):
     direct = Embedder().embed(TEXTS[:5])
     monkeypatch.setattr(bert, "runs", lambda config, folder: False)
@@ -96,6 +107,14 @@ def test_a_module_or_pooling_the_embedder_does_not_run_is_named(tmp_path):
     weighted = folder_with(tmp_path / "b", {"pooling_mode": "weightedmean"})
     with pytest.raises(EmbeddingError, match=r"--embedding-model: .* pools by weightedmean"):
         Embedder(str(weighted)).embed(["text"])
+    settings = {"prompts": {"query": "Represent the question: "}, "default_prompt_name": "query"}
+    pooling = json.loads((resolve_model_path(DEFAULT_MODEL) / "1_Pooling" / "config.json").read_text())
+    without_prompt = folder_with(
+        tmp_path / "d", pooling | {"include_prompt": False},
+        files={"config_sentence_transformers.json": json.dumps(settings)},
+    )  # fmt: skip
+    with pytest.raises(EmbeddingError, match=r"--embedding-model: .*include_prompt: false"):
+        Embedder(str(without_prompt)).embed(["text"])
     broken = folder_with(tmp_path / "c", files={"config.json": "{not json"})
     with pytest.raises(EmbeddingError, match=r"--embedding-model: .*config.json is not valid JSON"):
         Embedder(str(broken)).embed(["text"])

@@ -131,17 +131,29 @@ def read_layout(folder: Path, field: str = "--embedding-model") -> Layout:
             f"{field}: {folder} pools by {', '.join(unknown)}; "
             f"the embedder pools by {', '.join(_POOLING.values())}"
         )
-    settings = _json(transformer / "sentence_bert_config.json", field)
-    limit = min(int(config.get("max_position_embeddings", 512)), 512)
     st_config = _json(folder / "config_sentence_transformers.json", field)
     prompt = st_config.get("default_prompt_name")
+    prefix = (st_config.get("prompts") or {}).get(prompt, "") if prompt else ""
+    if prefix and pooling_config.get("include_prompt") is False:
+        raise EmbeddingError(
+            f"{field}: {folder} pools without its prompt's tokens (include_prompt: false); "
+            "the embedder pools every token"
+        )
+    settings = _json(transformer / "sentence_bert_config.json", field)
+    # without max_seq_length: the tokenizer's limit, capped at the model's positions (as
+    # sentence-transformers does); 512 where neither says
+    limits = [
+        int(config.get("max_position_embeddings", -1)),
+        int(_json(transformer / "tokenizer_config.json", field).get("model_max_length", -1)),
+    ]
+    limit = min((n for n in limits if n > 0), default=512)
     return Layout(
         transformer=transformer,
         config=config,
         pooling=modes,
         max_tokens=int(settings.get("max_seq_length") or limit),
         lower_case=bool(settings.get("do_lower_case", False)),
-        prefix=(st_config.get("prompts") or {}).get(prompt, "") if prompt else "",
+        prefix=prefix,
     )
 
 
@@ -251,7 +263,9 @@ class Embedder:
         import torch
 
         layout = self.layout
-        prepared = [layout.prefix + (text.lower() if layout.lower_case else text) for text in texts]
+        # the prompt goes first and is lower-cased with the text, as sentence-transformers does
+        prepared = [layout.prefix + text for text in texts]
+        prepared = [text.lower() for text in prepared] if layout.lower_case else prepared
         order = sorted(range(len(texts)), key=lambda i: -len(prepared[i]))  # little padding per batch
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
