@@ -765,6 +765,29 @@ def test_extractive_answer_picks_the_list_line_a_which_question_wants(embedder):
     assert generator.generate(number).startswith("Requests for new services go through the architecture")
 
 
+def test_extractive_answers_embed_each_sentence_once_and_match_uncached_ones(embedder):
+    from llmops.llm.generators import ExtractiveGenerator, GenerationRequest
+
+    class Counting:
+        def __init__(self):
+            self.texts = []
+
+        def embed(self, texts):
+            self.texts += texts
+            return embedder.embed(texts)
+
+    counting = Counting()
+    cached, small = ExtractiveGenerator(counting), ExtractiveGenerator(embedder, cache_size=3)
+    questions = ["Which tools serve as the feature store?", "How often does the architecture review meet?"]
+    for question in questions:
+        request = GenerationRequest(messages=[], question=question, contexts=[TOOLS_CHUNK, TOOLS_CHUNK])
+        uncached = ExtractiveGenerator(embedder).generate(request)
+        assert cached.generate(request) == small.generate(request) == uncached
+    units = 4  # the chunk's two sentences and two list lines, in both contexts: embedded once
+    assert len(counting.texts) == len(set(counting.texts)) == len(questions) + units
+    assert len(small._vectors) == 3  # the most recently used, up to cache_size
+
+
 # --- context metrics ------------------------------------------------------------------------
 
 
