@@ -160,8 +160,9 @@ class Rag:
 
     @bentoml.api
     def query(self, question: Question, k: K | None = None, filters: Filters = None) -> Answer:
-        """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources.
-        An LLM endpoint that answers an error: 502; one that does not answer in time: 504."""
+        """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources:
+        the best ranked of them that fit the LLM's context. An LLM endpoint that answers an error
+        (or refuses even one chunk as over its context): 502; one that does not answer in time: 504."""
         from llmops.llm.generators import GeneratorEndpointError
 
         started = time.perf_counter()

@@ -21,7 +21,10 @@ class Behaviour:
     status: int = 200
     delay_s: float = 0.0
     message: str = "late"  # the answer's content, or the error's message
+    # a prompt (all messages' content) longer than this is refused as over the model's context
+    max_prompt_chars: int | None = None
     calls: list[float] = field(default_factory=list)  # when each request came in
+    prompt_chars: list[int] = field(default_factory=list)  # each request's prompt length
 
 
 @contextmanager
@@ -31,9 +34,16 @@ def chat_endpoint(behaviour: Behaviour) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             behaviour.calls.append(time.monotonic())
-            self.rfile.read(int(self.headers.get("content-length", 0)))
+            request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+            chars = sum(len(m.get("content") or "") for m in request.get("messages", []))
+            behaviour.prompt_chars.append(chars)
             time.sleep(behaviour.delay_s)
-            if behaviour.status == 200:
+            if behaviour.max_prompt_chars is not None and chars > behaviour.max_prompt_chars:
+                message = f"This model's maximum context length is {behaviour.max_prompt_chars} characters"
+                error = {"message": message, "type": "invalid_request_error", "param": "messages",
+                         "code": "context_length_exceeded"}  # fmt: skip
+                self.reply(400, {"error": error})
+            elif behaviour.status == 200:
                 answer = {"role": "assistant", "content": behaviour.message}
                 choice = {"index": 0, "finish_reason": "stop", "message": answer}
                 body = {
@@ -43,11 +53,15 @@ def chat_endpoint(behaviour: Behaviour) -> Iterator[str]:
                     "model": "m",
                     "choices": [choice],
                 }
+                self.reply(200, body)
             else:  # the shape the project's LLM service and vLLM answer errors in
                 kind = "server_error" if behaviour.status >= 500 else "invalid_request_error"
-                body = {"error": {"message": behaviour.message, "type": kind, "param": None, "code": None}}
+                error = {"message": behaviour.message, "type": kind, "param": None, "code": None}
+                self.reply(behaviour.status, {"error": error})
+
+        def reply(self, status: int, body: dict) -> None:
             try:
-                self.send_response(behaviour.status)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.end_headers()
                 self.wfile.write(json.dumps(body).encode())

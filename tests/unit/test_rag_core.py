@@ -37,8 +37,9 @@ from llmops.rag.index import (
     write_index,
 )
 from llmops.rag.pipeline import RagPipeline
-from llmops.rag.retriever import MAX_K, RetrievalError, Retriever
+from llmops.rag.retriever import MAX_K, Hit, RetrievalError, Retriever
 from tests.conftest import REPO
+from tests.llm_endpoint import Behaviour, chat_endpoint
 
 DIMENSION = 384
 CHUNKING = ChunkingConfig(chunk_size=300, chunk_overlap=50)
@@ -786,6 +787,60 @@ def test_extractive_answers_embed_each_sentence_once_and_match_uncached_ones(emb
     units = 4  # the chunk's two sentences and two list lines, in both contexts: embedded once
     assert len(counting.texts) == len(set(counting.texts)) == len(questions) + units
     assert len(small._vectors) == 3  # the most recently used, up to cache_size
+
+
+# --- a prompt over the generator's context --------------------------------------------------
+
+LONG_HITS = [
+    Hit(id=f"h{i}", text=f"Passage {i}: " + "the gate compares every candidate with the champion. " * 8,
+        source=f"docs/{i}.md", position=i, score=1 - i / 10)
+    for i in range(6)
+]  # fmt: skip
+
+
+def test_an_endpoint_that_refuses_a_long_prompt_is_asked_again_with_fewer_contexts(retriever):
+    from llmops.llm.generators import GeneratorContextExceeded, GeneratorFailed
+
+    question = "What does the gate compare?"
+    llm = Behaviour(status=200, message="It compares candidates [1].")
+    with chat_endpoint(llm) as url:
+        pipeline = RagPipeline(retriever, load_prompt("rag_answer"), make_generator(f"openai:{url}#m"))
+        three = pipeline.request(question, LONG_HITS[:3]).messages
+        llm.max_prompt_chars = sum(len(m["content"]) for m in three)  # three contexts fit, four do not
+        answer = pipeline.answer_from(question, LONG_HITS)
+        assert answer.answer == "It compares candidates [1]."
+        assert [(s.number, s.path) for s in answer.sources] == [(n, f"docs/{n - 1}.md") for n in (1, 2, 3)]
+        assert len(llm.calls) == 4  # six, five and four contexts refused; three answered
+        assert llm.prompt_chars == sorted(llm.prompt_chars, reverse=True)
+
+        llm.calls.clear()
+        llm.max_prompt_chars = 10  # not even one context fits: the endpoint's refusal, as it said it
+        with pytest.raises(GeneratorContextExceeded, match=rf"{url} answered 400: .*maximum context length"):
+            pipeline.answer_from(question, LONG_HITS[:2])
+        assert len(llm.calls) == 2
+
+        llm.calls.clear()
+        llm.max_prompt_chars, llm.status, llm.message = None, 400, "model 'm' does not exist"
+        with pytest.raises(GeneratorFailed, match="does not exist") as refused:
+            pipeline.answer_from(question, LONG_HITS)
+        assert not isinstance(refused.value, GeneratorContextExceeded) and len(llm.calls) == 1
+
+
+def test_a_local_model_is_given_as_many_contexts_as_its_context_holds(retriever, tmp_path):
+    from llmops.llm.generators import TransformersGenerator
+    from llmops.llm.tiny import build_tiny_causal_lm
+
+    generator = TransformersGenerator(str(build_tiny_causal_lm(tmp_path / "tiny", n_positions=1024)))
+    pipeline = RagPipeline(retriever, load_prompt("rag_answer"), generator)
+    question = "What does the gate compare?"
+    answer = pipeline.answer_from(question, LONG_HITS)
+    kept = len(answer.sources)
+    assert 1 <= kept < len(LONG_HITS) and [s.path for s in answer.sources] == [
+        h.source for h in LONG_HITS[:kept]
+    ]
+    assert generator.fits(pipeline.request(question, LONG_HITS[:kept]))
+    assert not generator.fits(pipeline.request(question, LONG_HITS[: kept + 1]))
+    assert isinstance(answer.answer, str) and answer.answer
 
 
 # --- context metrics ------------------------------------------------------------------------

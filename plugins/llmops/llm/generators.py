@@ -8,9 +8,10 @@
 
 The OpenAI generator waits ``LLMOPS_GENERATOR_TIMEOUT_S`` seconds (default 60) per attempt and
 retries ``LLMOPS_GENERATOR_RETRIES`` times (default 1) before it gives up with
-:class:`GeneratorTimeout`; a CPU-served LLM needs more than a GPU one. An error answer (a prompt
-over the model's context, a wrong key) or an endpoint it cannot reach raises :class:`GeneratorFailed`
-with the endpoint's own message.
+:class:`GeneratorTimeout`; a CPU-served LLM needs more than a GPU one. An error answer (a wrong
+key) or an endpoint it cannot reach raises :class:`GeneratorFailed` with the endpoint's own message;
+a prompt refused as over the model's context raises its subclass :class:`GeneratorContextExceeded`,
+on which a RAG pipeline asks again with fewer contexts.
 
 Each takes a ``GenerationRequest``: the rendered chat messages (for LLMs) plus the question and
 the retrieved contexts (for the extractive generator), and returns text. ``settings`` says what
@@ -54,6 +55,16 @@ class GeneratorTimeout(GeneratorEndpointError, TimeoutError):
 class GeneratorFailed(GeneratorEndpointError, RuntimeError):
     """The generator's endpoint answered with an error (e.g. a prompt over its context) or could
     not be reached."""
+
+
+class GeneratorContextExceeded(GeneratorFailed):
+    """The endpoint refused the prompt as longer than its model's context (OpenAI's and vLLM's
+    ``context_length_exceeded``): a RAG pipeline asks again with fewer contexts."""
+
+
+# how OpenAI, vLLM and the project's LLM service word a prompt over the context, for endpoints
+# that set no error code
+_CONTEXT_EXCEEDED = re.compile(r"maximum context length|context length|context is \d+ tokens", re.I)
 
 
 class EndpointSettings(BaseModel):
@@ -234,7 +245,14 @@ class TransformersGenerator:
         self.backend = backend
         self.settings = {"backend": "transformers", "model_path": self.backend.model_path}
 
+    def fits(self, request: GenerationRequest) -> bool:
+        """Whether the rendered prompt and ``max_tokens`` fit the model's context."""
+        prompt = self.backend.render(request.messages)
+        return self.backend.count_tokens(prompt) <= self.backend.max_context - request.max_tokens
+
     def generate(self, request: GenerationRequest) -> str:
+        """The answer; a prompt over the context (a RAG pipeline first drops contexts until it
+        fits, see :meth:`fits`) loses its beginning, so the question, which comes last, stays."""
         from llmops.llm.types import SamplingParams
 
         prompt = self.backend.render(request.messages)
@@ -307,9 +325,13 @@ class OpenAIGenerator:
                 f"generator: cannot reach {self.base_url} ({1 + self.retries} attempt(s))"
             ) from None
         except APIStatusError as exc:
-            raise GeneratorFailed(
-                f"generator: {self.base_url} answered {exc.status_code}: {_endpoint_message(exc)}"
-            ) from None
+            message = f"generator: {self.base_url} answered {exc.status_code}: {_endpoint_message(exc)}"
+            code = exc.body.get("code") if isinstance(exc.body, dict) else None
+            if exc.status_code == 400 and (
+                code == "context_length_exceeded" or _CONTEXT_EXCEEDED.search(_endpoint_message(exc))
+            ):
+                raise GeneratorContextExceeded(message) from None
+            raise GeneratorFailed(message) from None
 
 
 def _endpoint_message(error: Any, limit: int = 300) -> str:

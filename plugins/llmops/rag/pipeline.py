@@ -3,13 +3,16 @@ its sources and the versions that produced it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel
 
-from llmops.llm.generators import GenerationRequest, Generator
+from llmops.llm.generators import GenerationRequest, Generator, GeneratorContextExceeded
 from llmops.prompts import PromptTemplate
 from llmops.rag.retriever import Hit, Retriever
+
+log = logging.getLogger(__name__)
 
 
 class Source(BaseModel):
@@ -66,12 +69,31 @@ class RagPipeline:
         return self.answer_from(question, hits)
 
     def answer_from(self, question: str, hits: list[Hit]) -> RagAnswer:
-        text = self.generator.generate(self.request(question, hits)) if hits else ""
+        """The generator's answer from ``hits``, or from as many of the best ranked of them as
+        its context holds; ``sources`` are the contexts it was given, numbered as it cited them.
+        A generator that counts tokens (:meth:`fits`) is asked once; an endpoint that refuses a
+        prompt over its context is asked again with one context fewer each time."""
+        used = list(hits)
+        fits = getattr(self.generator, "fits", None)
+        while fits is not None and len(used) > 1 and not fits(self.request(question, used)):
+            used.pop()
+        text = ""
+        while used:
+            try:
+                text = self.generator.generate(self.request(question, used))
+                break
+            except GeneratorContextExceeded:
+                if len(used) == 1:
+                    raise
+                used.pop()
+        if len(used) < len(hits):
+            log.warning("question answered from %d of %d contexts: the rest is over the generator's context",
+                        len(used), len(hits))  # fmt: skip
         return RagAnswer(
             answer=text or "I do not know: nothing relevant was retrieved.",
             sources=[
                 Source(number=n, path=h.source, chunk=h.position, score=h.score, text=h.text)
-                for n, h in enumerate(hits, 1)
+                for n, h in enumerate(used, 1)
             ],
             versions=self.versions,
         )
