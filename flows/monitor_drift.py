@@ -73,6 +73,7 @@ class MonitorDriftFlow(FlowSpec):
 
         self.monitored_model = check_name(self.model_name or self.policy.model, "--model-name")
         champion = Registry().get(self.monitored_model)
+        self._run().add_tag(f"model:{self.monitored_model}")  # how the next monitor run finds this one
         self.champion_version = champion.version
         self.window_until = parse_instant(self.until, "--until") or datetime.now(timezone.utc).isoformat()
         self.window_since = parse_instant(self.since, "--since") or self._last_window_end()
@@ -85,16 +86,29 @@ class MonitorDriftFlow(FlowSpec):
         self.next(self.detect)
 
     def _last_window_end(self):
+        """Where the newest successful monitor run of this model ended its window. Runs are tagged
+        ``model:<name>``, so only this model's runs are read; runs from before the tag are read
+        (newest first) only when no tagged run has succeeded yet."""
         from metaflow import Flow
         from metaflow.exception import MetaflowNotFound
 
         try:
-            for run in Flow(current.flow_name).runs():
+            flow = Flow(current.flow_name)
+            for run in flow.runs(f"model:{self.monitored_model}"):
+                if run.successful:
+                    return run.data.window_until
+            for run in flow.runs():
                 if run.successful and run.data.monitored_model == self.monitored_model:
                     return run.data.window_until
         except MetaflowNotFound:
             pass
         return None
+
+    @staticmethod
+    def _run():
+        from metaflow import Run
+
+        return Run(f"{current.flow_name}/{current.run_id}", _namespace_check=False)
 
     @card(type="llmops_drift")
     @step

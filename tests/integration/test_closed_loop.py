@@ -189,5 +189,7 @@ def test_default_window_starts_where_the_last_monitor_run_ended(tmp_path, model_
     first = quiet_monitor("--until", "2026-01-02T00:00:00+00:00")
     second = quiet_monitor()
     assert first["end"].task["window_until"].data == "2026-01-02T00:00:00+00:00"
+    # found by its tag among this model's runs (the earlier tests' monitor runs are older)
+    assert f"model:{model_name}" in first.user_tags and f"model:{model_name}" in second.user_tags
     assert second["start"].task["window_since"].data == "2026-01-02T00:00:00+00:00"
     assert "not enough traffic" in second["end"].task["verdict"].data
