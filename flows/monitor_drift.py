@@ -68,12 +68,13 @@ class MonitorDriftFlow(FlowSpec):
         from datetime import datetime, timezone
 
         from llmops.inference_log import read_log
+        from llmops.lineage import tag_current_run
         from llmops.registry import Registry, check_name
         from llmops.tabular.monitoring import parse_instant
 
         self.monitored_model = check_name(self.model_name or self.policy.model, "--model-name")
         champion = Registry().get(self.monitored_model)
-        self._run().add_tag(f"model:{self.monitored_model}")  # how the next monitor run finds this one
+        tag_current_run(f"model:{self.monitored_model}")  # how the next monitor run finds this one
         self.champion_version = champion.version
         self.window_until = parse_instant(self.until, "--until") or datetime.now(timezone.utc).isoformat()
         self.window_since = parse_instant(self.since, "--since") or self._last_window_end()
@@ -103,12 +104,6 @@ class MonitorDriftFlow(FlowSpec):
         except MetaflowNotFound:
             pass
         return None
-
-    @staticmethod
-    def _run():
-        from metaflow import Run
-
-        return Run(f"{current.flow_name}/{current.run_id}", _namespace_check=False)
 
     @card(type="llmops_drift")
     @step

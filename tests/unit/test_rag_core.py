@@ -840,7 +840,6 @@ def test_a_local_model_is_given_as_many_contexts_as_its_context_holds(retriever,
     ]
     assert generator.fits(pipeline.request(question, LONG_HITS[:kept]))
     assert not generator.fits(pipeline.request(question, LONG_HITS[: kept + 1]))
-    assert isinstance(answer.answer, str) and answer.answer
 
 
 # --- context metrics ------------------------------------------------------------------------

@@ -90,6 +90,10 @@ class GenerationRequest(BaseModel):
 
 
 class Generator(Protocol):
+    """What a RAG pipeline calls. A generator that can count its prompt's tokens also has
+    ``fits(request) -> bool`` (the pipeline then gives it as many contexts as fit); one behind an
+    endpoint raises :class:`GeneratorContextExceeded` when the endpoint refuses the prompt's size."""
+
     settings: dict[str, Any]
 
     def generate(self, request: GenerationRequest) -> str: ...

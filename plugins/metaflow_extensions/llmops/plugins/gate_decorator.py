@@ -83,6 +83,7 @@ class GateDecorator(StepDecorator):
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         from llmops.gates import evaluate_gate
+        from llmops.lineage import tag_current_run
         from llmops.registry import Registry
         from llmops.tabular.drift import DriftReport
 
@@ -119,10 +120,4 @@ class GateDecorator(StepDecorator):
                 % ("ok" if rule.passed else "FAIL", rule.rule, rule.value, rule.limit, rule.detail)
             )
         print("[gate] " + decision.summary())
-        self._tag_run(flow, "gate:passed" if decision.passed else "gate:failed")
-
-    @staticmethod
-    def _tag_run(flow, tag):
-        from metaflow import Run, current
-
-        Run(f"{current.flow_name}/{current.run_id}", _namespace_check=False).add_tag(tag)
+        tag_current_run("gate:passed" if decision.passed else "gate:failed")
