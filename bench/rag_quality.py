@@ -109,7 +109,7 @@ def baseline_rankings(corpus, questions: list[str], model_path: str, store: Path
 
 def scores(ranked: list[list[str]], golden, embedder) -> tuple[dict[str, float], list[float], list[float]]:
     """hit@1/3/5, MRR@5 and answer-key share; per question: answer key, key in context."""
-    from llmops.llm.generators import ExtractiveGenerator, GenerationRequest
+    from llmops.rag.generators import ExtractiveGenerator, GenerationRequest
     from llmops.rag.evaluation import answer_key_score, is_relevant
 
     generator = ExtractiveGenerator(embedder)

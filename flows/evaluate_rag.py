@@ -138,15 +138,13 @@ class EvaluateRagFlow(FlowSpec):
     @gate(policy=config_expr("policy"))
     @step
     def evaluate(self, inputs):
-        from llmops.gates import GatePolicy
+        from llmops.gates import policy_from_config
         from llmops.rag.candidates import choose_generator
         from llmops.rag.release import score_champion
 
         self.merge_artifacts(inputs, exclude=["candidate"])
         candidates = sorted((i.candidate for i in inputs), key=lambda c: c["position"])
-        chosen, self.generator_choice = choose_generator(
-            candidates, GatePolicy.model_validate(dict(self.policy))
-        )
+        chosen, self.generator_choice = choose_generator(candidates, policy_from_config(self.policy))
         winner = candidates[chosen]
         self.generator_candidates = [
             {"name": c["name"], "settings": c["settings"], "scores": c["scores"], "chosen": i == chosen}

@@ -68,9 +68,9 @@ class MonitorDriftFlow(FlowSpec):
         from datetime import datetime, timezone
 
         from llmops.inference_log import read_log
-        from llmops.lineage import tag_current_run
         from llmops.registry import Registry, check_name
         from llmops.tabular.monitoring import parse_instant
+        from metaflow_extensions.llmops.plugins.run_tags import tag_current_run
 
         self.monitored_model = check_name(self.model_name or self.policy.model, "--model-name")
         champion = Registry().get(self.monitored_model)
@@ -108,14 +108,14 @@ class MonitorDriftFlow(FlowSpec):
     @card(type="llmops_drift")
     @step
     def detect(self):
-        from llmops.gates import GatePolicy
+        from llmops.gates import policy_from_config
         from llmops.registry import Registry
         from llmops.tabular.data import TableSchema
         from llmops.tabular.drift import detect_drift
         from llmops.tabular.monitoring import decide_retrain, join_feedback, live_metrics, load_feedback
         from llmops.tabular.profile import Profile
 
-        policy = GatePolicy.model_validate(dict(self.policy))
+        policy = policy_from_config(self.policy)
         champion = Registry().get(self.monitored_model, self.champion_version)
         schema = TableSchema.model_validate(champion.read_json("schema.json"))
         self.schema = schema.model_dump()

@@ -5,7 +5,7 @@
 
 Each record is a question, the retrieved context from docs/ (numbered chunks with their files) in
 ``input``, and an answer that uses that context and cites its file (see
-llmops.llm.grounded_data.build_grounded_records). The same docs and golden set always give the same file.
+llmops.rag.grounded_data.build_grounded_records). The same docs and golden set always give the same file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llmops.llm.grounded_data import build_grounded_records, write_jsonl
+from llmops.rag.grounded_data import build_grounded_records, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -151,7 +151,7 @@ class Rag:
 
     def _generator_spec(self, release) -> str:
         """LLMOPS_GENERATOR, else the release's own generator (services.rag_llm composes an LLM)."""
-        from llmops.llm.generators import generator_spec
+        from llmops.rag.generators import generator_spec
 
         return SETTINGS.generator or generator_spec(release.generator)
 
@@ -163,7 +163,7 @@ class Rag:
         """Answer ``question`` from the ``k`` most similar chunks (optionally filtered), with sources:
         the best ranked of them that fit the LLM's context. An LLM endpoint that answers an error
         (or refuses even one chunk as over its context): 502; one that does not answer in time: 504."""
-        from llmops.llm.generators import GeneratorEndpointError
+        from llmops.rag.generators import GeneratorEndpointError
 
         started = time.perf_counter()
         try:

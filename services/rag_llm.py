@@ -65,7 +65,7 @@ class RagWithLLM(Rag.inner):
 
     def __init__(self) -> None:
         super().__init__()
-        from llmops.llm.generators import OpenAIGenerator, TransformersGenerator
+        from llmops.rag.generators import OpenAIGenerator, TransformersGenerator
 
         llm = self.llm
         if isinstance(llm, LLM.inner):  # no separate process (the LLM runs in this one): no HTTP hop

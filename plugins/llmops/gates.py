@@ -1,8 +1,10 @@
 """The promotion gate: policy as code, one decision with every rule and its measured value.
 
 A policy (``evals/<model>.yaml``) holds absolute metric thresholds, the regression allowed
-against the current champion, a fairness limit across groups, drift limits for the
-training data against the champion's reference, and the data validation rules.
+against the current champion and a fairness limit across groups, which every pipeline shares,
+plus the sections a pipeline adds for itself (the classifier's ``data:`` and ``drift:``). A
+pipeline registers its sections under the entry-point group ``llmops.policy_sections``
+(``pyproject.toml``), so this module reads every pipeline's policy without importing one.
 """
 
 from __future__ import annotations
@@ -10,20 +12,44 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from llmops.errors import LlmopsError, parse_yaml_model
-from llmops.tabular.rules import DataRules, DriftRule  # pydantic only: flows parse policies cheaply
 
-if TYPE_CHECKING:
-    from llmops.tabular.drift import DriftReport
+SECTIONS_GROUP = "llmops.policy_sections"
 
 
 class PolicyError(LlmopsError, ValueError):
     """A policy file that cannot be used; the message names the file and the field."""
+
+
+class RuleResult(BaseModel):
+    rule: str  # e.g. "metrics.f1.min", "regression.accuracy", "fairness.recall.gap"
+    value: float | None
+    limit: float | None
+    passed: bool
+    detail: str = ""  # for a rule not applied: why
+    applied: bool = True  # False: nothing to compare yet (see evaluate_gate); it passes, saying why
+
+
+class PolicySection(BaseModel):
+    """A pipeline's own section of a policy, registered under ``llmops.policy_sections``.
+
+    A section may only configure a step (the classifier's ``data:`` rules) or also add gate rules:
+    :meth:`gate_rules` turns the evidence the gated step produced (``@gate`` hands it over by
+    role: ``drift`` is the training-drift report) into rule results."""
+
+    model_config = ConfigDict(extra="forbid")
+    always: ClassVar[bool] = False  # True: a policy without the section gets its defaults
+
+    def gate_rules(self, evidence: Mapping[str, Any]) -> list[RuleResult]:
+        return []
 
 
 class Threshold(BaseModel):
@@ -51,12 +77,10 @@ class GatePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    data: DataRules = Field(default_factory=DataRules)
     metrics: dict[str, Threshold] = Field(default_factory=dict)
     regression: dict[str, float] = Field(default_factory=dict)  # allowed worsening vs champion
     lower_is_better: list[str] = Field(default_factory=list)  # e.g. perplexity: worse means higher
     fairness: FairnessRule | None = None
-    drift: DriftRule | None = None
 
     @model_validator(mode="after")
     def _lower_is_better_names_gated_metrics(self) -> GatePolicy:
@@ -66,13 +90,43 @@ class GatePolicy(BaseModel):
             raise ValueError(f"lower_is_better: {unknown} are not under metrics or regression")
         return self
 
+    def sections(self) -> dict[str, PolicySection]:
+        """The pipeline sections this policy holds, by name."""
+        return {n: v for n in _section_names(type(self)) if (v := getattr(self, n)) is not None}
+
     def version(self) -> str:
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return "policy-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+        dumped = self.model_dump(mode="json")
+        body = {k: v for k, v in dumped.items() if v is not None or k not in _section_names(type(self))}
+        return "policy-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _section_names(model: type[GatePolicy]) -> list[str]:
+    """The pipeline sections of a policy model (its fields beyond the shared ones)."""
+    return [n for n in model.model_fields if n not in GatePolicy.model_fields]
+
+
+@cache
+def policy_model() -> type[GatePolicy]:
+    """:class:`GatePolicy` with every registered pipeline section as an optional field, so a section
+    is checked like any field (``drift.max_psi: Input should be greater than 0``) and an
+    unregistered key is refused (``surprise: Extra inputs are not permitted``)."""
+    fields: dict[str, Any] = {}
+    for point in sorted(entry_points(group=SECTIONS_GROUP), key=lambda p: p.name):
+        section = point.load()
+        if section.always:
+            fields[point.name] = (section, Field(default_factory=section))
+        else:
+            fields[point.name] = (section | None, None)
+    return create_model("GatePolicy", __base__=GatePolicy, **fields)
+
+
+def policy_from_config(config: Mapping[str, Any]) -> GatePolicy:
+    """A policy from the plain dict a flow's ``Config`` holds (already checked by its parser)."""
+    return policy_model().model_validate(dict(config))
 
 
 def parse_policy(text: str, source: str = "policy") -> GatePolicy:
-    return parse_yaml_model(text, GatePolicy, source, PolicyError)
+    return parse_yaml_model(text, policy_model(), source, PolicyError)
 
 
 def load_policy(path: str | Path) -> GatePolicy:
@@ -85,15 +139,6 @@ def load_policy(path: str | Path) -> GatePolicy:
 def parse_policy_config(text: str) -> dict[str, Any]:
     """Parser for a Metaflow ``Config``: validates, then hands Metaflow a plain dict."""
     return parse_policy(text).model_dump(mode="json")
-
-
-class RuleResult(BaseModel):
-    rule: str  # e.g. "metrics.f1.min", "regression.accuracy", "fairness.recall.gap"
-    value: float | None
-    limit: float | None
-    passed: bool
-    detail: str = ""  # for a rule not applied: why
-    applied: bool = True  # False: nothing to compare yet (see evaluate_gate); it passes, saying why
 
 
 class ChampionScored(BaseModel):
@@ -142,12 +187,12 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _missing(rule: str, limit: float | None, why: str) -> RuleResult:
+def missing_rule(rule: str, limit: float | None, why: str) -> RuleResult:
     """A rule whose input should be there and is not: it fails, saying what is missing."""
     return RuleResult(rule=rule, value=None, limit=limit, passed=False, detail=why)
 
 
-def _not_applied(rule: str, limit: float | None, why: str) -> RuleResult:
+def not_applied_rule(rule: str, limit: float | None, why: str) -> RuleResult:
     """A rule with nothing to compare yet: it passes, marked not applied, saying why."""
     return RuleResult(rule=rule, value=None, limit=limit, passed=True, applied=False, detail=why)
 
@@ -160,7 +205,7 @@ def evaluate_gate(
     champion_version: str | None = None,
     group_scores: dict[str, dict[str, float]] | None = None,
     group_sizes: dict[str, int] | None = None,
-    drift: DriftReport | None = None,
+    evidence: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Apply every rule of ``policy``. What a missing input means is decided per rule:
 
@@ -169,7 +214,8 @@ def evaluate_gate(
       with one, a metric missing on either side fails.
     - ``fairness.*``: without group scores (no group column given), or with fewer than two groups
       of ``min_group_size`` rows, it is not applied; a metric measured for no group fails.
-    - ``drift.*``: without the champion's reference profile it is not applied.
+    - a pipeline section's rules (``drift.*``) are its own: it reads ``evidence`` (the
+      classifier's drift rule is not applied without the champion's reference profile).
 
     A rule not applied passes with ``applied=False`` and a detail that says why, so the decision
     record shows it was not checked rather than that it held."""
@@ -185,7 +231,7 @@ def evaluate_gate(
                 continue
             if value is None or math.isnan(value):
                 rules.append(
-                    _missing(f"metrics.{metric}.{bound}", limit, f"metric {metric!r} was not measured")
+                    missing_rule(f"metrics.{metric}.{bound}", limit, f"metric {metric!r} was not measured")
                 )
                 continue
             ok = value >= limit if bound == "min" else value <= limit
@@ -194,13 +240,15 @@ def evaluate_gate(
     for metric, allowed_drop in policy.regression.items():
         if not champion_scores:
             rules.append(
-                _not_applied(f"regression.{metric}", allowed_drop, "no champion yet: nothing to regress from")
+                not_applied_rule(
+                    f"regression.{metric}", allowed_drop, "no champion yet: nothing to regress from"
+                )
             )
             continue
         new, old = scores.get(metric), champion_scores.get(metric)
         if new is None or old is None:
             rules.append(
-                _missing(f"regression.{metric}", allowed_drop, f"metric {metric!r} missing for a side")
+                missing_rule(f"regression.{metric}", allowed_drop, f"metric {metric!r} missing for a side")
             )
             continue
         drop = new - old if metric in policy.lower_is_better else old - new
@@ -217,24 +265,8 @@ def evaluate_gate(
     if policy.fairness is not None:
         rules.append(_fairness_rule(policy.fairness, group_scores, group_sizes))
 
-    if policy.drift is not None:
-        limit = policy.drift.max_training_drifted_share
-        if drift is None:
-            rules.append(
-                _not_applied(
-                    "drift.training_drifted_share", limit, "no champion reference: drift not measured"
-                )
-            )
-        else:
-            rules.append(
-                RuleResult(
-                    rule="drift.training_drifted_share",
-                    value=drift.drifted_share,
-                    limit=limit,
-                    passed=drift.drifted_share <= limit,
-                    detail="drifted columns: " + (", ".join(drift.drifted_columns) or "none"),
-                )
-            )
+    for section in policy.sections().values():
+        rules.extend(section.gate_rules(evidence or {}))
 
     return GateDecision(
         model=policy.model,
@@ -252,9 +284,9 @@ def _fairness_rule(
 ) -> RuleResult:
     name = f"fairness.{rule.metric}.gap"
     if not group_scores:
-        return _not_applied(name, rule.max_gap, "no group column given: fairness not measured")
+        return not_applied_rule(name, rule.max_gap, "no group column given: fairness not measured")
     if not any(rule.metric in metrics for metrics in group_scores.values()):
-        return _missing(name, rule.max_gap, f"metric {rule.metric!r} was not measured for any group")
+        return missing_rule(name, rule.max_gap, f"metric {rule.metric!r} was not measured for any group")
     sizes = group_sizes or {}
     values = {
         group: metrics[rule.metric]
@@ -262,7 +294,7 @@ def _fairness_rule(
         if sizes.get(group, rule.min_group_size) >= rule.min_group_size and rule.metric in metrics
     }
     if len(values) < 2:
-        return _not_applied(name, rule.max_gap, f"fewer than 2 groups with >= {rule.min_group_size} rows")
+        return not_applied_rule(name, rule.max_gap, f"fewer than 2 groups with >= {rule.min_group_size} rows")
     worst, best = min(values, key=values.get), max(values, key=values.get)
     gap = values[best] - values[worst]
     return RuleResult(

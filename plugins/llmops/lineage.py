@@ -48,11 +48,3 @@ def resumed_runs(run_pathspec: str) -> list[str]:
             break
         runs.append(f"{flow}/{origin}")
     return runs
-
-
-def tag_current_run(tag: str) -> None:
-    """Add ``tag`` to the run this task belongs to (inside a Metaflow step): ``gate:passed``,
-    ``model:<name>``, so ``Flow(...).runs(tag)`` finds the run later."""
-    from metaflow import Run, current
-
-    Run(f"{current.flow_name}/{current.run_id}", _namespace_check=False).add_tag(tag)

@@ -121,7 +121,7 @@ def test_rag_bento():
     assert (info["name"], info["service"], info["entry_service"]) == ("llmops-rag", "services.rag:Rag", "Rag")
     assert "gpu" not in config["resources"] and config["resources"]["cpu"]
     included = files(bento)
-    assert {"services/rag.py", "plugins/llmops/rag/index.py", "plugins/llmops/llm/generators.py"} <= included
+    assert {"services/rag.py", "plugins/llmops/rag/index.py", "plugins/llmops/rag/generators.py"} <= included
     assert "services/classifier.py" not in included and "services/llm.py" not in included
     assert_self_contained(bento, "services/rag.py")
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()

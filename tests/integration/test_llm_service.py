@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from llmops.llm.generators import make_generator
 from llmops.llm.tiny import build_tiny_causal_lm
+from llmops.rag.generators import make_generator
 from tests.conftest import serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -202,7 +202,7 @@ def test_context_length_error_says_what_to_do(llm):
 
 
 def test_rag_openai_generator_uses_the_service(llm):
-    from llmops.llm.generators import GenerationRequest
+    from llmops.rag.generators import GenerationRequest
 
     generator = make_generator(f"openai:{llm.base_url}/v1#llm")
     assert generator.settings == {"backend": "openai", "base_url": f"{llm.base_url}/v1", "model": "llm"}

@@ -291,7 +291,7 @@ def test_column_histograms_share_bins_for_plotting():
 def test_the_drift_figure_draws_the_bins_the_drift_tests_use():
     import json
 
-    from llmops.plots import drift_figure
+    from metaflow_extensions.llmops.plugins.cards.llmops_cards.figures import drift_figure
 
     rng = np.random.default_rng(11)
     reference = build_profile(table(rng), SCHEMA)

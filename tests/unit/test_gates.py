@@ -92,7 +92,9 @@ def test_drift_share_limit():
         for c, v in (("x", 0.5), ("y", 0.01), ("z", 0.02))
     ]
     decision = evaluate_gate(
-        parse_policy(POLICY), GOOD, drift=DriftReport(columns=columns, drifted_share=1 / 3)
+        parse_policy(POLICY),
+        GOOD,
+        evidence={"drift": DriftReport(columns=columns, drifted_share=1 / 3).model_dump()},
     )
     rule = by_rule(decision)["drift.training_drifted_share"]
     assert not rule.passed and "x" in rule.detail

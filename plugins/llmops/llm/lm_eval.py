@@ -22,7 +22,8 @@ import re
 from typing import Any
 
 from llmops.llm.chat_format import build_example, render_prompt
-from llmops.llm.sft_data import InstructionRecord, sentences, terms
+from llmops.llm.sft_data import InstructionRecord
+from llmops.text import sentences, terms
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 _CITATION = re.compile(r"\[[^\]]*\]")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -102,22 +101,3 @@ def split_records(
     return [r for i, r in enumerate(records) if i not in held], [
         r for i, r in enumerate(records) if i in held
     ]
-
-
-# ---- text helpers shared by the grounded data builder and the faithfulness measure -------------
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(])")
-_TERM = re.compile(r"[a-z0-9_]+")
-_STOP = frozenset(
-    "a an and are as at be by can do does for from how i if in is it its my of on or the this to what "
-    "when where which who why with you your that than then there these they not no".split()
-)
-
-
-def terms(text: str) -> list[str]:
-    """Lowercase content words (stop words dropped): what lexical retrieval and support compare."""
-    return [t for t in _TERM.findall(text.lower()) if t not in _STOP]
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(" ".join(text.split())) if s.strip()]

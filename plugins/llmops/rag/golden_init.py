@@ -32,7 +32,7 @@ class GoldenInitError(LlmopsError, ValueError):
 
 def _first_sentence(lines: list[str]) -> str | None:
     """The first prose sentence of a section (no code, tables, lists or headings)."""
-    from llmops.llm.generators import split_sentences
+    from llmops.rag.generators import split_sentences
 
     in_code = False
     for line in lines:

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmops.llm.generators import GenerationRequest, Generator, GeneratorContextExceeded
 from llmops.prompts import PromptTemplate
+from llmops.rag.generators import GenerationRequest, Generator, GeneratorContextExceeded
 from llmops.rag.retriever import Hit, Retriever
 
 log = logging.getLogger(__name__)

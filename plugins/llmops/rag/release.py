@@ -98,9 +98,9 @@ def open_pipeline(
     retrieval: RetrievalSettings | None = None,
 ) -> RagPipeline:
     """A pipeline over a stored index, embedding questions with the model that built it."""
-    from llmops.llm.generators import make_generator
     from llmops.prompts import load_prompt
     from llmops.rag.embeddings import Embedder
+    from llmops.rag.generators import make_generator
     from llmops.rag.index import chroma_client, open_index
     from llmops.rag.retriever import Retriever
 

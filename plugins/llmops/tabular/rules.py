@@ -7,9 +7,12 @@ numerics where they run (``llmops.tabular.validation``, ``llmops.tabular.drift``
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmops.gates import PolicySection, RuleResult, not_applied_rule
 
 # ---- data: --------------------------------------------------------------------------------------
 
@@ -25,10 +28,10 @@ class ColumnRule(BaseModel):
     required: bool = True
 
 
-class DataRules(BaseModel):
-    """The ``data:`` section of a gate policy."""
+class DataRules(PolicySection):
+    """The ``data:`` section of a gate policy (checked by the training flow's validate step)."""
 
-    model_config = ConfigDict(extra="forbid")
+    always: ClassVar[bool] = True  # every table is validated, with these defaults when not given
 
     min_rows: int = Field(default=30, ge=1)
     max_missing_share: float = Field(default=0.2, ge=0, le=1)
@@ -80,7 +83,7 @@ class ColumnDriftRule(BaseModel):
         return self
 
 
-class DriftRule(BaseModel):
+class DriftRule(PolicySection):
     """The ``drift:`` section of a policy: test per column, thresholds, the table's limit.
 
     Parameters
@@ -108,8 +111,6 @@ class DriftRule(BaseModel):
     small_reference : int
         Reference sizes up to this use statistical tests under ``auto``; above, distances.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     method: Method = "auto"
     threshold: float | None = Field(default=None, gt=0)
@@ -140,3 +141,22 @@ class DriftRule(BaseModel):
         if test in self.thresholds:
             return self.thresholds[test]
         return self.max_psi if test == "psi" else DEFAULT_THRESHOLDS[test]
+
+    def gate_rules(self, evidence: Mapping[str, Any]) -> list[RuleResult]:
+        """``drift.training_drifted_share``: the training data's drift report (``evidence["drift"]``,
+        a ``DriftReport`` dump) against ``max_training_drifted_share``."""
+        rule, limit = "drift.training_drifted_share", self.max_training_drifted_share
+        report = evidence.get("drift")
+        if not report:
+            return [not_applied_rule(rule, limit, "no champion reference: drift not measured")]
+        share = float(report["drifted_share"])
+        drifted = [c["column"] for c in report.get("columns", []) if c.get("drifted")]
+        return [
+            RuleResult(
+                rule=rule,
+                value=share,
+                limit=limit,
+                passed=share <= limit,
+                detail="drifted columns: " + (", ".join(drifted) or "none"),
+            )
+        ]

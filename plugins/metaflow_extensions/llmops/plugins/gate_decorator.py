@@ -39,7 +39,8 @@ class GateDecorator(StepDecorator):
         when the step has no such artifact, the policy's ``model`` is used.
     drift : str, default "training_drift"
         Artifact with the training data's drift report against the champion's
-        reference profile (``DriftReport.model_dump()``); optional.
+        reference profile (``DriftReport.model_dump()``); optional. Handed to the policy's
+        ``drift:`` section, which the tabular pipeline registers.
     """
 
     name = "gate"
@@ -71,21 +72,21 @@ class GateDecorator(StepDecorator):
                 raise GateException(f"@gate on step *{step_name}*: {exc}") from None
 
     def _load_policy(self, flow):
-        from llmops.gates import GatePolicy, PolicyError, load_policy
+        from llmops.gates import PolicyError, load_policy, policy_from_config
 
         source = self.attributes["policy"]
         if isinstance(source, str):
             return load_policy(source)
         try:
-            return GatePolicy.model_validate(dict(source))
+            return policy_from_config(source)
         except ValueError as exc:
             raise PolicyError(f"policy Config: {exc}") from None
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         from llmops.gates import evaluate_gate
-        from llmops.lineage import tag_current_run
         from llmops.registry import Registry
-        from llmops.tabular.drift import DriftReport
+
+        from .run_tags import tag_current_run
 
         policy = self._load_policy(flow)
         scores = getattr(flow, self.attributes["scores"], None)
@@ -111,7 +112,7 @@ class GateDecorator(StepDecorator):
             champion_version=(champion.version if champion else None),
             group_scores=getattr(flow, self.attributes["group_scores"], None),
             group_sizes=getattr(flow, self.attributes["group_sizes"], None),
-            drift=DriftReport.model_validate(drift) if drift else None,
+            evidence={"drift": drift},  # for a pipeline's own policy sections (llmops.gates)
         )
         flow.gate_decision = decision.model_dump(mode="json")
         for rule in decision.rules:

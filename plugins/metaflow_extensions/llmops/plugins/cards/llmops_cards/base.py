@@ -1,11 +1,11 @@
 """What every llmops card shares: artifacts read by name, names overridable by card options, and
-Vega-Lite figures (llmops.plots) turned into card charts."""
+Vega-Lite figures (figures.py) turned into card charts."""
 
 from metaflow.plugins.cards.card_modules.basic import BlankCard
 
 
 def figure(spec):
-    """A Vega-Lite spec (llmops.plots) as a card chart, drawn by the card viewer."""
+    """A Vega-Lite spec (figures.py) as a card chart, drawn by the card viewer."""
     from metaflow.cards import VegaChart
 
     return VegaChart(spec)

@@ -11,7 +11,7 @@ class GateCard(ArtifactCard):
     def components(self, task):
         from metaflow.cards import Markdown, Table
 
-        from llmops.plots import gate_figure
+        from .figures import gate_figure
 
         decision = self.artifact(task, "gate_decision")
         if not decision:

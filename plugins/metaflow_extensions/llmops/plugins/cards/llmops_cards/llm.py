@@ -20,7 +20,7 @@ class LlmEvalCard(ArtifactCard):
     def components(self, task):
         from metaflow.cards import Markdown, Table
 
-        from llmops.plots import loss_figure
+        from .figures import loss_figure
 
         base = self.artifact(task, "base_model_ref") or {}
         report = self.artifact(task, "training_report") or {}

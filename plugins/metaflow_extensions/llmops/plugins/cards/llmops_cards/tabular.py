@@ -29,8 +29,9 @@ class DataProfileCard(ArtifactCard):
     def components(self, task):
         from metaflow.cards import Markdown, Table
 
-        from llmops.plots import profile_figure
         from llmops.tabular.profile import Profile
+
+        from .figures import profile_figure
 
         out = [Markdown(f"## Dataset `{self.artifact(task, 'dataset_version', '?')}`")]
         report = self.artifact(task, "validation_report")
@@ -77,7 +78,7 @@ class EvalCard(ArtifactCard):
     def components(self, task):
         from metaflow.cards import Markdown, Table
 
-        from llmops.plots import candidates_figure, confusion_figure
+        from .figures import candidates_figure, confusion_figure
 
         out = [Markdown(f"## Best model: `{self.artifact(task, 'best_candidate', '?')}`")]
         scores = self.artifact(task, "eval_scores") or {}
@@ -119,8 +120,9 @@ class DriftCard(ArtifactCard):
     def components(self, task):
         from metaflow.cards import Markdown, Table
 
-        from llmops.plots import drift_figure
         from llmops.tabular.profile import Profile
+
+        from .figures import drift_figure
 
         since = self.artifact(task, "window_since") or "beginning"
         rows = len(self.artifact(task, "window", []))

@@ -1,4 +1,4 @@
-"""Card figures as Vega-Lite specs: plain dicts, drawn in the browser by the card viewer.
+"""The cards' figures as Vega-Lite specs: plain dicts, drawn in the browser by the card viewer.
 
 Metaflow's card bundle carries Vega, so a card shows these (with tooltips) offline. Building a
 spec imports nothing heavy: a card process, started once per card per task, no longer imports and

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmops.llm.sft_data import sentences, terms
+from llmops.text import sentences, terms
 
 GROUNDED_INSTRUCTION = "Answer the question from the context and cite the source file in brackets."
 
