@@ -18,6 +18,7 @@ Cards: python flows/evaluate_rag.py card view evaluate [--id gate]
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
+from llmops.rag.retriever import DEFAULT_BM25_WEIGHT, DEFAULT_DENSE_WEIGHT, DEFAULT_MODE
 
 
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
@@ -38,9 +39,13 @@ class EvaluateRagFlow(FlowSpec):
         "champion (the --llm-release champion), transformers:/model/folder, openai:http://host:port/v1#model.",
     )
     llm_release = Parameter("llm-release", default="llm", help="Registry name of the fine-tuned LLM.")
-    retrieval = Parameter("retrieval", default="hybrid", help="Retrieval mode: dense, bm25 or hybrid.")
-    dense_weight = Parameter("dense-weight", default=1.0, type=float, help="Weight of dense ranks (hybrid).")
-    bm25_weight = Parameter("bm25-weight", default=2.0, type=float, help="Weight of BM25 ranks (hybrid).")
+    retrieval = Parameter("retrieval", default=DEFAULT_MODE, help="Retrieval mode: dense, bm25 or hybrid.")
+    dense_weight = Parameter(
+        "dense-weight", default=DEFAULT_DENSE_WEIGHT, type=float, help="Weight of dense ranks (hybrid)."
+    )
+    bm25_weight = Parameter(
+        "bm25-weight", default=DEFAULT_BM25_WEIGHT, type=float, help="Weight of BM25 ranks (hybrid)."
+    )
     k = Parameter("k", default=4, type=int, help="Chunks retrieved per question (1-50).")
     judge_url = Parameter("judge-url", default="", help="OpenAI-compatible URL of an LLM judge (optional).")
     judge_model = Parameter("judge-model", default="", help="The judge's model name.")
