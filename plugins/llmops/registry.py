@@ -29,6 +29,8 @@ from llmops.errors import LlmopsError
 
 CHAMPION = "champion"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# a BentoML tag's version (it lower-cases what it is given); checked here so that a bad one is an answer
+_VERSION = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 _UNSET: Any = object()
 
 
@@ -68,6 +70,16 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def check_version(version: str, name: str) -> str:
+    """``version``: a version id, an alias or ``latest``, refused before it reaches the store."""
+    if not _VERSION.match(version):
+        raise RegistryError(
+            f"version: {version!r} is not a version id or an alias of {name!r} (letters, digits, "
+            f"'_', '-', '.'; see: llmops models list {name})"
+        )
+    return version
+
+
 class Registry:
     """Registered model versions and their aliases, in the active BentoML home."""
 
@@ -98,7 +110,7 @@ class Registry:
         """A version by alias, by version id, or ``latest``."""
         check_name(name)
         aliases = self.aliases(name)
-        version = aliases.get(ref, ref)
+        version = check_version(aliases.get(ref, ref), name)
         try:
             return self._version(bentoml.models.get(f"{name}:{version}"))
         except bentoml.exceptions.NotFound:

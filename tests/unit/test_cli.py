@@ -60,3 +60,13 @@ def test_errors_are_messages_not_tracebacks(model_name):
         result = llmops(*args)
         assert result.returncode == 2, result
         assert message in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_version_that_is_not_a_tag_is_refused_naming_it(model_name, tmp_path):
+    register(model_name, 0.9)
+    for command in (("show",), ("promote",), ("export", str(tmp_path))):
+        result = llmops("models", command[0], f"{model_name}:../../x", *command[1:])
+        assert result.returncode == 2, result
+        assert "version: '../../x' is not a version id" in result.stdout
+        assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

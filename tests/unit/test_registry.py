@@ -57,6 +57,8 @@ def test_unknown_version_and_bad_names_are_refused(model_name):
         Registry().promote(model_name, "nope")
     with pytest.raises(RegistryError, match="not a valid model name"):
         Registry().get("../etc")
+    with pytest.raises(RegistryError, match=r"version: '\.\./\.\./x' is not a version id"):
+        Registry().get(model_name, "../../x")
 
 
 def _promote_many(name, version, rounds):
