@@ -11,55 +11,40 @@ bearer key for /predict and /reload), LLMOPS_INFERENCE_LOG_DIR, LLMOPS_MAX_BATCH
 LLMOPS_MAX_RECORDS (per request), LLMOPS_MAX_BODY_BYTES (larger bodies: 413), LLMOPS_TIMEOUT_S,
 LLMOPS_RELOAD_POLL_S (0: off).
 
-The request model is built at import from the served version's ``schema.json``, so BentoML
-validates every request (missing, unknown or mistyped column → 400 naming it) *before*
-the request joins a batch. That includes each numeric value's range: the estimator computes on
-the scaled value in float64 (float32 for tree ensembles), so a finite but huge number would
-overflow there; outside the served version's range it is a 400 naming the column and the range.
-And should a validated record still make the model call fail, the batch is bisected: only that
-record's request gets a 400 naming the record, every other request of the batch its answer.
+The request model is built at import from the ``schema.json`` of the version the ref names then,
+so BentoML validates every request (missing, unknown or mistyped column → 400 naming it) *before*
+the request joins a batch. Each numeric value's range is checked in the batch, against the
+served version: the estimator computes on the scaled value in float64 (float32 for tree
+ensembles), so a finite but huge number would overflow there; outside the served version's range
+it is a 400 for that request alone, naming the column and the range. And should a validated
+record still make the model call fail, the batch is bisected: only that record's request gets a
+400 naming the record, every other request of the batch its answer.
 ``/predict`` itself is the batchable API, because BentoML batches only HTTP calls to a
 ``batchable=True`` method. /livez, /readyz and /metrics are BentoML's and stay open.
 
-Hot reload, without a restart and without failing a request:
+Hot reload, without a restart and without failing a request (llmops.release_follower, as in
+every service; docs/serving.md):
 
     curl -s -X POST localhost:3000/reload -H "Authorization: Bearer $LLMOPS_API_KEY"
     {"model": "classifier", "previous": "<v1>", "current": "<v2>", "reloaded": true, "error": null}
 
-``POST /reload`` resolves LLMOPS_CLASSIFIER_VERSION (default: the champion alias) again. If it moved,
-the new version is loaded in full off the batching thread (batches keep being served), then one
-attribute holding an immutable ``Served`` (version, schema, model) is replaced. ``predict`` reads
-it once per batch: a batch in flight ends on the model it began with, and each answer and
-inference-log row names the version that produced it. ``reloaded`` is false when nothing moved
-(always, for a pinned version). A version whose features or classes differ from the served ones
-is refused with 409 and the reason: requests are validated against the schema built at import,
-so it takes a restart. A ref that no longer resolves is a 404. Either way the old version keeps
-serving. With LLMOPS_RELOAD_POLL_S > 0 a background thread also does this every that many
-seconds. Each worker process holds its own model and ``/reload`` reaches only the worker that
-takes the call, so with ``workers > 1`` rely on the poll (this service runs one worker).
+Each batch reads the served release once (version, schema, model, value ranges) and uses only
+that: each answer and inference-log row names the version that produced it, and a value outside
+that version's ranges is a 400 for its request alone. The request model is the schema the service
+started with (BentoML fixes an API's input type when the class is defined), so a version whose
+features or classes differ is refused with 409 and the reason: serving it takes a restart.
 """
 
-import asyncio
 import logging
-import threading
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    create_model,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, create_model
 
 from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
+from llmops.release_follower import ReleaseFollower, ReloadAnswer, document_reload, reload_route
 from llmops.serving import (
     DEFAULT_MAX_BODY_BYTES,
     BatchResults,
@@ -115,24 +100,10 @@ class Prediction(BaseModel):
     request_id: str  # shared by the records of one request; the key into the inference log
 
 
-# column -> (low, high): what the served version's estimator can take; set when a version loads
-LIMITS: dict[str, tuple[float, float]] = {}
-LIMITS_DTYPE = ["float64"]
-
-
-def _within_limits(column: str, value: float | None) -> float | None:
-    """Runs per numeric value at validation, before batching (see ``classifier.input_limits``)."""
-    low, high = LIMITS.get(column, (-float("inf"), float("inf")))
-    if value is not None and not low <= value <= high:
-        raise ValueError(
-            f"{value!r} is outside what the served model can score: {column!r} must lie within "
-            f"[{low:.6g}, {high:.6g}] (the model computes in {LIMITS_DTYPE[0]})"
-        )
-    return value
-
-
-def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]:
-    """The version to serve and a request model built from its schema (permissive if none)."""
+def _request_model(settings: Settings) -> tuple["TableSchema | None", type[RecordBase]]:
+    """The schema of the version the ref names now, and a request model built from it (permissive
+    if none). BentoML fixes an API's input type when the class is defined: this is the one
+    registry lookup at import, and a later version with another schema takes a restart."""
     from llmops.tabular.data import TableSchema
 
     try:
@@ -144,26 +115,14 @@ def _resolve(settings: Settings) -> tuple[ModelVersion | None, type[RecordBase]]
     # field names must be identifiers, column names need not be ("mean radius"): alias them
     fields: dict[str, Any] = {
         f"c{i}": (
-            Annotated[float | None, AfterValidator(partial(_within_limits, column))]
-            if kind == "numeric"
-            else str | None,
+            float | None if kind == "numeric" else str | None,
             Field(alias=column, title=column, strict=True, allow_inf_nan=False)
             if kind == "numeric"
             else Field(alias=column, title=column),
         )
         for i, (column, kind) in enumerate(schema.features.items())
     }
-    return version, create_model("Record", __base__=RecordBase, **fields)
-
-
-class Reload(BaseModel):
-    """The answer of ``POST /reload``."""
-
-    model: str
-    previous: str  # the version served when the reload began
-    current: str  # the version served now
-    reloaded: bool  # whether the served version changed
-    error: str | None = None  # why not, on a 404 or 409; the previous version keeps serving
+    return schema, create_model("Record", __base__=RecordBase, **fields)
 
 
 @dataclass(frozen=True)
@@ -189,13 +148,6 @@ def _load(version: ModelVersion) -> Served:
     return Served(version, schema, model, tuple(str(c) for c in model.classes_), limits, dtype)
 
 
-def _serve_limits(served: Served) -> None:
-    """Validate the next requests against ``served``'s ranges (one dict swap, like ``served``)."""
-    global LIMITS
-    LIMITS_DTYPE[0] = served.dtype
-    LIMITS = served.limits
-
-
 def _schema_change(old: Served, new: Served) -> str | None:
     """Why ``new`` cannot replace ``old`` without a restart; None when it can."""
     before, after = old.schema.features, new.schema.features
@@ -219,6 +171,20 @@ def _schema_change(old: Served, new: Served) -> str | None:
     )
 
 
+def _out_of_range(served: Served, row: int, values: dict[str, Any]) -> Exception | None:
+    """A 400 for the first value outside what ``served``'s estimator can take (see
+    ``classifier.input_limits``), else None."""
+    for column, (low, high) in served.limits.items():
+        value = values.get(column)
+        if value is not None and not low <= value <= high:
+            return request_error(
+                ("records", row, column),
+                f"{value!r} is outside what the served model can score: {column!r} must lie within "
+                f"[{low:.6g}, {high:.6g}] (the model computes in {served.dtype})",
+            )
+    return None
+
+
 def _stamp_request(records: list[RecordBase]) -> list[RecordBase]:
     """Runs once per validated request, before batching: tag its rows for the inference log."""
     request_id = uuid.uuid4().hex
@@ -228,7 +194,7 @@ def _stamp_request(records: list[RecordBase]) -> list[RecordBase]:
 
 
 SETTINGS = Settings.from_env()
-SERVED, Record = _resolve(SETTINGS)
+SCHEMA, Record = _request_model(SETTINGS)
 Records = Annotated[
     list[Record],
     Field(min_length=1, max_length=SETTINGS.max_records),
@@ -247,30 +213,28 @@ class Classifier:
     def __init__(self) -> None:
         from llmops.inference_log import InferenceLogger
 
-        if SERVED is None:
-            version = Registry().get(SETTINGS.classifier_release, SETTINGS.classifier_version or CHAMPION)
+        self.follower = ReleaseFollower(
+            SETTINGS.classifier_release,
+            SETTINGS.classifier_version,
+            _load,
+            poll_s=SETTINGS.reload_poll_s,
+            refuse=_schema_change,
+            log=logger,
+        )
+        served = self.follower.start().release
+        if SCHEMA is None or list(served.schema.features.items()) != list(SCHEMA.features.items()):
+            self.follower.close()
             raise RuntimeError(
-                f"{version.tag} appeared after this worker imported the service: "
+                f"{served.version.tag} is not the schema this worker imported the service with: "
                 f"restart it so requests are validated against that version's schema"
             )
-        self.served = _load(SERVED)  # replaced, never mutated: see _reload
-        _serve_limits(self.served)
-        self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, SERVED.name)
-        self._reload_lock = threading.Lock()
-        self._refused: dict[str, str] = {}  # version -> why; versions are immutable, so it stays refused
-        self._stop_polling = threading.Event()
-        self._poller: threading.Thread | None = None
-        if SETTINGS.reload_poll_s > 0:
-            self._poller = threading.Thread(
-                target=self._poll, args=(SETTINGS.reload_poll_s,), name="reload-poll", daemon=True
-            )
-            self._poller.start()
+        self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, served.version.name)
         logger.info(
             "serving %s (%d features, classes %s; reload poll %s)",
-            SERVED.tag,
-            len(self.served.schema.features),
-            list(self.served.classes),
-            f"every {SETTINGS.reload_poll_s:g} s" if self._poller else "off",
+            served.version.tag,
+            len(served.schema.features),
+            list(served.classes),
+            f"every {SETTINGS.reload_poll_s:g} s" if SETTINGS.reload_poll_s > 0 else "off",
         )
 
     def __is_ready__(self) -> bool:
@@ -284,21 +248,30 @@ class Classifier:
     )
     def predict(self, records: Records) -> list[Prediction]:
         """Class and class probabilities per record; records of concurrent requests arrive batched."""
+        import numpy as np
         import pandas as pd
 
         from llmops.inference_log import utc_now
         from llmops.tabular.classifier import predict_proba_rows
         from llmops.tabular.data import normalize
 
-        served = self.served  # read once: a reload during this batch must not mix two versions
+        served = self.follower.served.release  # read once: a reload during this batch must not mix two
         columns = list(served.schema.features)  # the Record's field order (a reload keeps the schema)
         values = [tuple(record.__dict__.values()) for record in records]  # (n, features), schema order
-        frame = normalize(pd.DataFrame(values, columns=columns), served.schema)
-        # (n, classes), columns in served.classes order; a row the model cannot score fails alone
-        proba, failures = predict_proba_rows(served.model, frame)
         failed: dict[str, Exception] = {}  # request id -> its 400
+        for record, row_values in zip(records, values, strict=True):
+            if record._request_id not in failed:
+                problem = _out_of_range(served, record._row, dict(zip(columns, row_values, strict=True)))
+                if problem is not None:
+                    failed[record._request_id] = problem
+        scored = [i for i, record in enumerate(records) if record._request_id not in failed]
+        frame = normalize(pd.DataFrame([values[i] for i in scored], columns=columns), served.schema)
+        # (scored, classes), columns in served.classes order; a row the model cannot score fails alone
+        proba, failures = (
+            predict_proba_rows(served.model, frame) if scored else (np.empty((0, len(served.classes))), {})
+        )
         for i, why in failures.items():
-            record = records[i]
+            record = records[scored[i]]
             if record._request_id not in failed:
                 logger.warning(
                     "request %s: record %d could not be scored by %s: %s",
@@ -310,13 +283,16 @@ class Classifier:
                 failed[record._request_id] = request_error(
                     ("records", record._row), f"the model could not score this record: {why}"
                 )
-        best = proba.argmax(axis=1)
+        answers = dict(
+            zip(scored, zip(proba.tolist(), proba.argmax(axis=1).tolist(), strict=True), strict=True)
+        )
         name, version, now = served.version.name, served.version.version, utc_now()
         results, log_rows = BatchResults(), []
-        for record, row_values, probs, k in zip(records, values, proba.tolist(), best, strict=True):
+        for i, (record, row_values) in enumerate(zip(records, values, strict=True)):
             if record._request_id in failed:  # the whole request is answered 400, nothing logged
                 results.append(failed[record._request_id])
                 continue
+            probs, k = answers[i]
             label = served.classes[k]
             results.append(
                 Prediction(
@@ -343,70 +319,37 @@ class Classifier:
         return results
 
     @bentoml.api(route="/reload")
-    async def reload(self, ctx: bentoml.Context) -> Reload:
+    async def reload(self, ctx: bentoml.Context) -> ReloadAnswer:
         """Serve the version the alias points at now, if it moved and has the same schema."""
-        # not BentoML's thread for sync APIs (one): the batches of /predict need it while we load
-        status, answer = await asyncio.to_thread(self._reload)
-        ctx.response.status_code = status
-        return answer
+        return await reload_route(self.follower, ctx)
 
-    def _reload(self) -> tuple[HTTPStatus, Reload]:
-        with self._reload_lock:  # /reload and the poll: one load at a time
-            old = self.served
-            answer = partial(Reload, model=old.version.name, previous=old.version.version)
-            try:
-                version = Registry().get(SETTINGS.classifier_release, SETTINGS.classifier_version or CHAMPION)
-            except RegistryError as exc:
-                return HTTPStatus.NOT_FOUND, answer(
-                    current=old.version.version, reloaded=False, error=str(exc)
-                )
-            if version.version == old.version.version:
-                return HTTPStatus.OK, answer(current=old.version.version, reloaded=False)
-            if version.version not in self._refused:
-                new = _load(version)  # completely, before any batch can see it
-                if problem := _schema_change(old, new):
-                    self._refused[version.version] = problem
-                    logger.warning("not reloaded, still serving %s: %s", old.version.tag, problem)
-                else:
-                    self.served = new  # one reference store: the swap is atomic
-                    _serve_limits(new)
-                    logger.info("reloaded: serving %s (was %s)", version.tag, old.version.tag)
-                    return HTTPStatus.OK, answer(current=version.version, reloaded=True)
-            error = self._refused[version.version]
-            return HTTPStatus.CONFLICT, answer(current=old.version.version, reloaded=False, error=error)
-
-    def _poll(self, every_s: float) -> None:
-        """Background thread of each worker: reload whenever the alias moved."""
-        last_problem = None
-        while not self._stop_polling.wait(every_s):
-            problem = None
-            try:
-                status, answer = self._reload()
-                if status == HTTPStatus.NOT_FOUND:
-                    problem = answer.error
-            except Exception as exc:  # e.g. an unloadable version: keep serving and polling
-                problem = f"reload failed, still serving {self.served.version.tag}: {exc!r}"
-            if problem and problem != last_problem:  # log a lasting problem once, not every poll
-                logger.warning(problem)
-            last_problem = problem
+    @bentoml.api(route="/info")
+    def info(self) -> dict[str, Any]:
+        """The served version and where it comes from."""
+        version = self.follower.served.version
+        return {"model": version.name, "version": version.version, "ref": self.follower.ref,
+                "reload_poll_s": SETTINGS.reload_poll_s}  # fmt: skip
 
     @bentoml.on_shutdown
     def shut_down(self) -> None:
-        self._stop_polling.set()
-        if self._poller is not None:
-            self._poller.join(timeout=10)
+        self.follower.close()
         self.inference_log.close()
 
 
+def _served_limits() -> dict[str, tuple[float, float]]:
+    """The value ranges of the version this worker serves now (none before it serves)."""
+    try:
+        return bentoml.get_current_service().follower.served.release.limits
+    except Exception:  # no service instance in this process yet
+        return {}
+
+
 def _document(doc: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document states each numeric column's range (see ``_within_limits``) and
-    /reload's 404 and 409, which answer the same body as its 200."""
-    reload = doc.get("paths", {}).get("/reload", {}).get("post", {}).get("responses", {})
-    if "200" in reload:
-        reload["404"] = {**reload["200"], "description": "The reference no longer resolves"}
-        reload["409"] = {**reload["200"], "description": "Another schema: restart to serve it"}
+    """The OpenAPI document states each numeric column's range in the served version (see
+    ``_out_of_range``) and /reload's other answers."""
+    doc = document_reload(doc)
     record = doc.get("components", {}).get("schemas", {}).get("Record", {})
-    for column, (low, high) in LIMITS.items():
+    for column, (low, high) in _served_limits().items():
         for branch in record.get("properties", {}).get(column, {}).get("anyOf", []):
             if branch.get("type") == "number":
                 branch.update(minimum=low, maximum=high)
