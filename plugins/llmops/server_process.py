@@ -2,6 +2,11 @@
 127.0.0.1, wait until it is ready, stop it with all its workers. The one way the tests, the
 benchmarks and the demo run a service.
 
+BentoML starts each worker in a session of its own, so stopping the server's process group does not
+reach them, and a worker outlives a supervisor that was killed. :func:`stop` therefore ends every
+process of the server's tree: those it finds under the server when it stops, and those found once
+the server was ready (``RunningServer.workers``), which are no longer under it if it was killed.
+
     env = os.environ | {"LLMOPS_CLASSIFIER_RELEASE": "classifier"}
     with bento_server("services.classifier:Classifier", env=env, log=Path("server.log")) as server:
         httpx.post(f"{server.url}/predict", json=...)
@@ -19,6 +24,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 # BentoML restarts a worker whose startup failed instead of exiting: its log says this
 STARTUP_FAILED = "Application startup failed"
@@ -41,6 +48,7 @@ class RunningServer:
     port: int
     process: subprocess.Popen
     log: Path | None  # where its output goes (None: this process's terminal)
+    workers: list[psutil.Process]  # the processes under ``process`` once it was ready
 
 
 def bentoml_command(target: str, port: int, *args: str) -> list[str]:
@@ -70,8 +78,7 @@ def started_server(
     cwd: Path | str | None = None,
 ) -> Iterator[RunningServer]:
     """Start ``command`` (a server listening on ``port`` of 127.0.0.1) in a session of its own,
-    yield once ``/readyz`` answers 200, then stop it: SIGTERM (BentoML's arbiter stops its
-    workers), SIGKILL to the whole session if it does not end within 20 s."""
+    yield once ``/readyz`` answers 200, then stop it and every process under it (:func:`stop`)."""
     import httpx
 
     def tail() -> str:
@@ -87,6 +94,7 @@ def started_server(
         if sink is not None:
             sink.close()
     name = " ".join(command[2:5]) if len(command) > 4 else " ".join(command)
+    workers: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + ready_s
         while True:
@@ -100,22 +108,51 @@ def started_server(
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
             time.sleep(0.3)
-        yield RunningServer(f"http://127.0.0.1:{port}", port, process, log)
+        workers = descendants(process.pid)
+        yield RunningServer(f"http://127.0.0.1:{port}", port, process, log, workers)
     finally:
-        stop(process)
+        stop(process, known=workers)
 
 
-def stop(process: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM, then SIGKILL to the process's whole session after ``grace_s``."""
-    if process.poll() is not None:
-        return
-    process.terminate()
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process under ``pid`` (children, theirs, ...), whatever their session; none if it is gone."""
     try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop(process: subprocess.Popen, grace_s: float = 20, known: Sequence[psutil.Process] = ()) -> None:
+    """Stop ``process`` and every process under it, and ``known`` (processes found under it
+    earlier, which a killed ``process`` left behind): SIGTERM to ``process``, SIGKILL to its
+    session after ``grace_s``; then SIGTERM to any of the others still running, SIGKILL 5 s later."""
+    # psutil.Process remembers each process's start time, so a reused pid is never signalled
+    tree = {p.pid: p for p in [*known, *descendants(process.pid)]}
+    if process.poll() is None:
+        process.terminate()  # BentoML's arbiter stops its workers
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    left = [p for p in tree.values() if _running(p)]
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=min(grace_s, 5))
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _running(process: psutil.Process) -> bool:
+    """Running and not a zombie (an ended process its new parent has not reaped yet)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @contextlib.contextmanager
