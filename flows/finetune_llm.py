@@ -112,7 +112,7 @@ class FinetuneLlmFlow(FlowSpec):
 
         from llmops.llm.base_models import materialize_base, read_folder
         from llmops.llm.checkpoints import CheckpointStore, default_root
-        from llmops.llm.finetune import fail_at_step_from_env, train_lora
+        from llmops.llm.finetune import train_lora
         from llmops.llm.sft_data import InstructionRecord
 
         store = CheckpointStore(default_root(*self._datastore_location()))
@@ -125,7 +125,7 @@ class FinetuneLlmFlow(FlowSpec):
                 workdir,
                 store=store,
                 key=self.checkpoint_key,
-                fail_at_step=fail_at_step_from_env(current.retry_count),
+                attempt=current.retry_count,
                 revision=self._base().revision,
             )
             self.adapter_files = read_folder(outcome.adapter_dir)

@@ -7,18 +7,13 @@ finishes from there instead of registering a second one.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmops.faults import fault_point
 from llmops.lineage import code_version, resumed_runs
 from llmops.registry import CHAMPION, AliasConflict, ModelVersion, Registry
-
-# Test hook: ``registered`` or ``promoted`` kills this process (SIGKILL) right after that point,
-# as a crash or a lost machine would; the resume tests use it.
-KILL_ENV = "LLMOPS_TEST_KILL_PROMOTE"
 
 
 def gate_refusal(gate_decision: dict[str, Any]) -> str | None:
@@ -69,11 +64,6 @@ def _finish(registry: Registry, name: str, version: ModelVersion, expected: str 
     return promoted, f"{note} (registered by an earlier attempt of this run)"
 
 
-def _kill_here(point: str) -> None:
-    if os.environ.get(KILL_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def register_gated(
     name: str,
     write_files: Callable[[Path], None],
@@ -89,6 +79,7 @@ def register_gated(
     (``metadata["run"]``) or a run it resumes already registered a version, no second one is
     registered: the alias is moved to that one if it is not there yet."""
     if not gate_decision.get("passed"):
+        # programming error: every flow asks gate_refusal first and registers only a passed decision
         raise ValueError("gate_decision: the gate failed; a failed gate never registers a champion")
     registry = Registry()
     expected = gate_decision.get("champion_version")
@@ -109,7 +100,7 @@ def register_gated(
         },
         json_files={**json_files, "gate_decision.json": gate_decision},
     )
-    _kill_here("registered")
+    fault_point("promote.after_register", kill=True)  # a crash here is what resume must finish
     promoted, note = _promote(registry, name, version, expected)
-    _kill_here("promoted")
+    fault_point("promote.after_promote", kill=True)
     return version.version, promoted, note

@@ -78,7 +78,7 @@ def output(result):
 def first_release(tmp_path_factory, fast_training, tiny_policy, release_name):
     """A run whose first training attempt fails at step 7; @retry continues from checkpoint 5."""
     tmp = tmp_path_factory.mktemp("first")
-    env = {"LLMOPS_CHECKPOINT_ROOT": str(tmp / "checkpoints"), "LLMOPS_FINETUNE_FAIL_AT_STEP": "7"}
+    env = {"LLMOPS_CHECKPOINT_ROOT": str(tmp / "checkpoints"), "LLMOPS_FAULTS": "finetune.step.7"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -87,7 +87,7 @@ def first_release(tmp_path_factory, fast_training, tiny_policy, release_name):
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     assert result.returncode == 0, output(result)
-    assert "failure injected at step 7" in result.stderr + result.stdout  # the first attempt's log
+    assert "failure injected at finetune.step.7" in result.stderr + result.stdout  # the first attempt's log
     return run, tmp / "checkpoints"
 
 
@@ -131,7 +131,7 @@ def test_the_service_serves_the_adapter_release_to_the_openai_client(first_relea
                      LLMOPS_LLM_VERSION=version.version, LLMOPS_LLM_BACKEND="transformers",
                      LLMOPS_LLM_MAX_TOKENS="16") as server:  # fmt: skip
         info = server.post("/info", json={}).json()
-        assert info["release"] == version.tag and info["adapter"] == str(version.path / "adapter")
+        assert info["release"] == info["path"] == version.tag and info["adapter"] is True
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
         messages = [{"role": "user", "content": "Which alias does a passing gate move?"}]
         reply = client.chat.completions.create(model=release_name, messages=messages, max_tokens=8,
@@ -147,16 +147,16 @@ def test_the_service_serves_the_adapter_release_to_the_openai_client(first_relea
 def test_resume_continues_training_from_the_failed_runs_checkpoint(
     tmp_path, fast_training, tiny_policy, release_name, first_release, checkpoints, monkeypatch
 ):
-    monkeypatch.setenv("LLMOPS_FINETUNE_FAIL_AT_STEP", "12:all")  # every attempt fails at step 12
+    monkeypatch.setenv("LLMOPS_FAULTS", "finetune.step.12:all")  # every attempt fails at step 12
     # `retries: 0`: the first failure fails the run (retries are what first_release shows)
     training = tmp_path / "no-retries.yaml"
     training.write_text(yaml.safe_dump(yaml.safe_load(fast_training.read_text()) | {"retries": 0}))
     failed, failed_run = finetune(
         tmp_path, training, tiny_policy, "--release-name", release_name, "--merge", "true"
     )
-    assert failed.returncode != 0 and "failure injected at step 12" in output(failed)
+    assert failed.returncode != 0 and "failure injected at finetune.step.12" in output(failed)
     assert not failed_run.successful and failed_run["train"].task.current_attempt == 0
-    monkeypatch.delenv("LLMOPS_FINETUNE_FAIL_AT_STEP")
+    monkeypatch.delenv("LLMOPS_FAULTS")
     run_id_file = tmp_path / "resumed-run-id"
     resumed = subprocess.run(
         [sys.executable, "flows/finetune_llm.py", "--no-pylint", "resume", "--origin-run-id", failed_run.id,

@@ -155,16 +155,16 @@ def test_resume_after_a_kill_inside_promote_leaves_one_version_with_the_alias(
     import subprocess
     import sys
 
-    from llmops.promotion import KILL_ENV
+    from llmops.faults import FAULTS_ENV
     from tests.conftest import REPO
 
-    monkeypatch.setenv(KILL_ENV, "registered")  # SIGKILL right after the version is registered
+    monkeypatch.setenv(FAULTS_ENV, "promote.after_register")  # SIGKILL right after registering
     killed, run = train(tmp_path, cancer_csv, model_name)
     assert killed.returncode != 0 and run is not None
     registry = Registry()
     [orphan] = registry.versions(model_name)
     assert registry.aliases(model_name) == {}  # killed before the alias moved
-    monkeypatch.delenv(KILL_ENV)
+    monkeypatch.delenv(FAULTS_ENV)
 
     run_id_file = tmp_path / "resumed-run-id"
     resumed = subprocess.run(

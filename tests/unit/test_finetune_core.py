@@ -6,11 +6,12 @@ import uuid
 
 import pytest
 
+from llmops.faults import FAULTS_ENV, InjectedFailure
 from llmops.gates import PolicyError, evaluate_gate, parse_policy
 from llmops.llm.base_models import folder_fingerprint, read_folder, write_folder
 from llmops.llm.chat_format import build_example, render_prompt
 from llmops.llm.checkpoints import CheckpointStore, checkpoint_key, default_root
-from llmops.llm.finetune import FAIL_AT_STEP_ENV, InjectedFailure, fail_at_step_from_env, train_lora
+from llmops.llm.finetune import train_lora
 from llmops.llm.lm_eval import compare, exact_match, rouge_l
 from llmops.llm.sft_data import (
     DatasetError,
@@ -137,18 +138,7 @@ def test_files_travel_as_artifacts_but_stay_inside_their_folder(tmp_path):
         write_folder({"../evil": b"x"}, tmp_path / "other")
 
 
-def test_fault_injection_setting(monkeypatch):
-    assert fail_at_step_from_env(0) is None
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "7")
-    assert fail_at_step_from_env(0) == 7 and fail_at_step_from_env(1) is None
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "7:all")
-    assert fail_at_step_from_env(2) == 7
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "soon")
-    with pytest.raises(ValueError, match=FAIL_AT_STEP_ENV):
-        fail_at_step_from_env(0)
-
-
-def test_one_seed_trains_one_adapter_whether_or_not_the_training_was_interrupted(tmp_path):
+def test_one_seed_trains_one_adapter_whether_or_not_the_training_was_interrupted(tmp_path, monkeypatch):
     """Same data, settings and seed: the same adapter, bit for bit, also when the training failed
     and continued from a checkpoint. This is what lets the gate compare a retrained model with
     the champion without reading noise as a regression."""
@@ -167,8 +157,10 @@ def test_one_seed_trains_one_adapter_whether_or_not_the_training_was_interrupted
     first, _ = adapter("first")
     again, _ = adapter("again")
     store, key = CheckpointStore(str(tmp_path / "store")), "k"
-    with pytest.raises(InjectedFailure):
-        adapter("failed", store=store, key=key, fail_at_step=5)
+    monkeypatch.setenv(FAULTS_ENV, "finetune.step.5")
+    with pytest.raises(InjectedFailure, match=r"finetune\.step\.5"):
+        adapter("failed", store=store, key=key)
+    monkeypatch.delenv(FAULTS_ENV)
     resumed, outcome = adapter("resumed", store=store, key=key)
     other, _ = adapter("other", config=config.model_copy(update={"seed": 1}))
     assert outcome.resumed_from_step == 3 and outcome.steps == 8

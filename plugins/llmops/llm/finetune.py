@@ -11,23 +11,22 @@ tokens: each example is the chat template's rendering of the user turn (masked) 
 assistant turn. ``Trainer`` writes ``checkpoint-<step>`` folders every ``save_steps``; each one is
 copied to the :class:`~llmops.llm.checkpoints.CheckpointStore` as it is written, and a new
 attempt starts from the newest one there (optimizer, scheduler and data order included).
-``LLMOPS_FINETUNE_FAIL_AT_STEP`` makes a run fail at a step on purpose, to exercise that recovery.
+Each step is a fault point (``finetune.step.<N>``, :mod:`llmops.faults`): a test makes an attempt
+fail there on purpose, to exercise that recovery.
 Examples are rendered by :mod:`llmops.llm.chat_format`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llmops.faults import fault_point
 from llmops.llm.chat_format import build_example, load_tokenizer
 from llmops.llm.checkpoints import CheckpointStore
 from llmops.llm.sft_data import InstructionRecord
 from llmops.llm.training_config import TrainingConfig, TrainingConfigError
-
-FAIL_AT_STEP_ENV = "LLMOPS_FINETUNE_FAIL_AT_STEP"  # fault injection, to exercise recovery
 
 
 def pick_device() -> tuple[str, Literal["bfloat16", "float32"]]:
@@ -87,10 +86,11 @@ def train_lora(
     *,
     store: CheckpointStore | None = None,
     key: str | None = None,
-    fail_at_step: int | None = None,
+    attempt: int = 0,
     revision: str | None = None,
 ) -> TrainOutcome:
-    """Train a LoRA adapter; returns where it was saved (``workdir/adapter``) and how it went."""
+    """Train a LoRA adapter; returns where it was saved (``workdir/adapter``) and how it went.
+    ``attempt`` counts the step's retries (0 first), which the fault points are armed for."""
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
@@ -140,7 +140,7 @@ def train_lora(
         args=args,
         train_dataset=[build_example(tokenizer, r, config.max_length) for r in records],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=_callbacks(store, key, fail_at_step),
+        callbacks=_callbacks(store, key, attempt),
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     adapter_dir = workdir / "adapter"
@@ -164,13 +164,9 @@ def train_lora(
     )
 
 
-class InjectedFailure(RuntimeError):
-    """Raised on purpose by ``LLMOPS_FINETUNE_FAIL_AT_STEP``."""
-
-
-def _callbacks(store: CheckpointStore | None, key: str | None, fail_at_step: int | None) -> list[Any]:
+def _callbacks(store: CheckpointStore | None, key: str | None, attempt: int) -> list[Any]:
     """Trainer callbacks: copy each checkpoint to the store (so another attempt can continue it)
-    and fail on purpose at a step. Built here, not at import, so importing this module does not
+    and a fault point after each step. Built here, not at import, so importing this module does not
     import transformers."""
     from transformers import TrainerCallback
 
@@ -181,25 +177,11 @@ def _callbacks(store: CheckpointStore | None, key: str | None, fail_at_step: int
                 store.upload(key, state.global_step, folder)
                 print(f"checkpoint step {state.global_step} saved to {store.root}/{key}", flush=True)
 
-    class FailAt(TrainerCallback):
+    class FaultPoints(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == fail_at_step:
-                raise InjectedFailure(f"failure injected at step {fail_at_step} ({FAIL_AT_STEP_ENV})")
+            fault_point(f"finetune.step.{state.global_step}", attempt=attempt)
 
-    callbacks: list[Any] = []
+    callbacks: list[Any] = [FaultPoints()]
     if store is not None and key is not None:
         callbacks.append(SyncCheckpoints())
-    if fail_at_step:
-        callbacks.append(FailAt())
     return callbacks
-
-
-def fail_at_step_from_env(attempt: int) -> int | None:
-    """``LLMOPS_FINETUNE_FAIL_AT_STEP=N`` fails the first attempt at step N; ``N:all`` every attempt."""
-    value = os.environ.get(FAIL_AT_STEP_ENV, "")
-    if not value:
-        return None
-    step, _, scope = value.partition(":")
-    if not step.isdigit() or scope not in ("", "all"):
-        raise ValueError(f"{FAIL_AT_STEP_ENV}: expected N or N:all, got {value!r}")
-    return int(step) if attempt == 0 or scope == "all" else None
