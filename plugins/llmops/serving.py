@@ -1,4 +1,4 @@
-"""What every service shares: settings from ``LLMOPS_*`` variables, the optional bearer API key,
+"""What every service shares: settings (read by ``llmops.settings``), the optional bearer API key,
 JSON-only POSTs, a request-body limit, loopback-only ``/reload`` without a key (ASGI middlewares,
 added with ``Service.add_asgi_middleware``), and client errors logged as one line."""
 
@@ -8,66 +8,21 @@ import hmac
 import ipaddress
 import itertools
 import logging
-import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.responses import JSONResponse
 
-from llmops.errors import LlmopsError
 from llmops.openapi_doc import OpenAPIFix, fix_openapi
 
-S = TypeVar("S", bound=BaseModel)
+# the services import their reader from here; llmops.settings is the one module that reads the environment
+from llmops.settings import RENAMED_SETTINGS, SettingsError, settings_from_env  # noqa: F401
+
 logger = logging.getLogger("bentoml.llmops.serving")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-# Settings renamed to the one scheme (LLMOPS_<SERVICE>_RELEASE / _VERSION): the old names still
-# work, with a warning, until the next minor release.
-RENAMED_SETTINGS = {
-    "LLMOPS_MODEL": "LLMOPS_CLASSIFIER_RELEASE",
-    "LLMOPS_MODEL_VERSION": "LLMOPS_CLASSIFIER_VERSION",
-    "LLMOPS_RAG_RELEASE_VERSION": "LLMOPS_RAG_VERSION",
-}
-
-
-class SettingsError(LlmopsError, ValueError):
-    """A service setting that cannot be used; names the variable."""
-
-
-def _bento_arguments() -> dict[str, str]:
-    """A bento's arguments (``args:`` in its bentofile, ``--arg`` of bentoml build/serve) as
-    ``LLMOPS_*`` variables; empty outside a bento."""
-    try:
-        import bentoml
-
-        arguments = vars(bentoml.use_arguments())
-    except Exception:  # no bentoml, or no arguments were given
-        return {}
-    return {f"LLMOPS_{key.upper()}": str(value) for key, value in arguments.items() if value is not None}
-
-
-def settings_from_env(cls: type[S], env: dict[str, str] | None = None) -> S:
-    """The one way a service reads its settings: ``cls`` with each field ``x`` read from
-    ``LLMOPS_X``. Without ``env``: the process environment over the bento's arguments (an
-    argument is a default a variable overrides). An empty variable counts as unset; a renamed
-    variable (:data:`RENAMED_SETTINGS`) still works and logs a warning. Errors name the variable."""
-    if env is None:
-        env = _bento_arguments() | {k: v for k, v in os.environ.items() if v}
-    env = dict(env)
-    for old, new in RENAMED_SETTINGS.items():
-        if env.get(old) and not env.get(new):
-            logger.warning("%s is deprecated: set %s instead", old, new)
-            env[new] = env[old]
-    names = {field: f"LLMOPS_{field.upper()}" for field in cls.model_fields}
-    try:
-        return cls.model_validate({f: env[var] for f, var in names.items() if env.get(var)})
-    except ValidationError as exc:
-        problems = "; ".join(f"{names[str(e['loc'][0])]}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"bad service setting: {problems}") from None
 
 
 async def _reject(
