@@ -7,6 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
+from llmops.errors import LlmopsError
 from llmops.rag.chunking import ChunkingConfig, split_documents
 from llmops.rag.documents import CorpusError, load_corpus, text_hash
 
@@ -140,6 +141,106 @@ def test_dot_named_files_are_listed_among_skipped_with_a_reason(tmp_path):
     }
     # the count a flow reports covers every file that was not indexed
     assert len(corpus.documents) + len(corpus.skipped) == len(list(root.iterdir()))
+
+
+def test_a_file_over_the_size_limit_is_skipped_naming_the_setting(tmp_path, monkeypatch):
+    """A 50 MB Markdown file was indexed as 76,955 chunks: a file over LLMOPS_MAX_DOC_BYTES is skipped."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "small.md").write_text("# Small\n\n" + "word " * 100)
+    (root / "exact.md").write_text("# Exact\n\n" + "x" * (1000 - 9))
+    (root / "big.md").write_text("# Big\n\n" + "word " * 300)
+    (root / "big.pdf").write_bytes(write_pdf(tmp_path / "manual.pdf").read_bytes() + b"%" * 1000)
+    monkeypatch.setenv("LLMOPS_MAX_DOC_BYTES", "1000")
+
+    corpus = load_corpus(root)
+
+    assert [d.path for d in corpus.documents] == ["exact.md", "small.md"]
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert set(reasons) == {"big.md", "big.pdf"}
+    assert reasons["big.md"] == "too large: 1,507 bytes, over LLMOPS_MAX_DOC_BYTES (1,000): raise it to index"
+    assert "LLMOPS_MAX_DOC_BYTES" in reasons["big.pdf"]
+    # a limit given by the caller wins over the setting
+    assert {d.path for d in load_corpus(root, max_doc_bytes=10_000).documents} == {
+        "big.md", "big.pdf", "exact.md", "small.md"
+    }  # fmt: skip
+
+
+def test_the_size_limit_defaults_to_5_mib_and_a_bad_one_names_the_setting(tmp_path, monkeypatch):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "good.md").write_text("# Good\n\nIndexed.\n")
+    (root / "huge.txt").write_bytes(b"a" * (5 * 2**20 + 1))
+    monkeypatch.delenv("LLMOPS_MAX_DOC_BYTES", raising=False)
+    corpus = load_corpus(root)
+    assert [d.path for d in corpus.documents] == ["good.md"]
+    assert corpus.skipped[0].reason.startswith(
+        "too large: 5,242,881 bytes, over LLMOPS_MAX_DOC_BYTES (5,242,880)"
+    )
+    monkeypatch.setenv("LLMOPS_MAX_DOC_BYTES", "")  # empty counts as unset
+    assert [d.path for d in load_corpus(root).documents] == ["good.md"]
+    for bad in ("0", "-1", "5MB"):
+        monkeypatch.setenv("LLMOPS_MAX_DOC_BYTES", bad)
+        with pytest.raises(LlmopsError, match="LLMOPS_MAX_DOC_BYTES"):
+            load_corpus(root)
+
+
+def test_binary_content_under_a_text_name_is_skipped(tmp_path):
+    """A .md file holding NUL bytes was indexed."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "good.md").write_text("# Good\n\nIndexed.\n")
+    (root / "nul.md").write_bytes(b"# Looks like text\n\nThen\x00\x01\x02\x00 binary")
+    (root / "nul.html").write_bytes(b"<html><body><p>Text\x00\x00</p></body></html>")
+    (root / "elf.txt").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(64))
+    (root / "utf16.txt").write_text("Drift is measured per column.", encoding="utf-16")
+    (root / "random.rst").write_bytes(os.urandom(4096))
+
+    corpus = load_corpus(root)
+
+    assert [d.path for d in corpus.documents] == ["good.md"]
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert reasons["nul.md"] == "binary content: a NUL character at offset 23"
+    assert reasons["nul.html"].startswith("binary content: a NUL character")
+    assert reasons["elf.txt"].startswith("binary content: a NUL character")
+    for not_utf8 in ("utf16.txt", "random.rst"):
+        assert reasons[not_utf8].startswith("unreadable text") and "UTF-8" in reasons[not_utf8]
+
+
+def test_link_loops_dangling_links_and_folder_links_say_so(tmp_path):
+    """A link loop was reported as "unsupported file type (none)" (and one named .md stopped the load)."""
+    root = tmp_path / "docs"
+    (root / "guides").mkdir(parents=True)
+    (root / "guides" / "gate.md").write_text("# Gate\n\nThe gate compares.\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.md").write_text("# Secret\n\nNot in the corpus.\n")
+    (root / "loop").symlink_to("loop")
+    (root / "loop.md").symlink_to("loop.md")
+    (root / "a.md").symlink_to("b.md")
+    (root / "b.md").symlink_to("a.md")
+    (root / "dangling.md").symlink_to("missing.md")
+    (root / "dangling").symlink_to(tmp_path / "gone")
+    (root / "secret.md").symlink_to(tmp_path / "outside" / "secret.md")
+    (root / "alias").symlink_to(root / "guides")
+    (root / "here").symlink_to(".")
+    (root / "away").symlink_to(tmp_path / "outside")
+
+    corpus = load_corpus(root)
+
+    assert [d.path for d in corpus.documents] == ["guides/gate.md"]
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert reasons == {
+        "loop": "link loop: loop -> loop never reaches a file",
+        "loop.md": "link loop: loop.md -> loop.md never reaches a file",
+        "a.md": "link loop: a.md -> b.md never reaches a file",
+        "b.md": "link loop: b.md -> a.md never reaches a file",
+        "dangling.md": "dangling link: its target missing.md does not exist",
+        "dangling": f"dangling link: its target {tmp_path / 'gone'} does not exist",
+        "secret.md": "links outside the corpus folder",
+        "alias/": "link to a folder: not followed",
+        "here/": "link to a folder: not followed",
+        "away/": "link to a folder: not followed",
+    }
 
 
 def test_a_link_inside_the_folder_is_loaded(tmp_path):
