@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from llmops import paths
 from llmops.server_process import ServerError, bento_server, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +44,8 @@ def train() -> None:
 def serve(port: int, target: str = "services.classifier:Classifier") -> Iterator[None]:
     """``bentoml serve`` on 127.0.0.1 until the block ends (its log goes to this terminal)."""
     banner(f"Serving: bentoml serve {target} --host 127.0.0.1 --port {port}")
-    env = os.environ | {
-        "LLMOPS_CLASSIFIER_RELEASE": os.environ.get("LLMOPS_CLASSIFIER_RELEASE", "classifier")
-    }
     try:
-        with bento_server(target, port=port, env=env, cwd=REPO, ready_s=300):  # a model may load slowly
+        with bento_server(target, port=port, cwd=REPO, ready_s=300):  # a model may load slowly
             yield
     except ServerError as exc:
         raise SystemExit(str(exc)) from None
@@ -105,7 +102,7 @@ def llm(port: int) -> None:
         "LLM: python flows/finetune_llm.py --config training configs/finetune_cpu.yaml run\n"
         "     (LoRA on SmolLM2-135M-Instruct, CPU: grounded answers about this project, gated vs the base)"
     )
-    run_id_file = REPO / ".llmops" / "demo-finetune-run-id"
+    run_id_file = paths.home() / "demo-finetune-run-id"
     run_id_file.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "flows/finetune_llm.py", "--no-pylint", "--config", "training",

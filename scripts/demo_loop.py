@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 import httpx
 from demo import REPO, banner, free_port, serve, train
 
+from llmops import paths
+
 # "a recalibrated scanner": size and texture measurements read higher than in training
 SHIFTED = [
     f"{kind} {what}"
@@ -68,12 +70,12 @@ def main() -> None:
         before = answers["model_version"].iloc[0]
         accuracy = (answers["prediction"] == answers["target"]).mean()
         print(f"served by {before}; accuracy on shifted traffic: {accuracy:.3f}")
-        feedback = REPO / ".llmops" / "feedback.csv"
-        feedback.parent.mkdir(exist_ok=True)
+        feedback = paths.home() / "feedback.csv"
+        feedback.parent.mkdir(parents=True, exist_ok=True)
         answers[["request_id", "row", "target"]].to_csv(feedback, index=False)
         time.sleep(2)  # let the service's log writer flush
 
-        banner("Monitoring: python flows/monitor_drift.py run --feedback .llmops/feedback.csv")
+        banner(f"Monitoring: python flows/monitor_drift.py run --feedback {feedback}")
         subprocess.run(
             [
                 sys.executable,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmops import paths
+from llmops.settings import InferenceLogSettings, settings_from_env
 from llmops.storage import Store, as_location, open_store
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LOG_DIR_ENV = paths.INFERENCE_LOG_ENV
-FLUSH_ENV = "LLMOPS_INFERENCE_LOG_FLUSH_S"
-UPLOAD_ENV = "LLMOPS_INFERENCE_LOG_UPLOAD_S"
 # what every row holds; ``features`` is a dict {column: value}
 ROW_FIELDS = (
     "request_id",
@@ -78,15 +77,16 @@ def _model_store(root: Path | str | None, model_name: str) -> Store:
     return open_store(as_location(root), LOG_DIR_ENV).child(model_name)
 
 
-def _seconds(value: float | None, env: str, default: str, field: str) -> float:
-    if value is None:
-        try:
-            value = float(os.environ.get(env, default))
-        except ValueError:
-            raise ValueError(f"{env}: {os.environ[env]!r} is not a number") from None
-    if value <= 0:
-        raise ValueError(f"{field}: must be > 0 seconds, got {value}")
-    return value
+def _intervals(flush: float | None, upload: float | None) -> tuple[float, float]:
+    """The given intervals, else the settings' (``$LLMOPS_INFERENCE_LOG_FLUSH_S``, ``_UPLOAD_S``)."""
+    if flush is None or upload is None:
+        defaults = settings_from_env(InferenceLogSettings)
+        flush = defaults.inference_log_flush_s if flush is None else flush
+        upload = defaults.inference_log_upload_s if upload is None else upload
+    for seconds, field in ((flush, "flush_interval"), (upload, "upload_interval")):
+        if seconds <= 0:  # programming error: the settings refuse 0, so only a caller's argument can
+            raise ValueError(f"{field}: must be > 0 seconds, got {seconds}")
+    return flush, upload
 
 
 class InferenceLogger:
@@ -126,8 +126,7 @@ class InferenceLogger:
             # fail at start: a writer that cannot upload would retry and drop rows unseen
             raise ValueError(f"inference log {self.store.url}: writing to S3 needs boto3 (pip install boto3)")
         self.folder: Path | str = Path(self.store.url) if self.store.can_append else self.store.url
-        self.flush_interval = _seconds(flush_interval, FLUSH_ENV, "1.0", "flush_interval")
-        self.upload_interval = _seconds(upload_interval, UPLOAD_ENV, "60", "upload_interval")
+        self.flush_interval, self.upload_interval = _intervals(flush_interval, upload_interval)
         self.writer_id = uuid.uuid4().hex[:8]
         self._writes = 0
         self.dropped = 0  # rows lost to a full queue, an unserialisable row, or failing writes

@@ -1,4 +1,5 @@
-"""The prompt registry: versioned prompt templates loaded from YAML files in ``prompts/``.
+"""The prompt registry: versioned prompt templates loaded from YAML files in the project's
+``prompts/`` (where you run; ``$LLMOPS_PROMPTS_DIR`` names another folder: ``llmops.paths``).
 
 A prompt file holds a name, a description, the input variables, the template as chat messages
 (``{variable}`` placeholders) and default generation parameters. Loading checks that the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmops import paths
 from llmops.errors import LlmopsError, parse_yaml_model
-
-PROMPTS_DIR_ENV = "LLMOPS_PROMPTS_DIR"
 
 
 class PromptError(LlmopsError, ValueError):
@@ -115,7 +113,8 @@ def _substitute(text: str, values: dict[str, Any]) -> str:
 
 
 def prompts_dir() -> Path:
-    return Path(os.environ.get(PROMPTS_DIR_ENV, Path(__file__).resolve().parents[2] / "prompts"))
+    """The project's prompt templates (:func:`llmops.paths.prompts_dir`)."""
+    return paths.prompts_dir()
 
 
 def parse_prompt(text: str, source: str) -> PromptTemplate:

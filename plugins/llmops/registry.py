@@ -25,6 +25,7 @@ import bentoml
 from filelock import FileLock
 from pydantic import BaseModel
 
+from llmops import paths, settings
 from llmops.errors import LlmopsError
 
 CHAMPION = "champion"
@@ -58,10 +59,6 @@ class ModelVersion(BaseModel):
         return json.loads((self.path / filename).read_text())
 
 
-def bentoml_home() -> Path:
-    return Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser()
-
-
 def check_name(name: str, field: str = "name") -> str:
     if not _NAME.match(name):
         raise RegistryError(
@@ -84,7 +81,7 @@ class Registry:
     """Registered model versions and their aliases, in the active BentoML home."""
 
     def __init__(self) -> None:
-        self.alias_dir = bentoml_home() / "llmops" / "aliases"
+        self.alias_dir = paths.aliases_dir()
 
     # ---- versions -------------------------------------------------------------------------
 
@@ -197,7 +194,7 @@ class Registry:
                     "version": version,
                     "previous": previous,
                     "at": datetime.now(timezone.utc).isoformat(),
-                    "by": os.environ.get("USER", ""),
+                    "by": settings.value("USER") or "",
                 }
             )
             _atomic_write(path, json.dumps(state, indent=1))

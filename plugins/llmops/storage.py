@@ -27,6 +27,7 @@ from os import PathLike
 from pathlib import Path, PurePath
 from typing import Any
 
+from llmops import settings
 from llmops.errors import LlmopsError
 
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # boto3 reads these itself
@@ -366,9 +367,9 @@ def file_sha256(path: Path) -> str:
 
 def s3_endpoint() -> str | None:
     """The endpoint boto3 is told about: None when boto3 finds it itself (``AWS_ENDPOINT_URL*``)."""
-    if any(os.environ.get(name) for name in ENDPOINT_ENVS):
+    if any(settings.value(name) for name in ENDPOINT_ENVS):
         return None
-    return os.environ.get(METAFLOW_ENDPOINT_ENV) or None
+    return settings.value(METAFLOW_ENDPOINT_ENV)
 
 
 def s3_client() -> Any:
@@ -378,10 +379,8 @@ def s3_client() -> Any:
     endpoint = s3_endpoint()
     key = (
         endpoint,
-        *(os.environ.get(name) for name in ENDPOINT_ENVS),
-        os.environ.get("AWS_ACCESS_KEY_ID"),
-        os.environ.get("AWS_PROFILE"),
-        os.environ.get("AWS_DEFAULT_REGION"),
+        *(settings.value(name) for name in ENDPOINT_ENVS),
+        *(settings.value(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION")),
     )
     with _clients_lock:
         if key not in _clients:

@@ -16,14 +16,23 @@ tokens the same way, so usage numbers agree across backends.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmops.llm.types import Backend, BackendError, Completion, SamplingParams
+from pydantic import BaseModel, Field
 
-DEFAULT_MAX_BATCH = 32
+from llmops.llm.types import Backend, BackendError, Completion, SamplingParams
+from llmops.settings import settings_from_env
+
+DEFAULT_MAX_BATCH = 32  # LLMOPS_LLM_MAX_BATCH's one default (services/llm.py declares it with this)
+
+
+class BatchSettings(BaseModel):
+    """``LLMOPS_LLM_MAX_BATCH``: requests that share one decode step, wherever a transformers
+    backend is made without ``max_batch`` (a RAG generator, a benchmark)."""
+
+    llm_max_batch: int = Field(DEFAULT_MAX_BATCH, ge=1)
 
 
 class TransformersBackend:
@@ -70,7 +79,7 @@ class TransformersBackend:
         self.adapter_path = adapter
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         if max_batch is None:
-            max_batch = int(os.environ.get("LLMOPS_LLM_MAX_BATCH") or DEFAULT_MAX_BATCH)
+            max_batch = settings_from_env(BatchSettings).llm_max_batch
         if max_batch < 1:
             raise BackendError(f"max_batch: must be >= 1, got {max_batch}")
         if not _plain_kv_cache(self.model):
@@ -80,11 +89,6 @@ class TransformersBackend:
     @property
     def max_batch(self) -> int:
         return self.engine.max_batch
-
-    def close(self) -> None:
-        """Retire this model (a service now serves another release): its engine thread ends once
-        the requests it holds are finished; the weights go when nothing refers to them."""
-        self.engine.close()
 
     def render(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ def checkpoint_key(parts: dict[str, Any]) -> str:
 
 def default_root(datastore_type: str | None = None, datastore_root: str | None = None) -> str:
     """``$LLMOPS_CHECKPOINT_ROOT``; else beside the flow's S3 datastore; else ``$LLMOPS_HOME/checkpoints``."""
-    if os.environ.get(paths.CHECKPOINT_ENV):
+    if paths.checkpoints_overridden():
         return str(paths.checkpoints_root())
     if datastore_type == "s3" and datastore_root:
         return datastore_root.rstrip("/") + "/llmops/checkpoints"

@@ -1,8 +1,8 @@
 """A tiny causal LM built locally, for tests, CI and laptops without a model hub.
 
-    python -m llmops.llm.tiny .llmops/models/tiny-gpt2
+    python -m llmops.llm.tiny [FOLDER]      # default: $LLMOPS_HOME/models/tiny-gpt2
 
-Trains a byte-level BPE tokenizer on the given texts (default: the project's docs), builds a
+Trains a byte-level BPE tokenizer on the given texts (default: the project's docs/), builds a
 2-layer GPT-2 with random weights and saves both with ``save_pretrained``, so everything loads
 through the real ``from_pretrained`` path. It writes plausible tokens, not sense.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from llmops import paths
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -20,7 +22,7 @@ SPECIAL = ["<|endoftext|>", "<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|a
 
 
 def default_texts() -> list[str]:
-    docs = Path(__file__).resolve().parents[3] / "docs"
+    docs = paths.docs_dir()  # the project's, where you run: an installed package has none beside it
     texts = [p.read_text() for p in sorted(docs.glob("*.md"))]
     return texts or ["The quick brown fox jumps over the lazy dog."] * 10
 
@@ -89,5 +91,5 @@ def build_tiny_causal_lm(
 
 
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else ".llmops/models/tiny-gpt2"
+    target = sys.argv[1] if len(sys.argv) > 1 else paths.models_dir() / "tiny-gpt2"
     print(f"tiny causal LM written to {build_tiny_causal_lm(target)}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from llmops.errors import LlmopsError
+from llmops.settings import set_library_default
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
@@ -243,7 +243,7 @@ class Embedder:
             except ValueError as exc:
                 raise EmbeddingError(f"--embedding-model: {exc}") from exc
             return model.to(self.device)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        set_library_default("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import LlmopsError, parse_yaml_model
 from llmops.rag.pipeline import RagAnswer
+from llmops.settings import first_value, set_library_default
 
 NON_LLM_METRICS = (
     "answer_key",
@@ -147,7 +147,7 @@ def ragas_scores(
     golden: GoldenSet, answers: list[RagAnswer], judge: Judge | None = None
 ) -> tuple[list[dict[str, float | None]], list[str]]:
     """Per question ragas metrics, and notes on anything that could not be scored."""
-    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    set_library_default("RAGAS_DO_NOT_TRACK", "true")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from ragas import EvaluationDataset, SingleTurnSample, evaluate
@@ -206,7 +206,7 @@ def _judged_scores(golden: GoldenSet, answers: list[RagAnswer], judge: Judge):
     from ragas.llms import llm_factory
     from ragas.metrics.collections import AnswerRelevancy, Faithfulness
 
-    key = os.environ.get("LLMOPS_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "unused"
+    key = first_value("LLMOPS_JUDGE_API_KEY", "OPENAI_API_KEY") or "unused"
     llm = llm_factory(judge.model, client=AsyncOpenAI(base_url=judge.url, api_key=key, max_retries=1))
     faithfulness = Faithfulness(llm=llm)
     relevancy = AnswerRelevancy(llm=llm, embeddings=HuggingFaceEmbeddings(model=judge.embedding_model_path))

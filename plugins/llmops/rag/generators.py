@@ -20,7 +20,6 @@ was used, for lineage; it never holds a key.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -31,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from llmops.errors import LlmopsError
+from llmops.settings import first_value, settings_from_env
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])|\n+")
 
@@ -76,8 +76,6 @@ class EndpointSettings(BaseModel):
 
 
 def endpoint_settings() -> EndpointSettings:
-    from llmops.serving import settings_from_env
-
     return settings_from_env(EndpointSettings)
 
 
@@ -290,12 +288,7 @@ class OpenAIGenerator:
         defaults = endpoint_settings() if timeout_s is None or retries is None else None
         self.timeout_s = timeout_s if timeout_s is not None else defaults.generator_timeout_s
         self.retries = retries if retries is not None else defaults.generator_retries
-        key = (
-            api_key
-            or os.environ.get("LLMOPS_GENERATOR_API_KEY")
-            or os.environ.get("OPENAI_API_KEY")
-            or "unused"
-        )
+        key = api_key or first_value("LLMOPS_GENERATOR_API_KEY", "OPENAI_API_KEY") or "unused"
         self.base_url = base_url
         self.client = OpenAI(base_url=base_url, api_key=key, timeout=self.timeout_s,
                              max_retries=self.retries, http_client=http_client)  # fmt: skip

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -89,7 +88,7 @@ def chroma_location(path: str | None = None, url: str | None = None) -> str:
     (a flow's --chroma: a folder or an http(s):// URL) wins over $LLMOPS_CHROMA_URL."""
     if path and path.startswith(("http://", "https://")):
         url, path = path, None
-    url = url or (None if path else os.environ.get(paths.CHROMA_URL_ENV)) or None
+    url = url or (None if path else paths.chroma_url()) or None
     if url:
         return url
     return str(Path(path).expanduser().resolve() if path else default_chroma_path().resolve())
