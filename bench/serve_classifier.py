@@ -2,6 +2,7 @@
 
     python bench/serve_classifier.py                      # 15 s each, 32 clients, 1 row/request
     python bench/serve_classifier.py --duration 30 --rows-per-request 8
+    python bench/serve_classifier.py --quick              # 1 s each, 4 clients: a smoke run
 
 Both servers run on 127.0.0.1, one process each, serving the same registered model:
 (a) `bentoml serve services.classifier:Classifier` (validation, adaptive batching,
@@ -25,6 +26,7 @@ from llmops.server_process import bento_server, free_port, started_server
 SERVICE = "services.classifier:Classifier"
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for tests.classifier_release: the model registered when there is none
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,8 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="BentoML home with the model (default: a temporary one, with a model trained into it).",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 s each after 0.5 s, 4 clients: checks it runs, measures little.",
+    )
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.concurrency = 1.0, 0.5, 4
+    return args
 
 
 # ---- the model ------------------------------------------------------------------------------
@@ -52,30 +62,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ensure_champion(name: str) -> None:
     """Train and promote a logistic regression on the bundled data if ``name`` has no champion."""
-    from llmops.promotion import register_classifier
     from llmops.registry import Registry
-    from llmops.tabular.classifier import build_pipeline, candidates
-    from llmops.tabular.data import infer_schema, load_table, normalize
+    from tests.classifier_release import fit_classifier, register_passing_classifier
 
     if Registry().find(name) is not None:
         return
-    raw = load_table()
-    schema = infer_schema(raw, "target")
-    data = normalize(raw, schema)
-    model = build_pipeline(schema, candidates(["logistic_regression"])[0])
-    model.fit(data[list(schema.features)], data[schema.target])
-    _, _, note = register_classifier(
-        name=name,
-        model=model,
-        schema=schema.model_dump(),
-        reference_profile={},
-        metrics={},
-        gate_decision={"passed": True, "policy_version": "bench", "champion_version": None, "rules": []},
-        dataset_version="bench",
+    model, schema = fit_classifier()
+    version = register_passing_classifier(
+        name,
+        model,
+        schema,
         run_pathspec="bench/serve_classifier",
-        candidate="logistic_regression",
+        policy_version="bench",
+        dataset_version="bench",
     )
-    print(note)
+    print(f"trained and promoted {version.tag} to champion")
 
 
 def request_bodies(name: str, rows_per_request: int, count: int = 200) -> list[dict]:

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 
 from llmops.inference_log import read_log
-from llmops.registry import Registry
-from llmops.tabular.classifier import build_pipeline, candidates, load_model
+from llmops.tabular.classifier import load_model
 from llmops.tabular.data import infer_schema, load_table, normalize
-from llmops.tabular.release import register_classifier
+from tests.classifier_release import fit_classifier, register_passing_classifier
 from tests.conftest import serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -24,27 +23,10 @@ API_KEY = "test-key-" + uuid.uuid4().hex
 @pytest.fixture(scope="module")
 def champion():
     """A small logistic regression on the bundled data, registered and promoted."""
-    raw = load_table()
-    schema = infer_schema(raw, "target")
-    data = normalize(raw, schema)
-    train = data.iloc[:-HELD_OUT]
-    model = build_pipeline(schema, candidates(["logistic_regression"])[0])
-    model.fit(train[list(schema.features)], train[schema.target])
-    name = "svc-" + uuid.uuid4().hex[:8]
-    version, promoted, note = register_classifier(
-        name=name,
-        model=model,
-        schema=schema.model_dump(),
-        reference_profile={},
-        metrics={},
-        gate_decision={"passed": True, "policy_version": "test", "champion_version": None, "rules": []},
-        dataset_version="ds-test",
-        run_pathspec="TestFlow/1",
-        candidate="logistic_regression",
-    )
-    assert promoted, note
-    held_out = raw.iloc[-HELD_OUT:].drop(columns="target").reset_index(drop=True)
-    return Registry().get(name, version), held_out
+    model, schema = fit_classifier(held_out=HELD_OUT)
+    version = register_passing_classifier("svc-" + uuid.uuid4().hex[:8], model, schema)
+    held_out = load_table().iloc[-HELD_OUT:].drop(columns="target").reset_index(drop=True)
+    return version, held_out
 
 
 def serve(model_name: str, log_dir: Path, **env: str):
@@ -253,12 +235,7 @@ def fragile(tmp_path_factory):
     model = make_pipeline(FunctionTransformer(np.reciprocal), LogisticRegression(max_iter=2000))
     model.fit(features.iloc[:-HELD_OUT], data[schema.target].iloc[:-HELD_OUT])
     name = "fragile-" + uuid.uuid4().hex[:8]
-    _, promoted, note = register_classifier(
-        name=name, model=model, schema=schema.model_dump(), reference_profile={}, metrics={},
-        gate_decision={"passed": True, "policy_version": "test", "champion_version": None, "rules": []},
-        dataset_version="ds-test", run_pathspec="TestFlow/2", candidate="reciprocal",
-    )  # fmt: skip
-    assert promoted, note
+    register_passing_classifier(name, model, schema, run_pathspec="TestFlow/2", candidate="reciprocal")
     log_dir = tmp_path_factory.mktemp("fragile-log")
     with serve(name, log_dir) as client:
         yield client, features.iloc[-HELD_OUT:].reset_index(drop=True), log_dir

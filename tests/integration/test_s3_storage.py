@@ -19,12 +19,11 @@ import pandas as pd
 import pytest
 
 from llmops.inference_log import InferenceLogger, read_log
-from llmops.registry import Registry, RegistryError
+from llmops.registry import RegistryError
 from llmops.registry_transfer import describe, export_version, import_version
 from llmops.storage import open_store
-from llmops.tabular.classifier import build_pipeline, candidates
-from llmops.tabular.data import infer_schema, load_table, normalize
-from llmops.tabular.release import register_classifier
+from llmops.tabular.data import load_table
+from tests.classifier_release import fit_classifier, register_passing_classifier
 from tests.conftest import REPO, serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -58,32 +57,18 @@ print(json.dumps({"version": version.version, "metadata": version.metadata, "lab
 @pytest.fixture(scope="module")
 def classifier():
     """A small logistic regression registered and promoted in the session's BentoML home."""
-    raw = load_table()
-    schema = infer_schema(raw, "target")
-    data = normalize(raw, schema)
-    model = build_pipeline(schema, candidates(["logistic_regression"])[0]).fit(
-        data[list(schema.features)], data[schema.target]
-    )
-    name = "s3-" + uuid.uuid4().hex[:8]
-    version, promoted, note = register_classifier(
-        name=name,
-        model=model,
-        schema=schema.model_dump(),
-        reference_profile={},
-        metrics={"accuracy": 0.95},
-        gate_decision={
-            "passed": True,
-            "policy_version": "policy-test",
-            "champion_version": None,
-            "rules": [],
-        },
-        dataset_version="ds-s3test",
+    model, schema = fit_classifier()
+    version = register_passing_classifier(
+        "s3-" + uuid.uuid4().hex[:8],
+        model,
+        schema,
         run_pathspec="TrainClassifierFlow/42",
-        candidate="logistic_regression",
+        metrics={"accuracy": 0.95},
+        policy_version="policy-test",
+        dataset_version="ds-s3test",
     )
-    assert promoted, note
-    expected = model.predict(raw.drop(columns="target").head(5)).tolist()
-    return Registry().get(name, version), expected
+    expected = model.predict(load_table().drop(columns="target").head(5)).tolist()
+    return version, expected
 
 
 def test_a_model_exported_to_s3_is_imported_into_a_fresh_home_and_loads(classifier, s3_env, tmp_path):
