@@ -44,7 +44,7 @@ import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, create_model
 
 from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
-from llmops.release_follower import ReleaseFollower, ReloadAnswer, document_reload, reload_route
+from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import (
     DEFAULT_MAX_BODY_BYTES,
     BatchResults,
@@ -319,7 +319,7 @@ class Classifier:
         return results
 
     @bentoml.api(route="/reload")
-    async def reload(self, ctx: bentoml.Context) -> ReloadAnswer:
+    async def reload(self, ctx: bentoml.Context) -> Reload:
         """Serve the version the alias points at now, if it moved and has the same schema."""
         return await reload_route(self.follower, ctx)
 

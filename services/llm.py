@@ -15,24 +15,39 @@ as flows/finetune_llm.py promotes it: merged weights, or the base model with the
 (LLMOPS_LLM_VERSION pins a version instead of the champion). It is served under the name
 LLMOPS_LLM_SERVED_NAME (default: the registry name, ``llm``).
 
+A registry release is followed without a restart (llmops.release_follower; docs/serving.md):
+``POST /reload`` (loopback only, or with the API key), or every LLMOPS_RELOAD_POLL_S seconds,
+resolves LLMOPS_LLM_VERSION again; a new release is loaded in full beside the served one (memory
+for two models, briefly), then swapped in. Each request reads the served model once and generates
+with it alone; the old model's engine stops once its last request is answered. A folder
+(LLMOPS_LLM_MODEL) is not followed. ``/info`` shows the served release.
+
 Environment: LLMOPS_LLM_BACKEND (auto | transformers | vllm; auto picks vLLM on CUDA when
 installed), LLMOPS_LLM_MAX_TOKENS (largest max_tokens a request may ask, 512),
 LLMOPS_LLM_MAX_BATCH (transformers: requests sharing one decode step, 32; more wait for a slot),
 LLMOPS_TORCH_THREADS (torch's CPU threads; default: the service's declared cpu, 2),
 LLMOPS_LLM_GPU_MEMORY_UTILIZATION (vLLM, 0.9), LLMOPS_LLM_MAX_MODEL_LEN (vLLM; default the
-model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S.
+model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S,
+LLMOPS_RELOAD_POLL_S (0: off).
 """
 
-from typing import Literal
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import bentoml
 from pydantic import BaseModel, Field, SecretStr
-from starlette.applications import Starlette
 
 from llmops.llm.backends import DEFAULT_MAX_BATCH
+from llmops.llm.openai_api import ApiLimits, openai_app
 from llmops.llm.openai_schemas import OpenAPIRoutes
 from llmops.llm.release import ServedModel
+from llmops.registry import ModelVersion
+from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import protect, settings_from_env
+
+if TYPE_CHECKING:
+    from llmops.llm.types import Backend
 
 
 class Settings(BaseModel):
@@ -50,28 +65,44 @@ class Settings(BaseModel):
     llm_max_model_len: int | None = Field(None, ge=16)
     api_key: SecretStr | None = None
     timeout_s: float = Field(300.0, gt=0)
+    reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload (a registry release)
 
 
 # A bento's arguments are defaults under the LLMOPS_* variables (llmops.serving.settings_from_env):
 # services/llm.bentofile.yaml sets llm_backend: vllm, so that bento declares the GPU vLLM needs.
 SETTINGS = settings_from_env(Settings)
-API = Starlette()  # routes are added when the model is loaded (each worker loads its own)
+SERVED_NAME = SETTINGS.llm_served_name or SETTINGS.llm_release
 
 
-def _model_source(settings: Settings) -> tuple[ServedModel, str, str | None]:
-    """(what to load, the served name, the registry tag or None) from the settings or the registry."""
+def _serving_backend() -> "Backend":
+    """The backend this worker serves now; the /v1 routes call it once per request."""
+    return bentoml.get_current_service().backend
+
+
+# built once: each request reads the backend the service serves at that moment
+API = openai_app(_serving_backend, SERVED_NAME, ApiLimits(max_tokens=SETTINGS.llm_max_tokens))
+
+
+def _load(served: ServedModel) -> "Backend":
+    from llmops.llm.backends import make_backend
+
+    options: dict[str, Any] = {"gpu_memory_utilization": SETTINGS.llm_gpu_memory_utilization}
+    if SETTINGS.llm_max_model_len:
+        options["max_model_len"] = SETTINGS.llm_max_model_len
+    return make_backend(served.model, SETTINGS.llm_backend, adapter=served.adapter, revision=served.revision,
+                        max_batch=SETTINGS.llm_max_batch, **options)  # fmt: skip
+
+
+def _load_release(version: ModelVersion) -> "Backend":
     from llmops.llm.release import served_model
 
-    if settings.llm_model:
-        return (
-            ServedModel(settings.llm_model, None, None),
-            settings.llm_served_name or settings.llm_release,
-            None,
-        )
-    from llmops.registry import Registry
+    return _load(served_model(version))
 
-    version = Registry().get(settings.llm_release, settings.llm_version)
-    return served_model(version), settings.llm_served_name or version.name, version.tag
+
+def _retire(backend: "Backend") -> None:
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
 
 
 RESOURCES = {"gpu": 1, "memory": "16Gi"} if SETTINGS.llm_backend == "vllm" else {"cpu": "2", "memory": "4Gi"}
@@ -83,41 +114,65 @@ class LLM:
     """Chat and text completions from the served model, OpenAI style."""
 
     def __init__(self) -> None:
-        from llmops.llm.backends import make_backend
-        from llmops.llm.openai_api import ApiLimits, openai_app
         from llmops.threads import configure_torch_threads
 
         self.threads = configure_torch_threads(SETTINGS.torch_threads, RESOURCES.get("cpu"))
-        served, name, self.release = _model_source(SETTINGS)
-        options = {"gpu_memory_utilization": SETTINGS.llm_gpu_memory_utilization}
-        if SETTINGS.llm_max_model_len:
-            options["max_model_len"] = SETTINGS.llm_max_model_len
-        self.backend = make_backend(served.model, SETTINGS.llm_backend, adapter=served.adapter,
-                                    revision=served.revision, max_batch=SETTINGS.llm_max_batch,
-                                    **options)  # fmt: skip
-        self.served_name = name
-        app = openai_app(self.backend, name, ApiLimits(max_tokens=SETTINGS.llm_max_tokens))
-        API.router.routes.extend(app.routes)
+        self.served_name = SERVED_NAME
+        self.follower: ReleaseFollower[Backend] | None = None
+        self._folder: Backend | None = None
+        if SETTINGS.llm_model:  # a folder or hub id: nothing in the registry to follow
+            self._folder = _load(ServedModel(SETTINGS.llm_model, None, None))
+        else:
+            self.follower = ReleaseFollower(SETTINGS.llm_release, SETTINGS.llm_version, _load_release,
+                                            poll_s=SETTINGS.reload_poll_s, retire=_retire)  # fmt: skip
+            self.follower.start()
+
+    @property
+    def backend(self) -> "Backend":
+        """The backend serving now: a request reads it once and uses only that."""
+        return self.follower.served.release if self.follower else self._folder
+
+    @property
+    def release(self) -> str | None:
+        """The registry tag served now (None: a folder)."""
+        return self.follower.served.version.tag if self.follower else None
 
     @bentoml.api(route="/info")
     def info(self) -> dict:
         """Which model and backend answer, and the limits."""
+        backend = self.backend
         return {
             "model": self.served_name,
-            "path": self.backend.model_path,
-            "adapter": self.backend.adapter_path,
+            "path": backend.model_path,
+            "adapter": backend.adapter_path,
             "release": self.release,
-            "backend": self.backend.name,
-            "max_context": self.backend.max_context,
+            "backend": backend.name,
+            "max_context": backend.max_context,
             "max_tokens": SETTINGS.llm_max_tokens,
-            "max_batch": getattr(self.backend, "max_batch", None),
-            "active_requests": getattr(getattr(self.backend, "engine", None), "active", None),
+            "max_batch": getattr(backend, "max_batch", None),
+            "active_requests": getattr(getattr(backend, "engine", None), "active", None),
             "torch_threads": self.threads,
+            "reload_poll_s": SETTINGS.reload_poll_s if self.follower else None,
         }
 
+    @bentoml.api(route="/reload")
+    async def reload(self, ctx: bentoml.Context) -> Reload:
+        """Serve the release the alias points at now, if it moved (409 for a folder model)."""
+        if self.follower is None:
+            ctx.response.status_code = HTTPStatus.CONFLICT
+            error = "LLMOPS_LLM_MODEL names a model folder, not a registry release: nothing to follow"
+            shown = Path(self.backend.model_path).name  # never a path on the server
+            return Reload(model=self.served_name, previous=shown, current=shown, reloaded=False, error=error)
+        return await reload_route(self.follower, ctx)
 
-protect(LLM, SETTINGS.api_key)
+    @bentoml.on_shutdown
+    def shut_down(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
+
+
+protect(LLM, SETTINGS.api_key, openapi=document_reload, openai_prefix="/v1")
 # the /v1 routes in /docs.json; the served name is the registry name unless LLMOPS_LLM_SERVED_NAME
 LLM.add_asgi_middleware(
-    OpenAPIRoutes, prefix="/v1", model_name=SETTINGS.llm_served_name or SETTINGS.llm_release
+    OpenAPIRoutes, prefix="/v1", model_name=SERVED_NAME, max_tokens=SETTINGS.llm_max_tokens
 )

@@ -42,7 +42,7 @@ class Served(Generic[T]):
     release: T
 
 
-class ReloadAnswer(BaseModel):
+class Reload(BaseModel):
     """The body of ``POST /reload``, the same in every service."""
 
     model: str
@@ -53,7 +53,7 @@ class ReloadAnswer(BaseModel):
 
 
 @dataclass(frozen=True)
-class Reloaded:
+class ReloadOutcome:
     """What a reload did: moved from ``previous`` to ``current``, or not, and why not."""
 
     name: str
@@ -63,8 +63,8 @@ class Reloaded:
     error: str | None = None  # why not; the previous version keeps serving
     status: HTTPStatus = HTTPStatus.OK  # 404: the ref no longer resolves; 409: refused; 500: load failed
 
-    def answer(self) -> ReloadAnswer:
-        return ReloadAnswer(model=self.name, previous=self.previous, current=self.current,
+    def answer(self) -> Reload:
+        return Reload(model=self.name, previous=self.previous, current=self.current,
                             reloaded=self.reloaded, error=self.error)  # fmt: skip
 
 
@@ -129,7 +129,7 @@ class ReleaseFollower(Generic[T]):
             raise RuntimeError(f"{self.name}: start() the follower before serving")
         return self._served
 
-    def reload(self) -> Reloaded:
+    def reload(self) -> ReloadOutcome:
         """Resolve the ref again; if it moved, load the new version and swap it in."""
         with self._lock:
             old = self.served
@@ -137,9 +137,9 @@ class ReleaseFollower(Generic[T]):
             self._note(outcome.error)
             return outcome
 
-    def _reload(self, old: Served[T]) -> Reloaded:
-        def unchanged(error: str | None = None, status: HTTPStatus = HTTPStatus.OK) -> Reloaded:
-            return Reloaded(self.name, old.version.version, old.version.version, False, error, status)
+    def _reload(self, old: Served[T]) -> ReloadOutcome:
+        def unchanged(error: str | None = None, status: HTTPStatus = HTTPStatus.OK) -> ReloadOutcome:
+            return ReloadOutcome(self.name, old.version.version, old.version.version, False, error, status)
 
         try:
             version = self.resolve()
@@ -162,7 +162,7 @@ class ReleaseFollower(Generic[T]):
         self._served = Served(version, new)  # one reference store: the swap is atomic
         self._log.info("reloaded: serving %s (was %s)", version.tag, old.version.tag)
         self._retire_quietly(old.release)
-        return Reloaded(self.name, old.version.version, version.version, True)
+        return ReloadOutcome(self.name, old.version.version, version.version, True)
 
     def _note(self, problem: str | None) -> None:
         """Log a problem when it is new: a lasting one (a refused version, a ref that no longer
@@ -197,7 +197,7 @@ class ReleaseFollower(Generic[T]):
                 self._retire_quietly(self._served.release)
 
 
-async def reload_route(follower: ReleaseFollower[Any], ctx: Any) -> ReloadAnswer:
+async def reload_route(follower: ReleaseFollower[Any], ctx: Any) -> Reload:
     """A service's ``POST /reload``: the load runs on a thread of its own, not on the event loop
     nor on the thread BentoML runs sync APIs on (a classifier's batches need it meanwhile)."""
     outcome = await asyncio.to_thread(follower.reload)

@@ -302,3 +302,90 @@ def test_a_cancelled_stream_frees_its_slot(one_slot):
                     break  # one piece of text, then the client goes
     assert _until_idle(one_slot) == 0, "the closed stream still holds the only slot"
     assert _served_promptly(one_slot) < 10
+
+
+def _register_llm(name: str, model_dir, run: str, champion: str | None) -> str:
+    """A registry release holding ``model_dir`` as merged weights, registered directly (no flow run);
+    promoted when ``champion`` is the champion now (None: there is none yet)."""
+    from llmops.llm.release import LlmRelease, register_llm_release
+
+    release = LlmRelease(base_model="tiny", base_fingerprint="test", base_source=str(model_dir),
+                         base_bundled=False, merged=True, lora={}, training={}, dataset_version="ds-test",
+                         train_steps=0, device="cpu", dtype="float32")  # fmt: skip
+    empty = model_dir.parent / f"{model_dir.name}-adapter"
+    empty.mkdir(exist_ok=True)
+    version, _, _ = register_llm_release(
+        name=name, release=release, adapter_dir=empty, base_dir=None, merged_dir=model_dir, scores={},
+        evaluation={}, run_pathspec=run,
+        gate_decision={"passed": True, "policy_version": "test", "champion_version": champion, "rules": []},
+    )  # fmt: skip
+    return version
+
+
+def test_the_llm_service_follows_its_champion_under_load(tiny_model, tmp_path):
+    """A promoted release (another model, another tokenizer) is served once the poll sees it,
+    while completions, streaming or not, keep coming: none fails, each is answered whole by one
+    model (its prompt's token count says which), and after the first answer of the new one only
+    it answers."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
+
+    from transformers import AutoTokenizer
+
+    from llmops.registry import Registry
+
+    second = build_tiny_causal_lm(tmp_path / "tiny-300", vocab_size=300, n_positions=1024, seed=1)
+    prompt = "The registry moves the champion alias when the gate passes"
+    counts = {key: len(AutoTokenizer.from_pretrained(folder)(prompt, add_special_tokens=False)["input_ids"])
+              for key, folder in (("v1", tiny_model), ("v2", second))}  # fmt: skip
+    assert counts["v1"] != counts["v2"]  # how an answer shows which model wrote it
+    name = "llm-follow-" + uuid.uuid4().hex[:8]
+    v1 = _register_llm(name, tiny_model, "TestFlow/1", None)
+    v2 = _register_llm(name, second, "TestFlow/2", "not-the-champion")  # registered, not promoted
+    by_count = {counts["v1"]: v1, counts["v2"]: v2}
+    env = {"LLMOPS_LLM_RELEASE": name, "LLMOPS_RELOAD_POLL_S": "0.2", "LLMOPS_LLM_BACKEND": "transformers",
+           "LLMOPS_LLM_MAX_TOKENS": "64", "LLMOPS_TORCH_THREADS": "1"}  # fmt: skip
+    body = {"model": name, "prompt": prompt, "max_tokens": 6, "temperature": 0}
+    stop, sent = Event(), []
+    with serve_bento("services.llm:LLM", tmp_path, **env) as server:
+
+        def send(streaming: bool) -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                if not streaming:
+                    reply = server.post("/v1/completions", json=body)
+                    assert reply.status_code == 200, reply.text
+                    usage = reply.json()["usage"]
+                else:
+                    stream = body | {"stream": True, "stream_options": {"include_usage": True}}
+                    with server.stream("POST", "/v1/completions", json=stream) as reply:
+                        assert reply.status_code == 200
+                        lines = [line.removeprefix("data: ") for line in reply.iter_lines() if line]
+                    assert lines[-1] == "[DONE]", lines
+                    usage = json.loads(lines[-2])["usage"]
+                sent.append((started, time.monotonic(), by_count[usage["prompt_tokens"]]))
+
+        def until(condition, what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not condition():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(4) as pool:
+            senders = [pool.submit(send, i % 2 == 1) for i in range(4)]
+            until(lambda: len(sent) >= 8, "completions of the first release")
+            Registry().promote(name, v2)
+            until(lambda: any(version == v2 for *_, version in sent), "the poll to serve the new release")
+            settled = len(sent)
+            until(lambda: len(sent) >= settled + 8, "completions after the swap")
+            stop.set()
+            for sender in senders:
+                sender.result()  # a failed request fails the test here
+        info = server.post("/info", json={}).json()
+        models = server.get("/v1/models").json()["data"][0]
+
+    assert info["release"] == f"{name}:{v2}"
+    assert models["id"] == name and models["max_model_len"] == 1024
+    first_v2 = min(done for _, done, version in sent if version == v2)
+    assert {version for started, _, version in sent if started > first_v2} == {v2}
+    assert {version for *_, version in sent[:8]} == {v1}

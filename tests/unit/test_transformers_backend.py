@@ -219,3 +219,22 @@ def test_batching_on_cuda(tmp_path):
     assert len(forwards) < sum(c.completion_tokens for c in batched) / 2
     seeded = SamplingParams(max_tokens=16, temperature=1.0, seed=2)
     assert cuda.complete(prompts[2], seeded).text == cuda.complete(prompts[2], seeded).text
+
+
+def test_a_retired_backend_finishes_its_requests_then_its_engine_stops(backend, prompts):
+    """close() (a service swapped in another release): the request in flight is answered in full,
+    the engine thread ends without waiting out its idle time, and a request that read the old
+    backend just before the swap is still answered."""
+    old = TransformersBackend(backend.model_path, max_batch=8)
+    params = SamplingParams(max_tokens=12)
+    stream = old.stream(prompts[1], params)
+    first = next(stream)
+    old.close()
+    *rest, done = [first, *stream]
+    assert isinstance(done, Completion) and "".join(rest) == done.text
+    deadline = time.monotonic() + 5
+    while old.engine._thread is not None:
+        assert time.monotonic() < deadline, "the retired engine's thread did not end"
+        time.sleep(0.02)
+    late = old.complete(prompts[0], params)
+    assert late.text == backend.complete(prompts[0], params).text and old.engine.active == 0

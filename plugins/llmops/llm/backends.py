@@ -90,6 +90,11 @@ class TransformersBackend:
     def max_batch(self) -> int:
         return self.engine.max_batch
 
+    def close(self) -> None:
+        """Retire this model (a service now serves another release): its engine thread ends once
+        the requests it holds are finished; the weights go when nothing refers to them."""
+        self.engine.close()
+
     def render(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

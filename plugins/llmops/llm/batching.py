@@ -136,13 +136,14 @@ class BatchEngine:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_batch = max(1, int(max_batch))
         self.eos_ids = eos_ids or set()
-        self._pending: queue.Queue[Request] = queue.Queue()
+        self._pending: queue.Queue[Request | None] = queue.Queue()  # None: close() woke it
         self._waiting: list[Request] = []
         self._running: list[Request] = []  # one row of the cache each, in order
         self._cache: Any = None
         self._mask: Any = None  # [rows, columns] 1 where a column holds a real token
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closing = False  # a retired release: the thread ends as soon as it is idle
         self._prefix: tuple[list[int], list[tuple[Any, Any]]] | None = None  # ids, per-layer KV (one row)
         self._last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -162,6 +163,15 @@ class BatchEngine:
                 self._thread.start()
         return request
 
+    def close(self) -> None:
+        """The release this engine serves was replaced: its thread ends as soon as the requests it
+        holds are finished, not after IDLE_EXIT_S. A request submitted later (it read the old
+        release just before the swap) still runs, on a thread started for it, so none fails."""
+        with self._start_lock:
+            self._closing = True
+            if self._thread is not None:
+                self._pending.put(None)  # wakes the thread if it waits idle
+
     @property
     def active(self) -> int:
         """Requests holding a batch slot or waiting for one (what a cancelled request leaves)."""
@@ -175,18 +185,25 @@ class BatchEngine:
         while True:
             if not self._running and not self._waiting:
                 try:
-                    self._waiting.append(self._pending.get(timeout=IDLE_EXIT_S))
+                    woken = self._pending.get(timeout=0.01 if self._closing else IDLE_EXIT_S)
                 except queue.Empty:
                     with self._start_lock:  # a submit racing this exit sees the thread gone
                         if self._pending.empty():
                             self._thread = None
+                            if self._closing:
+                                self._prefix = None  # the kept KV of a retired model
                             return
                     continue
+                if woken is None:  # close(): look again, with the short wait
+                    continue
+                self._waiting.append(woken)
             while True:
                 try:
-                    self._waiting.append(self._pending.get_nowait())
+                    request = self._pending.get_nowait()
                 except queue.Empty:
                     break
+                if request is not None:
+                    self._waiting.append(request)
             for request in [r for r in self._waiting if r.cancelled.is_set()]:
                 self._waiting.remove(request)
             try:

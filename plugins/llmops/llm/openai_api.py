@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -83,9 +83,12 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)
 
 
-def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlette:
-    """The API for ``backend``, serving it under the name ``model_name``."""
+def openai_app(backend: Backend | Callable[[], Backend], model_name: str, limits: ApiLimits) -> Starlette:
+    """The API for ``backend``, serving it under the name ``model_name``. ``backend`` may be a
+    function returning the backend that serves now (a service that follows its release): each
+    request calls it once and uses only that backend, so a swap never splits a request."""
     created = int(time.time())
+    current = backend if callable(backend) and not hasattr(backend, "stream") else lambda: backend
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
         try:
@@ -111,7 +114,7 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
                            "model", "model_not_found")  # fmt: skip
         return body
 
-    def sampling(body: ChatRequest | CompletionRequest, prompt: str) -> SamplingParams:
+    def sampling(body: ChatRequest | CompletionRequest, prompt: str, backend: Backend) -> SamplingParams:
         asked = body.max_completion_tokens or body.max_tokens
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         if asked is not None and asked > limits.max_tokens:
@@ -132,16 +135,18 @@ def openai_app(backend: Backend, model_name: str, limits: ApiLimits) -> Starlett
                               stop=stop, seed=body.seed)  # fmt: skip
 
     async def models(request: Request) -> JSONResponse:
+        backend = current()
         item = {"id": model_name, "object": "model", "created": created, "owned_by": "llmops",
                 "root": backend.model_path, "max_model_len": backend.max_context}  # fmt: skip
         return JSONResponse({"object": "list", "data": [item]})
 
     async def respond(request: Request, chat: bool) -> JSONResponse | StreamingResponse:
+        backend = current()  # once: this request renders, counts and generates with one release
         try:
             body = await parse(request, ChatRequest if chat else CompletionRequest)
             check_supported(body)
             prompt = backend.render([m.model_dump() for m in body.messages]) if chat else body.prompt
-            params = sampling(body, prompt)
+            params = sampling(body, prompt, backend)
         except ApiError as exc:
             return _error(exc.status, exc.message, exc.param, exc.code)
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex

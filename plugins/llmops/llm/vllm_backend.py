@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmops.llm.types import Completion, SamplingParams
+from llmops.llm.types import BackendError, Completion, SamplingParams
+
+RETIRE_GRACE_S = 10.0  # a retired engine still takes requests that read it just before the swap
 
 
 def vllm_available() -> bool:
@@ -68,7 +70,14 @@ class VLLMBackend:
             queue.Queue()
         )  # ("add", id, prompt, sampling, outbox) | ("abort", id)
         self._outboxes: dict[str, queue.Queue] = {}  # touched by the engine thread only
+        self._stopped = threading.Event()
         threading.Thread(target=self._run, name="vllm-engine", daemon=True).start()
+
+    def close(self) -> None:
+        """Retire this engine (a service now serves another release): once the requests it holds
+        are finished and none came for RETIRE_GRACE_S, its thread ends and the engine is let go,
+        so its GPU memory can be given back."""
+        self._pending.put(("close",))
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -94,6 +103,8 @@ class VLLMBackend:
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str | Completion]:
         """Text pieces as the engine produces them, then the Completion (usage, finish reason).
         Closing the stream early (the client went away) aborts the request in the engine."""
+        if self._stopped.is_set():
+            raise BackendError(f"model: {self.model_path} was retired; send the request again")
         request_id, outbox = uuid.uuid4().hex, queue.Queue()
         # token ids, not text: vLLM would add a BOS to a chat template that already has one, and
         # the prompt counted against the context would differ from what the engine sees
@@ -130,11 +141,19 @@ class VLLMBackend:
         output to the stream that asked for it. It steps only while requests run (an idle step
         can block), and a failed step fails the requests it held instead of spinning on them."""
         engine = self.llm.llm_engine
+        closing = False
         while True:
             if not self._outboxes:
-                self._take(engine, self._pending.get())  # idle: wait for work
+                try:  # idle: wait for work; once retired, only as long as a late request may take
+                    message = self._pending.get(timeout=RETIRE_GRACE_S if closing else None)
+                except queue.Empty:
+                    break
+                closing = closing or message[0] == "close"
+                self._take(engine, message)
             while not self._pending.empty():
-                self._take(engine, self._pending.get_nowait())
+                message = self._pending.get_nowait()
+                closing = closing or message[0] == "close"
+                self._take(engine, message)
             if not self._outboxes or not engine.has_unfinished_requests():
                 continue
             try:
@@ -154,7 +173,20 @@ class VLLMBackend:
                     if out.finished:
                         del self._outboxes[out.request_id]
 
+        self._stopped.set()
+        del engine
+        self.llm = None  # the engine's memory goes with its last reference
+        with contextlib.suppress(Exception):
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
+
     def _take(self, engine: Any, message: tuple) -> None:
+        if message[0] == "close":
+            return
         if message[0] == "abort":
             if self._outboxes.pop(message[1], None) is not None:
                 engine.abort_request([message[1]])
