@@ -18,22 +18,35 @@ the release's generator: ``extractive``, ``transformers:/folder``, ``openai:http
 LLMOPS_GENERATOR_TIMEOUT_S and LLMOPS_GENERATOR_RETRIES (an ``openai:`` generator: seconds per
 attempt, default 60, and retries, default 1), LLMOPS_API_KEY, LLMOPS_INFERENCE_LOG_DIR,
 LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S, LLMOPS_MAX_BODY_BYTES (larger bodies: 413),
-LLMOPS_TORCH_THREADS. With the LLM service in the same deployment, serve
+LLMOPS_TORCH_THREADS, LLMOPS_RELOAD_POLL_S (0: off). With the LLM service in the same deployment, serve
 ``services.rag_llm:RagWithLLM`` instead (BentoML composition, no URL to wire).
+
+The service follows its alias without a restart (llmops.release_follower; docs/serving.md):
+``POST /reload`` (loopback only, or with the API key), or every LLMOPS_RELOAD_POLL_S seconds,
+resolves LLMOPS_RAG_VERSION again, and a new release (another index, prompt, generator or
+retrieval mode) is opened and warmed up in full before it replaces the served one. Each request
+reads the served release once and uses only that: its answer, versions and log row name it.
+``/info`` shows the served release.
 """
 
 import logging
 import time
 import uuid
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, create_model
 from starlette.responses import JSONResponse
 
 from llmops.rag.retriever import FILTER_KEYS
-from llmops.registry import CHAMPION
+from llmops.registry import ModelVersion
+from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, protect, settings_from_env
+
+if TYPE_CHECKING:
+    from llmops.rag.pipeline import RagPipeline
+    from llmops.rag.release import RagRelease
 
 logger = logging.getLogger("bentoml.service.rag")
 
@@ -51,6 +64,7 @@ class Settings(BaseModel):
     timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
     torch_threads: int | None = Field(None, ge=1)  # None: the declared cpu (llmops.threads)
+    reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload
 
 
 SETTINGS = settings_from_env(Settings)
@@ -107,6 +121,14 @@ class Retrieved(BaseModel):
     request_id: str
 
 
+@dataclass(frozen=True)
+class LiveRag:
+    """One opened release: what a request reads once and uses alone."""
+
+    release: "RagRelease"
+    pipeline: "RagPipeline"
+
+
 RESOURCES = {"cpu": "2", "memory": "2Gi"}
 
 
@@ -116,20 +138,31 @@ class Rag:
 
     def __init__(self) -> None:
         from llmops.inference_log import InferenceLogger
-        from llmops.rag.index import chroma_location
-        from llmops.rag.release import load_release, open_pipeline
-        from llmops.registry import Registry
         from llmops.threads import configure_torch_threads
 
         # before any model loads: the embedder and an in-process LLM share the declared CPUs
         self.threads = configure_torch_threads(SETTINGS.torch_threads, RESOURCES["cpu"])
+        self.follower = ReleaseFollower(
+            SETTINGS.rag_release,
+            SETTINGS.rag_version,
+            self._open,
+            poll_s=SETTINGS.reload_poll_s,
+            retire=self._retire,
+            log=logger,
+        )
+        served = self.follower.start()
+        self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, served.version.name)
 
-        version = Registry().get(SETTINGS.rag_release, SETTINGS.rag_version or CHAMPION)
+    def _open(self, version: ModelVersion) -> LiveRag:
+        """The whole pipeline of a release (index, embedder, prompt, generator, retrieval mode),
+        warmed up: the follower swaps it in only once it can answer."""
+        from llmops.rag.index import chroma_location
+        from llmops.rag.release import load_release, open_pipeline
+
         release, prompt = load_release(version)
         store = chroma_location() if _store_overridden() else release.chroma
         spec = self._generator_spec(release)
-        self.release = release
-        self.pipeline = open_pipeline(
+        pipeline = open_pipeline(
             store,
             release.index.version,
             prompt,
@@ -137,17 +170,22 @@ class Rag:
             versions={"release": version.tag, "generator": spec.split("#")[0]},
             retrieval=release.retrieval,  # the ranking the gate evaluated
         )
-        self.pipeline.retriever.embedder.embed(["warm up"])  # load the model before the first request
-        self.version = version
-        self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, version.name)
+        pipeline.retriever.embedder.embed(["warm up"])  # load the model before the first request
         logger.info(
             "serving %s: index %s in %s, %s, generator %s",
             version.tag,
             release.index.version,
             store,
-            self.pipeline.versions["prompt"],
+            pipeline.versions["prompt"],
             spec,
         )
+        return LiveRag(release, pipeline)
+
+    def _retire(self, live: LiveRag) -> None:
+        """An in-process LLM generator of a release no longer served stops once idle."""
+        close = getattr(getattr(live.pipeline.generator, "backend", None), "close", None)
+        if close is not None:
+            close()
 
     def _generator_spec(self, release) -> str:
         """LLMOPS_GENERATOR, else the release's own generator (services.rag_llm composes an LLM)."""
@@ -166,30 +204,47 @@ class Rag:
         from llmops.rag.generators import GeneratorEndpointError
 
         started = time.perf_counter()
+        served = self.follower.served  # read once: a reload during this request must not mix two
+        live, k = served.release, k or served.release.release.k
         try:
-            result = self.pipeline.answer(question, k or self.release.k, filters)
+            result = live.pipeline.answer(question, k, filters)
         except GeneratorEndpointError as exc:  # not ours to hide behind a bare 500
             logger.warning("query answered %d: %s", exc.http_status, exc)
             return JSONResponse({"error": str(exc)}, status_code=exc.http_status)  # BentoML passes it on
         request_id = uuid.uuid4().hex
         sources = [SourceOut(**s.model_dump()) for s in result.sources]
-        self._log(request_id, question, k or self.release.k, sources, result.answer, started)
+        self._log(served.version, request_id, question, k, sources, result.answer, started)
         return Answer(answer=result.answer, sources=sources, versions=result.versions, request_id=request_id)
 
     @bentoml.api
     def retrieve(self, question: Question, k: K | None = None, filters: Filters = None) -> Retrieved:
         """The ``k`` most similar chunks, without generating an answer."""
         started = time.perf_counter()
-        hits = self.pipeline.retriever.retrieve(question, k or self.release.k, filters)
+        served = self.follower.served
+        live, k = served.release, k or served.release.release.k
+        hits = live.pipeline.retriever.retrieve(question, k, filters)
         sources = [
             SourceOut(number=n, path=h.source, chunk=h.position, score=h.score, text=h.text)
             for n, h in enumerate(hits, 1)
         ]
         request_id = uuid.uuid4().hex
-        self._log(request_id, question, k or self.release.k, sources, None, started)
-        return Retrieved(sources=sources, versions=self.pipeline.versions, request_id=request_id)
+        self._log(served.version, request_id, question, k, sources, None, started)
+        return Retrieved(sources=sources, versions=live.pipeline.versions, request_id=request_id)
 
-    def _log(self, request_id, question, k, sources, answer, started) -> None:
+    @bentoml.api(route="/reload")
+    async def reload(self, ctx: bentoml.Context) -> Reload:
+        """Serve the release the alias points at now, if it moved."""
+        return await reload_route(self.follower, ctx)
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict[str, Any]:
+        """The served release and what it is made of."""
+        served = self.follower.served
+        return {"release": served.version.name, "version": served.version.version, "ref": self.follower.ref,
+                "versions": served.release.pipeline.versions, "k": served.release.release.k,
+                "reload_poll_s": SETTINGS.reload_poll_s}  # fmt: skip
+
+    def _log(self, version, request_id, question, k, sources, answer, started) -> None:
         from llmops.inference_log import utc_now
 
         self.inference_log.log(
@@ -198,8 +253,8 @@ class Rag:
                     "request_id": request_id,
                     "row": 0,
                     "timestamp": utc_now(),
-                    "model": self.version.name,
-                    "model_version": self.version.version,
+                    "model": version.name,
+                    "model_version": version.version,
                     "features": {"question": question, "question_chars": len(question), "k": k},
                     "prediction": answer,
                     "probability": sources[0].score if sources else None,  # top similarity
@@ -211,6 +266,7 @@ class Rag:
 
     @bentoml.on_shutdown
     def shut_down(self) -> None:
+        self.follower.close()
         self.inference_log.close()
 
 
@@ -221,9 +277,10 @@ def _store_overridden() -> bool:
 
 
 def rag_openapi(doc: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document lists /query's answers when its LLM endpoint fails."""
+    """The OpenAPI document lists /query's answers when its LLM endpoint fails, and /reload's."""
     from llmops.openapi_doc import ERROR_RESPONSE
 
+    doc = document_reload(doc)
     responses = doc.get("paths", {}).get("/query", {}).get("post", {}).get("responses", {})
     responses.setdefault(
         "502", {"description": "The LLM endpoint answered an error or is unreachable", **ERROR_RESPONSE}

@@ -8,7 +8,9 @@ and connects them over a local socket; in a BentoCloud or container deployment e
 scales as its own service. No URL is wired by hand. The RAG answers come from the composed LLM
 through its OpenAI API (``LLMOPS_GENERATOR_TIMEOUT_S`` / ``LLMOPS_GENERATOR_RETRIES`` apply, and
 ``LLMOPS_API_KEY``, shared by both services, is sent to it); the release's own generator is not
-loaded. Every other setting is services/rag.py's and services/llm.py's.
+loaded. Every other setting is services/rag.py's and services/llm.py's. Each service follows its
+own release (``/reload`` or LLMOPS_RELOAD_POLL_S): a new RAG release is answered by the same
+composed LLM, and the LLM service swaps its model without the RAG service noticing.
 
 An LLM server elsewhere stays a URL: ``LLMOPS_GENERATOR=openai:http://host:port/v1#model
 bentoml serve services.rag:Rag --host 127.0.0.1``. On a laptop without an LLM server, the in-process form is
@@ -24,7 +26,7 @@ import httpx
 from llmops.serving import protect
 from services.llm import LLM
 from services.llm import SETTINGS as LLM_SETTINGS
-from services.rag import RESOURCES, SETTINGS, Rag, rag_openapi
+from services.rag import RESOURCES, SETTINGS, LiveRag, Rag, rag_openapi
 
 LLM_READY_S = 600  # the LLM process starts beside this one and may still be loading its model
 
@@ -60,14 +62,10 @@ class RagWithLLM(Rag.inner):
 
     llm = bentoml.depends(LLM)
 
-    def _generator_spec(self, release) -> str:
-        return "extractive"  # a stand-in (no model to load): __init__ puts the composed LLM in its place
-
     def __init__(self) -> None:
-        super().__init__()
         from llmops.rag.generators import OpenAIGenerator, TransformersGenerator
 
-        llm = self.llm
+        llm = self.llm  # connected before the first release opens: every release answers through it
         if isinstance(llm, LLM.inner):  # no separate process (the LLM runs in this one): no HTTP hop
             generator = TransformersGenerator(llm.backend.model_path, backend=llm.backend)
             label = f"composed:{llm.served_name}"
@@ -77,8 +75,19 @@ class RagWithLLM(Rag.inner):
             key = LLM_SETTINGS.api_key.get_secret_value() if LLM_SETTINGS.api_key else None
             generator = OpenAIGenerator(f"{base}/v1", http_client=client, api_key=key)
             label = f"composed:{generator.model}"
-        self.pipeline.generator = generator
-        self.pipeline.versions["generator"] = label
+        self.composed = (generator, label)
+        super().__init__()
+
+    def _generator_spec(self, release) -> str:
+        return "extractive"  # a stand-in (no model to load): _open puts the composed LLM in its place
+
+    def _open(self, version) -> LiveRag:
+        live = super()._open(version)
+        live.pipeline.generator, live.pipeline.versions["generator"] = self.composed
+        return live
+
+    def _retire(self, live: LiveRag) -> None:
+        pass  # the composed LLM outlives every RAG release
 
 
 protect(RagWithLLM, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=rag_openapi)

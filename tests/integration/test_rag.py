@@ -403,3 +403,84 @@ def test_the_rag_service_composed_with_the_llm_service(release, log_dir, tmp_pat
         retrieved = client.post("/retrieve", json=question, headers=auth).json()["sources"]
         assert body["answer"].strip() and 1 <= len(body["sources"]) < len(retrieved) == 8
         assert body["sources"] == retrieved[: len(body["sources"])]  # the best ranked ones
+
+
+def _register_copy(name: str, release, prompt, run: str, champion: str | None) -> str:
+    """Register ``release`` under ``name`` directly (no flow run); promoted when ``champion`` is the
+    champion now (None: there is none yet)."""
+    from llmops.rag.release import register_rag_release
+
+    version, _, _ = register_rag_release(
+        name=name, release=release, prompt=prompt, scores={}, evaluation={},
+        gate_decision={"passed": True, "policy_version": "test", "champion_version": champion, "rules": []},
+        golden_version="golden-test", run_pathspec=run,
+    )  # fmt: skip
+    return version
+
+
+def test_the_rag_service_follows_its_champion_under_load(release, essays, log_dir):
+    """A promoted release with another index, retrieval mode, k and generator settings is served
+    after POST /reload while queries keep coming: none fails, each answer comes whole from one
+    release (its index, its k), and after the reload only the new one answers."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
+
+    from llmops.rag.index import IndexInfo, chroma_client, open_index
+    from llmops.rag.release import load_release
+    from llmops.rag.retriever import RetrievalSettings
+
+    first, prompt = load_release(Registry().get(release[0]))
+    _, essays_index, chroma = essays
+    index = IndexInfo.from_metadata(open_index(chroma_client(chroma), essays_index).metadata)
+    second = first.model_copy(update={"index": index, "k": 2, "retrieval": RetrievalSettings(mode="dense"),
+                                      "generator": {**first.generator, "max_sentences": 1}})  # fmt: skip
+    name = "rag-follow-" + uuid.uuid4().hex[:8]
+    v1 = _register_copy(name, first, prompt, "TestFlow/1", None)
+    v2 = _register_copy(name, second, prompt, "TestFlow/2", "not-the-champion")  # registered, not promoted
+    expected = {v1: (first.index.version, "hybrid", 4), v2: (index.version, "dense", 2)}
+
+    stop, sent = Event(), []
+    with serve_bento("services.rag:Rag", log_dir, LLMOPS_RAG_RELEASE=name) as client:
+
+        def send() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                reply = client.post("/query", json={"question": "How does a bridge carry its load?"})
+                sent.append((started, time.monotonic(), reply))
+
+        def until(count: int) -> None:
+            deadline = time.monotonic() + 120
+            while len(sent) < count:
+                assert time.monotonic() < deadline, f"{len(sent)} of {count} queries answered"
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(3) as pool:
+            senders = [pool.submit(send) for _ in range(3)]
+            until(10)
+            Registry().promote(name, v2)
+            reloaded_at = time.monotonic()
+            reload = client.post("/reload")
+            reload_answered = time.monotonic()
+            until(len(sent) + 10)
+            stop.set()
+            for sender in senders:
+                sender.result()
+        info = client.post("/info", json={}).json()
+        again = client.post("/reload").json()
+
+    assert [r.status_code for *_, r in sent if r.status_code != 200] == []
+    assert reload.status_code == 200, reload.text
+    assert reload.json() == {"model": name, "previous": v1, "current": v2, "reloaded": True, "error": None}
+    assert (again["previous"], again["current"], again["reloaded"]) == (v2, v2, False)
+    assert (info["version"], info["versions"]["index_version"]) == (v2, index.version)
+    served = []
+    for started, done, reply in sent:
+        body = reply.json()
+        version = body["versions"]["release"].removeprefix(f"{name}:")
+        index_version, mode, k = expected[version]
+        assert (body["versions"]["index_version"], body["versions"]["retrieval"]) == (index_version, mode)
+        assert 1 <= len(body["sources"]) <= k
+        assert all((s["path"] in ESSAYS) == (version == v2) for s in body["sources"])
+        served.append((started, done, version))
+    assert {v for _, done, v in served if done < reloaded_at} == {v1}
+    assert {v for started, _, v in served if started > reload_answered} == {v2}
