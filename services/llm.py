@@ -171,8 +171,6 @@ class LLM:
             self.follower.close()
 
 
-protect(LLM, SETTINGS.api_key, openapi=document_reload, openai_prefix="/v1")
+protect(LLM, SETTINGS.api_key, openapi=document_reload)
 # the /v1 routes in /docs.json; the served name is the registry name unless LLMOPS_LLM_SERVED_NAME
-LLM.add_asgi_middleware(
-    OpenAPIRoutes, prefix="/v1", model_name=SERVED_NAME, max_tokens=SETTINGS.llm_max_tokens
-)
+LLM.add_asgi_middleware(OpenAPIRoutes, prefix="/v1", model_name=SERVED_NAME)
