@@ -12,11 +12,12 @@ hybrid retrieval is derived from the stored chunk texts when the index is opened
 Card: python flows/build_rag_index.py card view write
 """
 
-from metaflow import FlowSpec, Parameter, card, current, package_sources, resources, step
+from metaflow import FlowSpec, Parameter, card, current, package_sources, resources, step, user_errors
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 
 
+@user_errors
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class BuildRagIndexFlow(FlowSpec):
     docs = Parameter("docs", default="docs", help="Folder of Markdown, text, HTML and PDF files.")
@@ -43,8 +44,11 @@ class BuildRagIndexFlow(FlowSpec):
 
     @step
     def start(self):
+        from pydantic import ValidationError
+
+        from llmops.errors import ParameterError, field_problems
         from llmops.rag.chunking import ChunkingConfig, split_documents
-        from llmops.rag.documents import load_corpus
+        from llmops.rag.documents import CorpusError, load_corpus
         from llmops.rag.embeddings import Embedder
         from llmops.rag.index import (
             MIN_CHUNKS_PER_SHARD,
@@ -56,12 +60,15 @@ class BuildRagIndexFlow(FlowSpec):
         )
 
         if self.shards < 1:
-            raise ValueError(f"--shards: must be at least 1, got {self.shards}")
-        chunking = ChunkingConfig(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
+            raise ParameterError(f"--shards: must be at least 1, got {self.shards}")
+        try:
+            chunking = ChunkingConfig(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
+        except ValidationError as exc:
+            raise ParameterError(f"--chunk-size/--chunk-overlap: {field_problems(exc)}") from None
         embedder = Embedder(self.embedding_model, batch_size=self.batch_size)
         corpus = load_corpus(self.docs)
         if not corpus.documents:
-            raise ValueError(f"--docs: no readable documents in {self.docs} (skipped: {corpus.skipped})")
+            raise CorpusError(f"--docs: no readable documents in {self.docs} (skipped: {corpus.skipped})")
         self.corpus_version = corpus.version
         self.chunking = chunking.model_dump()
         self.embedding_model_id = embedder.model_id

@@ -15,18 +15,31 @@ retrieval settings + embedding model + prompt + generator, move `champion`) → 
 Cards: python flows/evaluate_rag.py card view evaluate [--id gate]
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
+from metaflow import (
+    Config,
+    FlowSpec,
+    Parameter,
+    card,
+    config_expr,
+    current,
+    gate,
+    gate_policy_parser,
+    package_sources,
+    step,
+    user_errors,
+)
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 from llmops.rag.retriever import DEFAULT_BM25_WEIGHT, DEFAULT_DENSE_WEIGHT, DEFAULT_MODE
 
 
+@user_errors
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class EvaluateRagFlow(FlowSpec):
     policy = Config(
         "policy",
         default="evals/rag.yaml",
-        parser="llmops.gates.parse_policy_config",
+        parser=gate_policy_parser,
         help="Gate policy YAML: metric thresholds and regression vs the champion release.",
     )
     golden = Parameter("golden", default="evals/rag_golden.yaml", help="Golden set YAML.")
@@ -58,25 +71,27 @@ class EvaluateRagFlow(FlowSpec):
     def start(self):
         from pydantic import ValidationError
 
+        from llmops.errors import ParameterError
         from llmops.prompts import load_prompt
         from llmops.rag.candidates import resolve_candidates
         from llmops.rag.evaluation import load_golden
-        from llmops.rag.index import chroma_client, chroma_location, list_indexes, open_index
+        from llmops.rag.index import IndexNotFound, chroma_client, chroma_location, list_indexes, open_index
         from llmops.rag.release import open_pipeline
-        from llmops.rag.retriever import MAX_K, RetrievalSettings
+        from llmops.rag.retriever import MAX_K, RetrievalError, RetrievalSettings
         from llmops.registry import check_name
 
         self.registry_name = check_name(self.release_name or self.policy.model, "--release-name")
         if not 1 <= self.k <= MAX_K:
-            raise ValueError(f"--k: must be between 1 and {MAX_K}, got {self.k}")
+            raise ParameterError(f"--k: must be between 1 and {MAX_K}, got {self.k}")
         if self.judge_url and not self.judge_model:
-            raise ValueError("--judge-model: required with --judge-url")
+            raise ParameterError("--judge-model: required with --judge-url")
         try:
             settings = RetrievalSettings(
                 mode=self.retrieval, dense_weight=self.dense_weight, bm25_weight=self.bm25_weight
             )
         except ValidationError as exc:
-            raise ValueError(f"--retrieval/--dense-weight/--bm25-weight: {exc.errors()[0]['msg']}") from None
+            msg = exc.errors()[0]["msg"]
+            raise RetrievalError(f"--retrieval/--dense-weight/--bm25-weight: {msg}") from None
         self.retrieval_settings = settings.model_dump()
         golden = load_golden(self.golden)
         self.golden_version = golden.content_version
@@ -86,7 +101,7 @@ class EvaluateRagFlow(FlowSpec):
         client = chroma_client(self.chroma_location)
         indexes = list_indexes(client)
         if not self.index_ref and not indexes:
-            raise ValueError(
+            raise IndexNotFound(
                 f"--index: the store {self.chroma_location} has no index yet: "
                 "run python flows/build_rag_index.py run"
             )

@@ -23,10 +23,13 @@ from metaflow import (
     config_expr,
     current,
     gate,
+    gate_policy_parser,
     package_sources,
     resources,
     retry,
     step,
+    training_config_parser,
+    user_errors,
 )
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
@@ -34,18 +37,19 @@ from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 MAX_BUNDLED_BASE_MB = 512  # a local base model this small travels with the run (and the release)
 
 
+@user_errors
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class FinetuneLlmFlow(FlowSpec):
     policy = Config(
         "policy",
         default="evals/llm.yaml",
-        parser="llmops.gates.parse_policy_config",
+        parser=gate_policy_parser,
         help="Gate policy YAML: held-out thresholds, tuned vs base, regression vs the champion.",
     )
     training = Config(
         "training",
         default="configs/finetune.yaml",
-        parser="llmops.llm.training_config.parse_training_config_for_metaflow",
+        parser=training_config_parser,
         help="Training settings YAML: LoRA, optimizer, lengths, checkpoints, GPU step resources.",
     )
     base_model = Parameter(

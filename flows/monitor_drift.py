@@ -15,17 +15,28 @@ publishes an event only when it decides to retrain and the training flow is depl
 @trigger(event=...) on it (see README: @trigger_on_finish would retrain after every run).
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, current, package_sources, step
+from metaflow import (
+    Config,
+    FlowSpec,
+    Parameter,
+    card,
+    current,
+    gate_policy_parser,
+    package_sources,
+    step,
+    user_errors,
+)
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 
 
+@user_errors
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class MonitorDriftFlow(FlowSpec):
     policy = Config(
         "policy",
         default="evals/classifier.yaml",
-        parser="llmops.gates.parse_policy_config",
+        parser=gate_policy_parser,
         help="Policy YAML: drift test and limits, metric minimums (live and for the gate).",
     )
     model_name = Parameter("model-name", default="", help="Registry name (default: the policy's model).")

@@ -10,18 +10,31 @@ is a Metaflow Config read from evals/classifier.yaml by default and stored with 
 Cards: python flows/train_classifier.py card view validate|evaluate [--id gate]
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, gate, package_sources, step
+from metaflow import (
+    Config,
+    FlowSpec,
+    Parameter,
+    card,
+    config_expr,
+    current,
+    gate,
+    gate_policy_parser,
+    package_sources,
+    step,
+    user_errors,
+)
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
 from llmops.tabular import DEFAULT_DATASET
 
 
+@user_errors
 @package_sources(code_package_sources(__file__), suffixes=CODE_PACKAGE_SUFFIXES)
 class TrainClassifierFlow(FlowSpec):
     policy = Config(
         "policy",
         default="evals/classifier.yaml",
-        parser="llmops.gates.parse_policy_config",
+        parser=gate_policy_parser,
         help="Gate policy YAML: data rules, metric thresholds, regression, fairness, drift.",
     )
     data = Parameter(
@@ -54,9 +67,11 @@ class TrainClassifierFlow(FlowSpec):
 
     @step
     def start(self):
+        from llmops.errors import ParameterError
+        from llmops.gates import PolicyError
         from llmops.registry import check_name
         from llmops.tabular.classifier import METRICS, candidates
-        from llmops.tabular.data import infer_schema, load_table, normalize
+        from llmops.tabular.data import DataError, infer_schema, load_table, normalize
 
         self.registry_name = check_name(self.model_name or self.policy.model, "--model-name")
         self.families = [f.strip() for f in self.model_families.split(",") if f.strip()]
@@ -68,13 +83,13 @@ class TrainClassifierFlow(FlowSpec):
             named.append(f"fairness.{self.policy.fairness.metric}")
         unknown = [n for n in named if n.split(".", 1)[1] not in METRICS]
         if unknown:
-            raise ValueError(f"policy: unknown metric(s) {unknown} (measured: {METRICS})")
+            raise PolicyError(f"policy: unknown metric(s) {unknown} (measured: {METRICS})")
         if self.selection_metric not in METRICS:
-            raise ValueError(f"--selection-metric: {self.selection_metric!r} is not one of {METRICS}")
+            raise ParameterError(f"--selection-metric: {self.selection_metric!r} is not one of {METRICS}")
         raw = load_table(self.data)
         schema = infer_schema(raw, self.target)
         if self.group_column and self.group_column not in raw.columns:
-            raise ValueError(f"--group-column: column {self.group_column!r} is not in the data")
+            raise DataError(f"--group-column: column {self.group_column!r} is not in the data")
         self.schema = schema.model_dump()
         self.dataset = normalize(raw, schema)
         print(f"Loaded {len(self.dataset)} rows, {len(schema.features)} features from {self.data}")

@@ -20,6 +20,11 @@ class LlmopsError(Exception):
     """A problem the user can fix; the message names the field or the thing and says what is wrong."""
 
 
+class ParameterError(LlmopsError, ValueError):
+    """A flow or command parameter that cannot be used (``--k: must be between 1 and 50``), where no
+    module owns the value: a module's own error names a value it owns."""
+
+
 def field_problems(exc: ValidationError) -> str:
     """``questions.0.reference: Field required; k: ...``: each problem with the path to its field."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmops import paths
 from llmops.settings import InferenceLogSettings, settings_from_env
-from llmops.storage import Store, as_location, open_store
+from llmops.storage import StorageError, Store, as_location, open_store
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -72,7 +72,7 @@ def utc_now() -> str:
 def _model_store(root: Path | str | None, model_name: str) -> Store:
     """The store of the model's log: ``<root>/<model_name>``, a folder or under ``s3://``."""
     if not _MODEL_DIR.match(model_name):
-        raise ValueError(f"model_name: {model_name!r} cannot name a log folder (letters, digits, '_.-')")
+        raise StorageError(f"model_name: {model_name!r} cannot name a log folder (letters, digits, '_.-')")
     root = root if root is not None else default_log_root()
     return open_store(as_location(root), LOG_DIR_ENV).child(model_name)
 
@@ -124,7 +124,9 @@ class InferenceLogger:
         self.store = _model_store(root, model_name)
         if not self.store.can_append and importlib.util.find_spec("boto3") is None:
             # fail at start: a writer that cannot upload would retry and drop rows unseen
-            raise ValueError(f"inference log {self.store.url}: writing to S3 needs boto3 (pip install boto3)")
+            raise StorageError(
+                f"inference log {self.store.url}: writing to S3 needs boto3 (pip install boto3)"
+            )
         self.folder: Path | str = Path(self.store.url) if self.store.can_append else self.store.url
         self.flush_interval, self.upload_interval = _intervals(flush_interval, upload_interval)
         self.writer_id = uuid.uuid4().hex[:8]

@@ -27,8 +27,9 @@ def cpu_count_of(resource: str | int | float | None) -> int | None:
     try:
         value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
     except ValueError:
+        # programming error: each service declares its cpu resource in code
         raise ValueError(f"cpu: {resource!r} is not a number of CPUs (e.g. '2' or '500m')") from None
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value <= 0:  # programming error: as above
         raise ValueError(f"cpu: {resource!r} must be a positive number of CPUs")
     return max(1, int(value))
 
@@ -39,6 +40,7 @@ def configure_torch_threads(setting: int | None, cpu_resource: str | int | float
     import torch
 
     if setting is not None and setting < 1:
+        # programming error: the services' settings models already refuse torch_threads below 1
         raise ValueError(f"torch_threads: must be >= 1, got {setting}")
     threads = setting or cpu_count_of(cpu_resource)
     if threads:

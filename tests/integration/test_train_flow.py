@@ -123,8 +123,10 @@ def test_invalid_data_stops_the_run_naming_column_and_rule(tmp_path, model_name)
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
     result, _ = train(tmp_path, bad, model_name)
+    out = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "column 'mean area': rule 'max_missing_share'" in result.stdout + result.stderr
+    assert "DataValidationFailed:" in out and "column 'mean area': rule 'max_missing_share'" in out
+    assert "Traceback" not in out and "Internal error" not in out  # a headline and a message (user_errors)
     assert Registry().find(model_name) is None
 
 

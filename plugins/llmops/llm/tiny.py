@@ -75,6 +75,7 @@ def build_tiny_causal_lm(
         LlamaForCausalLM(llama).save_pretrained(folder)
         return folder
     if architecture != "gpt2":
+        # programming error: tests and the named tiny base pass one of the two
         raise ValueError(f"architecture: {architecture!r} is not gpt2 or llama")
     config = GPT2Config(
         vocab_size=len(tokenizer),

@@ -132,8 +132,11 @@ class BertEncoder(nn.Module):
     def load(cls, folder: Path, config: dict[str, Any]) -> BertEncoder:
         """The encoder with the weights of ``folder/model.safetensors``, in eval mode, float32.
 
-        Raises ``ValueError`` naming the weights that are missing or unexpected."""
+        Raises :class:`~llmops.rag.embeddings.EmbeddingError` naming the weights that are missing
+        or unexpected."""
         from safetensors.torch import load_file
+
+        from llmops.rag.embeddings import EmbeddingError
 
         weights = {}
         for key, tensor in load_file(str(folder / WEIGHTS)).items():
@@ -143,7 +146,7 @@ class BertEncoder(nn.Module):
         encoder = cls(config)
         missing, unexpected = encoder.load_state_dict(weights, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise EmbeddingError(
                 f"{folder / WEIGHTS} is not a BERT encoder's weights: "
                 f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             )

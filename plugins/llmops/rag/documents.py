@@ -63,7 +63,7 @@ class Skipped(BaseModel):
 HIDDEN_FOLDER = "hidden folder (name starts with '.'): not read"
 
 
-class Refused(ValueError):
+class Refused(CorpusError):
     """A file that is read but not indexed; the message is the whole reason."""
 
 
@@ -164,7 +164,7 @@ def _read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
+        raise CorpusError("not UTF-8 text") from None
     nul = text.find("\x00")
     if nul >= 0:  # valid UTF-8, but no text file holds one: a binary file with a text name
         raise Refused(f"binary content: a NUL character at offset {nul:,}")
@@ -185,7 +185,7 @@ def _read_pdf(path: Path) -> str:
 
     reader = PdfReader(path)
     if reader.is_encrypted:
-        raise ValueError("encrypted PDF")
+        raise CorpusError("encrypted PDF")
     return "\n\n".join(page.extract_text() or "" for page in reader.pages)
 
 

@@ -252,6 +252,7 @@ def write_index(
 ):
     """Store ``chunks`` with their ``embeddings`` (row i is chunk i) as collection ``info.version``."""
     if len(chunks) != len(embeddings):
+        # programming error: the flow embeds exactly the chunks it writes
         raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
     with scratch_collection(client, info.version, info.collection_metadata) as scratch:
         step = min(client.get_max_batch_size(), 5000)

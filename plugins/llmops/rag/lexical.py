@@ -62,6 +62,7 @@ class Bm25Index:
         import bm25s
 
         if not (len(ids) == len(texts) == len(metadatas)):
+            # programming error: the three come from one index read, chunk by chunk
             raise ValueError(f"{len(ids)} ids, {len(texts)} texts and {len(metadatas)} metadatas")
         self.ids, self.texts, self.metadatas = list(ids), list(texts), list(metadatas)
         self.position = {chunk_id: i for i, chunk_id in enumerate(self.ids)}

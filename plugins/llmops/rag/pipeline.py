@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmops.prompts import PromptTemplate
+from llmops.prompts import PromptError, PromptTemplate
 from llmops.rag.generators import GenerationRequest, Generator, GeneratorContextExceeded
 from llmops.rag.retriever import Hit, Retriever
 
@@ -44,7 +44,7 @@ class RagPipeline:
     ):
         missing = {"question", "context"} - set(prompt.input_variables)
         if missing:
-            raise ValueError(f"prompt {prompt.name!r}: a RAG prompt needs the variables {sorted(missing)}")
+            raise PromptError(f"prompt {prompt.name!r}: a RAG prompt needs the variables {sorted(missing)}")
         self.retriever, self.prompt, self.generator = retriever, prompt, generator
         self.versions = {
             "index_version": retriever.index_version,

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
-from llmops.prompts import PromptTemplate, parse_prompt
+from llmops.prompts import PromptError, PromptTemplate, parse_prompt
 from llmops.rag.index import IndexInfo
 from llmops.rag.pipeline import RagPipeline
 from llmops.rag.retriever import RetrievalSettings
@@ -82,8 +82,9 @@ def load_release(version: ModelVersion) -> tuple[RagRelease, PromptTemplate]:
     prompt_file = version.path / "prompt.yaml"
     prompt = parse_prompt(prompt_file.read_text(), str(prompt_file))
     if prompt.version != release.prompt_version:
-        raise ValueError(
-            f"{version.tag}: prompt.yaml is {prompt.version}, the release says {release.prompt_version}"
+        raise PromptError(
+            f"{version.tag}: prompt.yaml is {prompt.version}, the release says {release.prompt_version}: "
+            "the stored prompt was changed; import or register the release again"
         )
     return release, prompt
 
@@ -99,7 +100,7 @@ def open_pipeline(
 ) -> RagPipeline:
     """A pipeline over a stored index, embedding questions with the model that built it."""
     from llmops.prompts import load_prompt
-    from llmops.rag.embeddings import Embedder
+    from llmops.rag.embeddings import Embedder, EmbeddingError
     from llmops.rag.generators import make_generator
     from llmops.rag.index import chroma_client, open_index
     from llmops.rag.retriever import Retriever
@@ -108,7 +109,7 @@ def open_pipeline(
     meta = collection.metadata or {}
     embedder = Embedder(meta["embedding_model"])
     if embedder.model_id != meta.get("embedding_model_id"):
-        raise ValueError(
+        raise EmbeddingError(
             f"index {index_version} was embedded with {meta.get('embedding_model_id')}, but "
             f"{meta['embedding_model']!r} is now {embedder.model_id}: rebuild the index"
         )

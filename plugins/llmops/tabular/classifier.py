@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import BaseDecisionTree
 
+from llmops.errors import LlmopsError, ParameterError
 from llmops.tabular.data import TableSchema
 
 MODEL_FILE = "model.skops"
@@ -53,6 +54,10 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
+class ModelFileError(LlmopsError, ValueError):
+    """A model file that is refused (a type outside :data:`TRUSTED_TYPES`); names the file."""
+
+
 class Candidate(BaseModel):
     family: str
     params: dict[str, Any]
@@ -67,7 +72,7 @@ def candidates(families: list[str] | None = None) -> list[Candidate]:
     chosen = families or list(ESTIMATORS)
     unknown = sorted(set(chosen) - set(ESTIMATORS))
     if unknown:
-        raise ValueError(f"--models: unknown model family {unknown} (choose from {list(ESTIMATORS)})")
+        raise ParameterError(f"--models: unknown model family {unknown} (choose from {list(ESTIMATORS)})")
     result = []
     for family in chosen:
         grid = GRIDS[family]
@@ -236,7 +241,10 @@ def load_model(folder: Path) -> Pipeline:
     path = Path(folder) / MODEL_FILE
     untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
     if untrusted:
-        raise ValueError(f"{path}: refusing to load untrusted types {sorted(untrusted)}")
+        raise ModelFileError(
+            f"{path}: refusing to load untrusted types {sorted(untrusted)}; register the model again "
+            "from a training run"
+        )
     return sio.load(path, trusted=TRUSTED_TYPES)
 
 

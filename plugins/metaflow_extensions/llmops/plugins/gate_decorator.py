@@ -22,7 +22,7 @@ class GateDecorator(StepDecorator):
     ----------
     policy : Union[str, Dict]
         The policy: a flow ``Config`` passed as ``config_expr("policy")`` (parse it with
-        ``parser="llmops.gates.parse_policy_config"``; the policy is then stored with the
+        ``parser=gate_policy_parser``, from metaflow; the policy is then stored with the
         run and travels to remote steps), or a path to a policy YAML file.
     scores : str, default "eval_scores"
         Artifact with the candidate's metrics, a dict of metric name to float.
@@ -61,7 +61,7 @@ class GateDecorator(StepDecorator):
                 'with a flow Config, or @gate(policy="evals/<model>.yaml").'
             )
         # Every process of a run (each task, each card) calls step_init. A Config policy was checked
-        # once, when the run started, by its parser (llmops.gates.parse_policy_config); only a file
+        # once, when the run started, by its parser (gate_policy_parser, user_errors.py); only a file
         # path is read here, so that a missing or invalid file fails before any task runs.
         if isinstance(self.attributes["policy"], str):
             from llmops.gates import PolicyError
@@ -83,6 +83,14 @@ class GateDecorator(StepDecorator):
             raise PolicyError(f"policy Config: {exc}") from None
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        from llmops.errors import LlmopsError
+
+        try:
+            self._decide(step_name, flow)
+        except LlmopsError as exc:  # shown as a headline: the step's own errors are (user_errors.py)
+            raise GateException(f"@gate on step *{step_name}*: {exc}") from None
+
+    def _decide(self, step_name, flow):
         from llmops.gates import evaluate_gate
         from llmops.registry import Registry
 

@@ -1,7 +1,14 @@
 """What every llmops card shares: artifacts read by name, names overridable by card options, and
 Vega-Lite figures (figures.py) turned into card charts."""
 
+from metaflow.exception import MetaflowException
 from metaflow.plugins.cards.card_modules.basic import BlankCard
+
+
+class CardOptionError(MetaflowException, ValueError):
+    """An option an llmops card does not take; names the option and the ones it takes."""
+
+    headline = "@card options"
 
 
 def figure(spec):
@@ -35,7 +42,7 @@ class ArtifactCard(BlankCard):
         options = dict(options or {})
         unknown = sorted(set(options) - set(self.artifacts) - {"title"})
         if unknown:
-            raise ValueError(
+            raise CardOptionError(
                 f"@card(type={self.type!r}): unknown option(s) {unknown}; "
                 f"it takes 'title' and artifact names {list(self.artifacts)}"
             )
