@@ -39,7 +39,7 @@ import bentoml
 from pydantic import BaseModel, Field, SecretStr
 
 from llmops.llm.backends import DEFAULT_MAX_BATCH
-from llmops.llm.openai_api import ApiLimits, openai_app
+from llmops.llm.openai_api import ApiLimits, openai_app, shown_model
 from llmops.llm.openai_schemas import OpenAPIRoutes
 from llmops.llm.release import ServedModel
 from llmops.registry import ModelVersion
@@ -79,8 +79,16 @@ def _serving_backend() -> "Backend":
     return bentoml.get_current_service().backend
 
 
+def _shown_model() -> str:
+    """What /v1/models and /info call the served model: its release, or the folder's name."""
+    service = bentoml.get_current_service()
+    return shown_model(service.release, service.backend.model_path)
+
+
 # built once: each request reads the backend the service serves at that moment
-API = openai_app(_serving_backend, SERVED_NAME, ApiLimits(max_tokens=SETTINGS.llm_max_tokens))
+API = openai_app(
+    _serving_backend, SERVED_NAME, ApiLimits(max_tokens=SETTINGS.llm_max_tokens), root=_shown_model
+)
 
 
 def _load(served: ServedModel) -> "Backend":
@@ -143,8 +151,8 @@ class LLM:
         backend = self.backend
         return {
             "model": self.served_name,
-            "path": backend.model_path,
-            "adapter": backend.adapter_path,
+            "path": shown_model(self.release, backend.model_path),  # never a path on the server
+            "adapter": backend.adapter_path is not None,
             "release": self.release,
             "backend": backend.name,
             "max_context": backend.max_context,
@@ -171,6 +179,8 @@ class LLM:
             self.follower.close()
 
 
-protect(LLM, SETTINGS.api_key, openapi=document_reload)
+protect(LLM, SETTINGS.api_key, openapi=document_reload, openai_prefix="/v1")
 # the /v1 routes in /docs.json; the served name is the registry name unless LLMOPS_LLM_SERVED_NAME
-LLM.add_asgi_middleware(OpenAPIRoutes, prefix="/v1", model_name=SERVED_NAME)
+LLM.add_asgi_middleware(
+    OpenAPIRoutes, prefix="/v1", model_name=SERVED_NAME, max_tokens=SETTINGS.llm_max_tokens
+)

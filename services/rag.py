@@ -39,7 +39,7 @@ import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, create_model
 from starlette.responses import JSONResponse
 
-from llmops.rag.retriever import FILTER_KEYS
+from llmops.rag.retriever import FILTER_KEYS, MAX_FILTER_CHARS, MAX_FILTER_VALUES
 from llmops.registry import ModelVersion
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, protect, settings_from_env
@@ -70,6 +70,12 @@ class Settings(BaseModel):
 SETTINGS = settings_from_env(Settings)
 
 
+# what str.strip() removes, as a character class that Python and ECMAScript regexes read alike:
+# the document's pattern for a question (a character outside it) says what _question accepts
+WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+NOT_ONLY_WHITESPACE = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITESPACE) + "]"
+
+
 def _question(text: str) -> str:
     text = text.strip()
     if not text:
@@ -87,14 +93,23 @@ def _filters(value: BaseModel | None) -> dict[str, Any] | None:
 
 
 # one optional field per filter key, so the OpenAPI document enumerates them and an unknown key
-# is a 400 naming it: an exact value, or a non-empty list of values any of which matches
+# is a 400 naming it: an exact value, or a non-empty list of values any of which matches (bounded
+# as the retriever bounds them)
+FilterValue = Annotated[str, Field(max_length=MAX_FILTER_CHARS)]
+FilterValues = Annotated[list[FilterValue], Field(min_length=1, max_length=MAX_FILTER_VALUES)]
 FilterKeys = create_model(
     "Filters",
     __config__=ConfigDict(extra="forbid"),
-    **{key: (str | Annotated[list[str], Field(min_length=1)] | None, None) for key in FILTER_KEYS},
+    **{key: (FilterValue | FilterValues | None, None) for key in FILTER_KEYS},
 )
 Question = Annotated[
-    str, Field(min_length=1, max_length=SETTINGS.max_question_chars), AfterValidator(_question)
+    str,
+    Field(
+        min_length=1,
+        max_length=SETTINGS.max_question_chars,
+        json_schema_extra={"pattern": NOT_ONLY_WHITESPACE},
+    ),
+    AfterValidator(_question),
 ]
 K = Annotated[int, Field(ge=1, le=SETTINGS.max_k)]
 Filters = Annotated[FilterKeys | None, AfterValidator(_filters)]

@@ -10,11 +10,15 @@ for each operation from its schema, valid ones (positive) and ones that break it
 - not a 5xx,
 - of a status, content type and body shape the document declares for that operation,
 - when a 4xx with a ``detail`` list (a validation error), an entry per problem that names the field
-  (its ``loc``) unless the problem is the body as a whole (not JSON, not an object).
+  (its ``loc``) unless the problem is the body as a whole (not JSON, not an object),
+- for a valid request (positive mode), a 2xx: the document must say exactly what the service
+  accepts. The one refusal a schema cannot rule out is excused, by its error code
+  (:data:`EXCUSED_CODES`): ``context_length_exceeded``, a prompt and ``max_tokens`` that together
+  overflow the LLM's context (which depends on the prompt's tokens, not its characters).
 
 Failures are collected, not raised at the first one, so one run shows every kind of problem; the
-report counts requests and 5xx per service (what the issue asks to report). ``operations`` limits
-the fuzz to some ``(METHOD, path)`` pairs, ``headers`` are sent with every request (an API key).
+report counts requests, 5xx and refused valid requests per service. ``operations`` limits the fuzz
+to some ``(METHOD, path)`` pairs, ``headers`` are sent with every request (an API key).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+# refusals of a valid request that depend on what no schema can say (see the module docstring)
+EXCUSED_CODES = frozenset({"context_length_exceeded"})
 # validation errors about the body as a whole: no field to name
 BODY_LEVEL_ERRORS = frozenset(
     {"json_invalid", "json_type", "model_type", "dict_type", "model_attributes_type"}
@@ -38,6 +44,8 @@ class FuzzReport:
     statuses: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     operations: list[str] = field(default_factory=list)
+    refused_valid: int = 0  # positive-mode requests answered 4xx without an excused code
+    accepted_invalid: int = 0  # negative-mode requests answered 2xx (an ignored field may be one)
 
     @property
     def server_errors(self) -> int:
@@ -46,7 +54,8 @@ class FuzzReport:
     def summary(self) -> str:
         head = (
             f"{self.base_url}: {self.requests} requests to {self.operations}, "
-            f"statuses {dict(sorted(self.statuses.items()))}, 5xx {self.server_errors}"
+            f"statuses {dict(sorted(self.statuses.items()))}, 5xx {self.server_errors}, "
+            f"valid requests refused {self.refused_valid}"
         )
         return "\n".join([head, *self.problems[:20]])
 
@@ -60,6 +69,14 @@ def unnamed_fields(status: int, body: Any) -> list[dict[str, Any]]:
         for entry in body["detail"]
         if not (isinstance(entry, dict) and (entry.get("loc") or entry.get("type") in BODY_LEVEL_ERRORS))
     ]
+
+
+def refused_valid(status: int, body: Any) -> bool:
+    """Whether a valid request's answer is a refusal that no excused code explains."""
+    if not 400 <= status < 500:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return not (isinstance(error, dict) and error.get("code") in EXCUSED_CODES)
 
 
 def fuzz_service(
@@ -124,7 +141,13 @@ def fuzz_service(
                 try:
                     body = response.json()
                 except ValueError:
-                    return
+                    body = None
+                if generated == "negative" and response.status_code < 300:
+                    report.accepted_invalid += 1
+                if generated == "positive" and refused_valid(response.status_code, body):
+                    report.refused_valid += 1
+                    report.problems.append(f"{where} -> {response.status_code} refused a valid request: "
+                                           f"{_short(response.text, 300)}")  # fmt: skip
                 unnamed = unnamed_fields(response.status_code, body)
                 if unnamed:
                     report.problems.append(f"{where} -> {response.status_code} names no field: {unnamed}")

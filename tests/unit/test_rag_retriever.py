@@ -56,6 +56,9 @@ def test_list_filter_matches_any_of_the_values(retriever):
         ({"source": ["a.md", 3]}, r"filters\.source: a list must hold"),
         ({"position": 1}, r"filters\.position: unknown filter"),
         ({"kind": 1}, r"filters\.kind: expected a string"),
+        # 32,766 values and more were one SQL variable each: over SQLite's limit, a 500
+        ({"source": ["x.md"] * 40_000}, r"filters\.source: at most 1000 values, got 40000"),
+        ({"kind": "k" * 1025}, r"filters\.kind: a value longer than 1024 characters"),
     ],
 )
 def test_bad_filters_name_the_key(retriever, filters, message):

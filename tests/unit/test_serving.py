@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmops.serving import BodyLimit, ClientErrorsAsOneLine, LoopbackOnly, protect
+from llmops.serving import MAX_JSON_DEPTH, BodyLimit, ClientErrorsAsOneLine, LoopbackOnly, json_depth, protect
 from llmops.tabular.classifier import build_pipeline, candidates, input_limits, predict_proba_rows
 from llmops.tabular.data import infer_schema, load_table, normalize
 
@@ -69,6 +69,32 @@ def test_the_body_limit_answers_413_for_declared_and_chunked_bodies():
             yield b"y" * 300
 
     assert call(app, "/predict", content=chunks()).status_code == 413  # no Content-Length
+
+
+@pytest.mark.parametrize(
+    ("body", "depth"),
+    [
+        (b'{"a": 1}', 1),
+        (b"[[], [[{}]], []]", 4),
+        (b'{"q": "[[[[ {{{{ \\" [[[[", "r": ["\\\\", [1]]}', 3),  # brackets in strings, escapes
+        (b"[" * 1000, 1000),  # not even JSON: how deep a parser would get before the error
+        (b'"' + b"[" * 1000, 0),  # one open string: a parser never leaves it
+        (b"", 0),
+    ],
+)
+def test_json_depth_counts_brackets_outside_strings(body, depth):
+    assert json_depth(body) == depth
+
+
+def test_json_nested_too_deep_is_400_before_it_is_parsed():
+    """About 1,000 levels of nesting overflowed the parsers' recursion into a 500."""
+    app = BodyLimit(APP, max_bytes=100_000, openai_prefix="/v1")
+    deep = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert call(app, "/predict", content=deep).json() == {"bytes": 2 * MAX_JSON_DEPTH}
+    refused = call(app, "/predict", content=b'{"x":' + b"[" * 1000 + b"]" * 1000 + b"}")
+    assert refused.status_code == 400 and f"deeper than {MAX_JSON_DEPTH}" in refused.json()["error"]
+    openai = call(app, "/v1/completions", content=b"[" * (MAX_JSON_DEPTH + 1))
+    assert openai.status_code == 400 and openai.json()["error"]["code"] == "json_too_deep"
 
 
 class _Service:

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -80,15 +81,31 @@ _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
 def _is_union_tag(part: Any) -> bool:
     """pydantic names the member of a union in an error's location (``stop.list[str]``): not a field."""
-    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("constrained-"))
 
 
-def openai_app(backend: Backend | Callable[[], Backend], model_name: str, limits: ApiLimits) -> Starlette:
+def shown_model(release: str | None, model_path: str) -> str:
+    """What the API says it serves, never a path on the server: the registry release it was loaded
+    from (``llm:3f2a...``), else the model folder's name (a hub id as it is)."""
+    if release:
+        return release
+    path = Path(model_path)
+    return path.name if path.is_absolute() or path.exists() else model_path
+
+
+def openai_app(
+    backend: Backend | Callable[[], Backend],
+    model_name: str,
+    limits: ApiLimits,
+    root: Callable[[], str] | None = None,
+) -> Starlette:
     """The API for ``backend``, serving it under the name ``model_name``. ``backend`` may be a
     function returning the backend that serves now (a service that follows its release): each
-    request calls it once and uses only that backend, so a swap never splits a request."""
+    request calls it once and uses only that backend, so a swap never splits a request. ``root``
+    says what /models calls the model served now (default: :func:`shown_model` of its folder)."""
     created = int(time.time())
     current = backend if callable(backend) and not hasattr(backend, "stream") else lambda: backend
+    shown = root or (lambda: shown_model(None, current().model_path))
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
         try:
@@ -137,7 +154,7 @@ def openai_app(backend: Backend | Callable[[], Backend], model_name: str, limits
     async def models(request: Request) -> JSONResponse:
         backend = current()
         item = {"id": model_name, "object": "model", "created": created, "owned_by": "llmops",
-                "root": backend.model_path, "max_model_len": backend.max_context}  # fmt: skip
+                "root": shown(), "max_model_len": backend.max_context}  # fmt: skip
         return JSONResponse({"object": "list", "data": [item]})
 
     async def respond(request: Request, chat: bool) -> JSONResponse | StreamingResponse:
@@ -149,6 +166,8 @@ def openai_app(backend: Backend | Callable[[], Backend], model_name: str, limits
             params = sampling(body, prompt, backend)
         except ApiError as exc:
             return _error(exc.status, exc.message, exc.param, exc.code)
+        except RecursionError:  # served without llmops.serving's depth limit in front
+            return _error(400, "the JSON body nests too deep", None, "json_too_deep")
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         kind = "chat.completion" if chat else "text_completion"
         if body.stream:

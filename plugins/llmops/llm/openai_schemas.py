@@ -3,10 +3,15 @@ routes (:mod:`llmops.llm.openai_api` serves them).
 
 Requests (:class:`ChatRequest`, :class:`CompletionRequest`) ignore fields OpenAI's API does not
 define and accept the OpenAI parameters this server does not implement only at their "off" value
-(:data:`UNSUPPORTED`). The response models are not used to build answers (the app writes plain
-dicts, for speed on the streaming path); they describe them: ``openapi_document()`` turns every
-model into OpenAPI 3.0 components, and ``OpenAPIRoutes`` adds them to the hosting BentoML
-service's /docs.json, so fuzzers and client generators see the /v1 routes.
+(:data:`UNSUPPORTED`), which is all the document allows them. Every list and string but the text
+itself is bounded (the text is bounded by the body limit and the model's context). The document
+says exactly what the server accepts: a request it allows is answered 200 unless its prompt and
+``max_tokens`` overflow the model's context, which a schema cannot say.
+
+The response models are not used to build answers (the app writes plain dicts, for speed on the
+streaming path); they describe them: ``openapi_document()`` turns every model into OpenAPI 3.0
+components, and ``OpenAPIRoutes`` adds them to the hosting BentoML service's /docs.json, so
+fuzzers and client generators see the /v1 routes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ import contextlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+# bounds on a request's lists and names: far above what a client sends, far below what would cost
+# the server (a stop string is searched for after every token)
+MAX_MESSAGES = 1000
+MAX_STOP_CHARS = 256
+MAX_NAME_CHARS = 256  # model, user
 
 
 class ChatMessage(BaseModel):
@@ -30,21 +41,24 @@ class StreamOptions(BaseModel):
 
 
 SEED_LIMIT = 2**64  # torch.Generator takes seeds in [0, 2**64)
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: str = Field(max_length=MAX_NAME_CHARS)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None  # an end-user id for the caller's own records; not used in generation
+    user: str | None = Field(
+        None, max_length=MAX_NAME_CHARS
+    )  # an end-user id for the caller's own records; not used in generation
     # OpenAI parameters not implemented here: accepted only at their "off" value (see UNSUPPORTED)
     n: int = Field(1, ge=1)
     presence_penalty: float | None = None
@@ -54,7 +68,7 @@ class _Common(BaseModel):
 
 
 class ChatRequest(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
@@ -89,6 +103,31 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "suffix": (None, ""),
 }
+
+
+def _off_values(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """The document's schema of each parameter of ``model`` that this server does not implement:
+    only its "off" values that are of the field's type (``logprobs`` is false for a chat and 0 for
+    a text completion)."""
+
+    def fits(annotation: Any, value: Any) -> bool:
+        try:
+            TypeAdapter(annotation).validate_python(value, strict=True)
+        except ValidationError:
+            return False
+        return True
+
+    schemas = {}
+    for name, off in UNSUPPORTED.items():
+        if name in model.model_fields:
+            values = [v for v in off if fits(model.model_fields[name].annotation, v)]
+            schemas[name] = {
+                "enum": values,
+                "description": "not supported by this server: only its off value",
+            }
+            if None in values:
+                schemas[name]["nullable"] = True
+    return schemas
 
 
 # ---- the answers, as the OpenAPI document describes them -----------------------------------------
@@ -218,15 +257,19 @@ SSE_EVENT = {
 }
 
 
-def openapi_document(prefix: str = "/v1", model_name: str | None = None) -> dict[str, Any]:
+def openapi_document(
+    prefix: str = "/v1", model_name: str | None = None, max_tokens: int | None = None
+) -> dict[str, Any]:
     """``{"paths": ..., "components": {"schemas": ...}}`` for the routes under ``prefix``, in the
     OpenAPI 3.0 form of BentoML's /docs.json, so fuzzers and client generators see them. With
-    ``model_name`` the requests' ``model`` is declared as that one name (the server has one)."""
+    ``model_name`` the requests' ``model`` is declared as that one name (the server has one), with
+    ``max_tokens`` the largest ``max_tokens`` it takes (the service's LLMOPS_LLM_MAX_TOKENS)."""
     components: dict[str, Any] = {}
     error = {"application/json": {"schema": _component(ErrorBody, components)}}
     errors = {
         "400": {"description": "A bad request; `error.param` names the field", "content": error},
         "404": {"description": "The model is not served here (`error.param` is `model`)", "content": error},
+        "413": {"description": "Request body too large (LLMOPS_MAX_BODY_BYTES)", "content": error},
     }
 
     def post(summary: str, request: type[BaseModel], answer: type[BaseModel]) -> dict[str, Any]:
@@ -263,9 +306,14 @@ def openapi_document(prefix: str = "/v1", model_name: str | None = None) -> dict
         f"{prefix}/chat/completions": post("Chat completion, OpenAI style", ChatRequest, ChatCompletion),
         f"{prefix}/completions": post("Text completion, OpenAI style", CompletionRequest, TextCompletion),
     }
-    if model_name is not None:
-        for name in ("ChatRequest", "CompletionRequest"):
-            components[name]["properties"]["model"]["enum"] = [model_name]
+    for request in (ChatRequest, CompletionRequest):
+        properties = components[request.__name__]["properties"]
+        properties.update(_off_values(request))
+        if model_name is not None:
+            properties["model"]["enum"] = [model_name]
+        if max_tokens is not None:
+            for name in ("max_tokens", "max_completion_tokens"):
+                properties[name]["maximum"] = max_tokens
     return {"paths": paths, "components": {"schemas": components}}
 
 
@@ -273,9 +321,11 @@ class OpenAPIRoutes:
     """ASGI middleware for the hosting BentoML service: adds ``openapi_document(prefix)`` to its
     ``GET /docs.json`` (BentoML documents a mounted Starlette app's routes nowhere)."""
 
-    def __init__(self, app: Any, prefix: str = "/v1", model_name: str | None = None) -> None:
+    def __init__(
+        self, app: Any, prefix: str = "/v1", model_name: str | None = None, max_tokens: int | None = None
+    ) -> None:
         self.app = app
-        self.document = openapi_document(prefix, model_name)
+        self.document = openapi_document(prefix, model_name, max_tokens)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/docs.json":

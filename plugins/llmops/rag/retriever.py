@@ -24,6 +24,10 @@ from llmops.rag.embeddings import Embedder
 
 FILTER_KEYS = ("source", "kind", "doc_hash")
 MAX_K = 50
+# a filter's list of values and each value: Chroma binds each value as one SQL variable, and
+# SQLite takes at most 32,766 in a statement
+MAX_FILTER_VALUES = 1000
+MAX_FILTER_CHARS = 1024
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
 # measured on the golden set (bench/rag_quality.py): BM25 leads, dense breaks ties; the evaluate
 # flow's parameters default to these, so a release made with no options is ranked this way
@@ -73,14 +77,16 @@ def chroma_where(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     for key, value in filters.items():
         if key not in FILTER_KEYS:
             raise RetrievalError(f"filters.{key}: unknown filter (use one of {list(FILTER_KEYS)})")
-        if isinstance(value, list):
-            if not value or not all(isinstance(v, str) for v in value):
-                raise RetrievalError(f"filters.{key}: a list must hold one or more strings")
-            clauses.append({key: {"$in": value}})
-        elif isinstance(value, str):
-            clauses.append({key: value})
-        else:
+        if not isinstance(value, str | list):
             raise RetrievalError(f"filters.{key}: expected a string or a list of strings")
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise RetrievalError(f"filters.{key}: a list must hold one or more strings")
+        if len(values) > MAX_FILTER_VALUES:
+            raise RetrievalError(f"filters.{key}: at most {MAX_FILTER_VALUES} values, got {len(values)}")
+        if any(len(v) > MAX_FILTER_CHARS for v in values):
+            raise RetrievalError(f"filters.{key}: a value longer than {MAX_FILTER_CHARS} characters")
+        clauses.append({key: {"$in": value}} if isinstance(value, list) else {key: value})
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
