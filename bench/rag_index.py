@@ -2,6 +2,7 @@
 
     python bench/rag_index.py                         # ~300 files: docs/ + installed packages' docs
     python bench/rag_index.py --files 100 --retrieval-chunks 20000
+    python bench/rag_index.py --quick                 # one file, 300 retrieval chunks: a smoke run
 
 Four measurements, each against a baseline timed in the same run on the same input:
 
@@ -46,7 +47,13 @@ def parse_args(argv=None):
         "--retrieval-chunks", type=int, default=100_000, help="Chunks in the retrieval index."
     )
     parser.add_argument("--queries", type=int, default=200, help="Queries timed for the p50.")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--quick", action="store_true", help="One file, 300 retrieval chunks, 5 queries: checks it runs."
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.files, args.retrieval_chunks, args.queries = 1, 300, 5
+    return args
 
 
 def gather_corpus(target: Path, limit: int) -> int:

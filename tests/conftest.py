@@ -120,6 +120,7 @@ SLOWEST_FIRST = (
     "test_finetune_flow.py",
     "test_train_flow.py",
     "test_finetune_smollm2.py",
+    "test_benches.py",
     "test_classifier_service.py",
     "test_llm_service.py",
     "test_service_reload.py",

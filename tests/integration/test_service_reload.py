@@ -17,7 +17,7 @@ from llmops.inference_log import read_log
 from llmops.registry import ModelVersion, Registry
 from llmops.tabular.classifier import build_pipeline, candidates, load_model
 from llmops.tabular.data import TableSchema, infer_schema, load_table, normalize
-from llmops.tabular.release import register_classifier
+from tests.classifier_release import register_passing_classifier
 from tests.integration.test_classifier_service import HELD_OUT, records, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -46,24 +46,9 @@ def register(prefix: str, models: dict[str, tuple[object, TableSchema]]) -> dict
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     versions = {}
     for key, (model, schema) in models.items():
-        version, promoted, note = register_classifier(
-            name=name,
-            model=model,
-            schema=schema.model_dump(),
-            reference_profile={},
-            metrics={},
-            gate_decision={
-                "passed": True,
-                "policy_version": "test",
-                "champion_version": None if key == "v1" else "not-the-champion",  # v2, v3: no promotion
-                "rules": [],
-            },
-            dataset_version="ds-test",
-            run_pathspec=f"TestFlow/{key}",  # one run per version: a run registers once
-            candidate=key,
-        )
-        assert promoted == (key == "v1"), note
-        versions[key] = Registry().get(name, version)
+        versions[key] = register_passing_classifier(
+            name, model, schema, promote=key == "v1", run_pathspec=f"TestFlow/{key}", candidate=key
+        )  # one run per version: a run registers once
     return versions
 
 
