@@ -42,6 +42,8 @@ class ShowUserErrors(UserStepDecorator):
     """Around one step: an ``LlmopsError`` leaves it as a :class:`UserError`; anything else as it was
     (a bug keeps its traceback)."""
 
+    _decorator_name = "user_errors"  # how `show` and the step's decorator list name it
+
     def post_step(self, step_name, flow, exception=None):
         if _is_user_error(exception):
             return UserError(exception), None
