@@ -52,10 +52,12 @@ from llmops.serving import (
     request_error,
     settings_from_env,
 )
+from llmops.supervision import die_with_supervisor
 
 if TYPE_CHECKING:
     from llmops.tabular.data import TableSchema
 
+die_with_supervisor()  # a worker ends with the bentoml serve process that started it
 logger = logging.getLogger("bentoml.service.classifier")
 
 

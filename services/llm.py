@@ -45,9 +45,12 @@ from llmops.llm.release import ServedModel
 from llmops.registry import ModelVersion
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import protect, settings_from_env
+from llmops.supervision import die_with_supervisor
 
 if TYPE_CHECKING:
     from llmops.llm.types import Backend
+
+die_with_supervisor()  # a worker ends with the bentoml serve process that started it
 
 
 class Settings(BaseModel):

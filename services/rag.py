@@ -43,11 +43,13 @@ from llmops.rag.retriever import FILTER_KEYS, MAX_FILTER_CHARS, MAX_FILTER_VALUE
 from llmops.registry import ModelVersion
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, protect, settings_from_env
+from llmops.supervision import die_with_supervisor
 
 if TYPE_CHECKING:
     from llmops.rag.pipeline import RagPipeline
     from llmops.rag.release import RagRelease
 
+die_with_supervisor()  # a worker ends with the bentoml serve process that started it
 logger = logging.getLogger("bentoml.service.rag")
 
 

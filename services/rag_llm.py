@@ -24,9 +24,12 @@ import bentoml
 import httpx
 
 from llmops.serving import protect
+from llmops.supervision import die_with_supervisor
 from services.llm import LLM
 from services.llm import SETTINGS as LLM_SETTINGS
 from services.rag import RESOURCES, SETTINGS, LiveRag, Rag, rag_openapi
+
+die_with_supervisor()  # a worker ends with the bentoml serve process that started it
 
 LLM_READY_S = 600  # the LLM process starts beside this one and may still be loading its model
 

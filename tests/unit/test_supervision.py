@@ -13,3 +13,26 @@ def test_outside_a_worker_it_arms_nothing():
     assert not in_bentoml_worker()
     assert die_with_supervisor() is False
     assert set(threading.enumerate()) == threads
+
+
+def test_every_service_arms_it_at_import():
+    """The kill test runs a test service; each shipped service must make the same call at import
+    (module level, so it is armed before any slow set-up)."""
+    import ast
+    from pathlib import Path
+
+    services = sorted((Path(__file__).parents[2] / "services").glob("*.py"))
+    services = [p for p in services if p.name != "__init__.py"]
+    assert len(services) >= 4
+    unarmed = []
+    for path in services:
+        calls = [
+            node
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) == "die_with_supervisor"
+        ]
+        if not calls:
+            unarmed.append(path.name)
+    assert unarmed == []
