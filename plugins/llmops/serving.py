@@ -13,13 +13,18 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError, field_validator
 from starlette.responses import JSONResponse
 
 from llmops.openapi_doc import OpenAPIFix, fix_openapi
 
 # the services import their reader from here; llmops.settings is the one module that reads the environment
-from llmops.settings import RENAMED_SETTINGS, SettingsError, settings_from_env  # noqa: F401
+from llmops.settings import (  # noqa: F401
+    RENAMED_SETTINGS,
+    SettingsError,
+    set_library_setting,
+    settings_from_env,
+)
 
 logger = logging.getLogger("bentoml.llmops.serving")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -169,18 +174,52 @@ def is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
+class ProxySettings(BaseModel):
+    """``LLMOPS_TRUSTED_PROXIES``: the reverse proxies (addresses or networks, comma-separated)
+    whose ``X-Forwarded-For`` names the client. Default: none, so the client is the socket peer."""
+
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, text: str) -> str:
+        entries = [e.strip() for e in text.split(",") if e.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return ",".join(entries)
+
+
+def trust_proxies(proxies: str) -> None:
+    """Tell uvicorn which peers may name the client in ``X-Forwarded-For``. uvicorn trusts
+    127.0.0.1 by default, so a proxy on this machine that passes a client's own header through
+    would make any client look local; here nothing is trusted unless the setting says so. A
+    worker loads its service before uvicorn reads ``FORWARDED_ALLOW_IPS``, so setting it at
+    import (from :func:`protect`) takes effect."""
+    set_library_setting("FORWARDED_ALLOW_IPS", proxies)
+
+
 class LoopbackOnly:
     """ASGI middleware for a service without an API key: ``paths`` (``/reload``) answer only
-    clients on this machine; anyone else gets 403 and is told to set a key."""
+    clients on this machine; anyone else gets 403 and is told to set a key. With no trusted proxy,
+    a request that carries a forwarding header came through a proxy, so it is not local either."""
 
-    def __init__(self, app: Any, paths: frozenset[str]) -> None:
+    def __init__(self, app: Any, paths: frozenset[str], trusted_proxies: str = "") -> None:
         self.app = app
         self.paths = paths
+        self.trusted_proxies = trusted_proxies
+
+    def _forwarded(self, scope: dict[str, Any]) -> bool:
+        if self.trusted_proxies:  # uvicorn already put the forwarded client in scope["client"]
+            return False
+        return any(name in (b"x-forwarded-for", b"forwarded") for name, _ in scope.get("headers", ()))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] in self.paths:
             client = scope.get("client") or (None, None)
-            if not is_loopback(client[0]):
+            if not is_loopback(client[0]) or self._forwarded(scope):
                 return await _reject(
                     scope,
                     receive,
@@ -273,10 +312,12 @@ def protect(
         return openapi(doc) if openapi else doc
 
     service.add_asgi_middleware(OpenAPIFix, fix=fix)
+    proxies = settings_from_env(ProxySettings).trusted_proxies
+    trust_proxies(proxies)
     if api_key is not None:
         service.add_asgi_middleware(BearerAuth, api_key=api_key)
     else:
-        service.add_asgi_middleware(LoopbackOnly, paths=loopback_paths)
+        service.add_asgi_middleware(LoopbackOnly, paths=loopback_paths, trusted_proxies=proxies)
         host = listening_address()
         if host is not None and not is_loopback(host):
             logger.warning(

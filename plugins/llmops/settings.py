@@ -54,6 +54,12 @@ def first_value(*names: str) -> str | None:
     return next((found for found in map(value, names) if found is not None), None)
 
 
+def set_library_setting(name: str, setting: str) -> None:
+    """Hand another library a value it reads from its own variable, over what the variable held:
+    uvicorn's ``FORWARDED_ALLOW_IPS`` is decided by ``LLMOPS_TRUSTED_PROXIES``."""
+    os.environ[name] = setting
+
+
 def set_library_default(name: str, default: str) -> None:
     """Set another library's variable unless the user set it: the library reads it when it is
     imported (``HF_HUB_OFFLINE``, ``RAGAS_DO_NOT_TRACK``), so it must be in the environment."""
@@ -96,7 +102,9 @@ def settings_from_env(cls: type[S], env: dict[str, str] | None = None) -> S:
 
 
 class InferenceLogSettings(BaseModel):
-    """How often the inference log writes (``llmops.inference_log``)."""
+    """How and how often the inference log writes (``llmops.inference_log``)."""
 
     inference_log_flush_s: float = Field(1.0, gt=0)  # a folder: most seconds before rows reach the file
     inference_log_upload_s: float = Field(60.0, gt=0)  # S3: most seconds between uploads
+    # a row reaches the file before its answer leaves (a folder log only): a killed worker loses none
+    log_durable: bool = False

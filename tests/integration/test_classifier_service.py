@@ -322,3 +322,14 @@ def test_fuzz_the_classifier_openapi(server):
     print(report.summary())
     assert report.requests >= 150, report.summary()
     assert report.server_errors == 0 and report.refused_valid == 0 and report.problems == [], report.summary()
+
+
+def test_reload_trusts_no_forwarded_client_unless_a_proxy_is_configured(server):
+    """Without LLMOPS_TRUSTED_PROXIES the client is the socket peer: a loopback request that says
+    it was forwarded (a proxy on this machine passing a client's header through) is not local, and
+    a spoofed ``X-Forwarded-For: 127.0.0.1`` opens nothing (uvicorn trusted 127.0.0.1 by default)."""
+    assert server.post("/reload").status_code == 200  # from this machine, no forwarding header
+    for header in ("127.0.0.1", "10.1.2.3"):
+        refused = server.post("/reload", headers={"X-Forwarded-For": header})
+        assert refused.status_code == 403, refused.text
+        assert "LLMOPS_API_KEY" in refused.json()["error"]

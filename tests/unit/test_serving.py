@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 
@@ -17,7 +18,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmops.serving import MAX_JSON_DEPTH, BodyLimit, ClientErrorsAsOneLine, LoopbackOnly, json_depth, protect
+from llmops.serving import (
+    MAX_JSON_DEPTH,
+    BodyLimit,
+    ClientErrorsAsOneLine,
+    LoopbackOnly,
+    SettingsError,
+    json_depth,
+    protect,
+)
 from llmops.tabular.classifier import build_pipeline, candidates, input_limits, predict_proba_rows
 from llmops.tabular.data import infer_schema, load_table, normalize
 
@@ -218,3 +227,31 @@ def test_one_settings_helper_names_variables_and_honours_renamed_ones(caplog):
     assert both.classifier_release == "new"  # the new name wins
     with pytest.raises(LlmopsError, match=r"LLMOPS_MAX_K: Input should be less than or equal to 50"):
         settings_from_env(Settings, {"LLMOPS_MAX_K": "99"})
+
+
+def test_with_no_trusted_proxy_a_forwarded_request_is_not_local():
+    """A peer on this machine that forwards (X-Forwarded-For, Forwarded) is a proxy: its client
+    may be anyone. With a trusted proxy, uvicorn has already put the forwarded client in scope."""
+    plain = LoopbackOnly(APP, paths=frozenset({"/reload"}))
+    for header in ({"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}):
+        assert call(plain, "/reload", headers=header, json={}).status_code == 403
+    trusting = LoopbackOnly(APP, paths=frozenset({"/reload"}), trusted_proxies="127.0.0.1")
+    assert call(trusting, "/reload", headers={"X-Forwarded-For": "127.0.0.1"}, json={}).status_code == 200
+    forwarded_remote = call(trusting, "/reload", client=("10.1.2.3", 5000), json={})
+    assert forwarded_remote.status_code == 403
+
+
+def test_trusted_proxies_reach_uvicorn_and_a_bad_entry_is_named(monkeypatch):
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # whatever was there, the setting decides
+    monkeypatch.delenv("LLMOPS_TRUSTED_PROXIES", raising=False)
+    protect(_Service(), SecretStr("k"))
+    assert os.environ["FORWARDED_ALLOW_IPS"] == ""
+    monkeypatch.setenv("LLMOPS_TRUSTED_PROXIES", "10.0.0.5, 192.168.0.0/16")
+    service = _Service()
+    protect(service, None)
+    assert os.environ["FORWARDED_ALLOW_IPS"] == "10.0.0.5,192.168.0.0/16"
+    loopback = dict(service.middlewares)[LoopbackOnly]
+    assert loopback["trusted_proxies"] == "10.0.0.5,192.168.0.0/16"
+    monkeypatch.setenv("LLMOPS_TRUSTED_PROXIES", "10.0.0.5,proxy.local")
+    with pytest.raises(SettingsError, match=r"LLMOPS_TRUSTED_PROXIES: .*'proxy.local' is not an IP"):
+        protect(_Service(), None)
