@@ -1,0 +1,333 @@
+"""The live RAG monitor: measures of a window of a release's inference log, and the verdict.
+
+``flows/monitor_rag.py`` reads a window of ``rag_request`` and ``feedback`` rows
+(:mod:`llmops.rag.monitor_sources` reads them and holds their models), gathers the references
+(golden and last passing questions, the evaluation's top scores, the index's manifest) and calls
+the measures here:
+
+    question_drift      MMD² permutation test of question embeddings (llmops.rag.question_drift)
+    top_score_ks        two-sample KS test of the window's top retrieval scores vs the reference's
+    low_confidence      share of answers retrieved with low confidence
+    groundedness        mean lexical faithfulness of answers to their sources (no judge)
+    negative_feedback   share of negative ratings, only past ``min_ratings`` ratings
+    latency_p99_ms      p99 of ``latency_ms.total`` (p50 beside it)
+    error_rate          share of requests answered with a status >= 500
+    corpus_change       files of the docs folder new, changed or deleted against the index
+
+:func:`decide` turns them into a :class:`MonitorVerdict`. Every measure says its value, its limit,
+and whether it passed, failed or was not applied, and why. A window with fewer than
+``min_requests`` requests is "not enough traffic" and never triggers anything.
+
+:class:`MonitorRules` is the ``monitor:`` section of a RAG policy. Only pydantic is imported at
+module level: every flow process parses its policy, and the numerics load where they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from llmops.gates import PolicySection
+from llmops.rag.monitor_sources import Feedback, RagRequest
+
+Status = Literal["passed", "failed", "not applied"]
+Action = Literal["none", "reindex-and-evaluate", "evaluate"]
+SERVER_ERROR = 500
+
+
+class MonitorRules(PolicySection):
+    """The ``monitor:`` section of a RAG policy: the live monitor's limits.
+
+    Parameters
+    ----------
+    min_requests : int
+        Fewer requests in the window: "not enough traffic", no verdict, no trigger.
+    question_alpha : float
+        The questions drifted when the permutation p-value is below it.
+    permutations, min_questions : int
+        Of the question-drift test (``llmops.rag.question_drift``).
+    top_score_alpha : float
+        The top retrieval scores drifted when the KS p-value is below it.
+    low_confidence_score : float
+        A request whose row does not say ``low_confidence`` counts as low-confidence when its
+        top score is below this.
+    max_low_confidence_share, min_groundedness, max_negative_share, max_latency_p99_ms,
+    max_error_rate : float
+        Limits of the other measures.
+    min_ratings : int
+        The negative share counts only with at least this many ratings in the window.
+    retrain : bool
+        Start the re-release (re-index when the corpus changed, then evaluate) when the verdict
+        asks for it.
+    """
+
+    min_requests: int = Field(default=30, ge=1)
+    question_alpha: float = Field(default=0.01, gt=0, lt=1)
+    permutations: int = Field(default=500, ge=1)
+    min_questions: int = Field(default=20, ge=2)
+    top_score_alpha: float = Field(default=0.01, gt=0, lt=1)
+    low_confidence_score: float = Field(default=0.3, ge=-1, le=1)
+    max_low_confidence_share: float = Field(default=0.3, ge=0, le=1)
+    min_groundedness: float = Field(default=0.5, ge=0, le=1)
+    max_negative_share: float = Field(default=0.3, ge=0, le=1)
+    min_ratings: int = Field(default=10, ge=1)
+    max_latency_p99_ms: float = Field(default=5000.0, gt=0)
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    retrain: bool = False
+
+
+# ---- measures ------------------------------------------------------------------------------
+
+
+class Measure(BaseModel):
+    """One measure of the window: its value against its limit, and why it passed or failed or
+    why it was not applied."""
+
+    name: str
+    value: float | None
+    limit: float | None
+    status: Status
+    reason: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+def not_applied(name: str, limit: float | None, reason: str, **details: Any) -> Measure:
+    return Measure(name=name, value=None, limit=limit, status="not applied", reason=reason, details=details)
+
+
+def _judged(name: str, value: float, limit: float, failed: bool, text: str, **details: Any) -> Measure:
+    status: Status = "failed" if failed else "passed"
+    return Measure(name=name, value=value, limit=limit, status=status, reason=text, details=details)
+
+
+def measure_question_drift(
+    reference: Any, window: Any, questions: Sequence[str], rules: MonitorRules
+) -> Measure:
+    """``reference`` (n, d) and ``window`` (m, d) question embeddings of one embedder; the
+    details hold the furthest questions and the 2-D map the card draws."""
+    try:
+        from llmops.rag.question_drift import drift_map, question_drift
+    except ImportError:  # a package built before the statistic was added
+        return not_applied(
+            "question_drift", rules.question_alpha, "not measured: llmops.rag.question_drift is missing"
+        )
+    result = question_drift(
+        reference,
+        window,
+        alpha=rules.question_alpha,
+        permutations=rules.permutations,
+        min_questions=rules.min_questions,
+        questions=list(questions),
+    )
+    details = {
+        "furthest": [f.model_dump() for f in result.furthest],
+        "map": [p.model_dump() for p in drift_map(reference, window)],
+        "statistic": result.statistic,
+        "reference_size": result.reference_size,
+        "window_size": result.window_size,
+    }
+    name, limit = "question_drift", rules.question_alpha
+    if result.p_value is None:
+        return not_applied(
+            name,
+            limit,
+            f"{result.verdict}: {result.window_size} window and {result.reference_size} reference "
+            f"questions, {rules.min_questions} needed on each side",
+            **details,
+        )
+    text = (
+        f"questions drifted: MMD² p-value {result.p_value:.4f} < {limit}"
+        if result.drifted
+        else f"questions as the reference's: MMD² p-value {result.p_value:.4f} >= {limit}"
+    )
+    return _judged(name, result.p_value, limit, result.drifted, text, **details)
+
+
+def measure_top_scores(reference: Sequence[float], window: Sequence[float], rules: MonitorRules) -> Measure:
+    """Two-sample KS test of the window's top retrieval scores against the reference's."""
+    from scipy.stats import ks_2samp
+
+    name, limit = "top_score_ks", rules.top_score_alpha
+    details = {"reference": [float(s) for s in reference], "window": [float(s) for s in window]}
+    if len(reference) < 2 or len(window) < 2:
+        return not_applied(
+            name, limit, f"{len(window)} window and {len(reference)} reference top scores", **details
+        )
+    result = ks_2samp(reference, window)
+    p_value, statistic = float(result.pvalue), float(result.statistic)
+    details["statistic"] = statistic
+    failed = p_value < limit
+    text = (
+        f"top retrieval scores moved: KS D={statistic:.3f}, p-value {p_value:.4f} < {limit}"
+        if failed
+        else f"top retrieval scores as the reference's: KS p-value {p_value:.4f} >= {limit}"
+    )
+    return _judged(name, p_value, limit, failed, text, **details)
+
+
+def measure_low_confidence(requests: Sequence[RagRequest], rules: MonitorRules) -> Measure:
+    """Share of requests with ``low_confidence`` true, or (not logged) a top score below
+    ``low_confidence_score``; requests without either are left out."""
+    name, limit = "low_confidence", rules.max_low_confidence_share
+    flags = []
+    for request in requests:
+        if request.low_confidence is not None:
+            flags.append(request.low_confidence)
+        elif (score := request.best_score()) is not None:
+            flags.append(score < rules.low_confidence_score)
+    if not flags:
+        return not_applied(name, limit, "no request logged a top score or a confidence")
+    share = sum(flags) / len(flags)
+    text = f"{share:.0%} of {len(flags)} answers low-confidence (max {limit:.0%})"
+    return _judged(name, share, limit, share > limit, text)
+
+
+def measure_groundedness(
+    pairs: Sequence[tuple[str, str]], rules: MonitorRules, missing: str = "no answer was logged"
+) -> Measure:
+    """Mean faithfulness (``llmops.llm.lm_eval.faithfulness``: share of an answer's sentences whose
+    content words its sources hold) of (answer, sources' text) pairs; ``missing`` says why there
+    are none (text logging off, no /query requests)."""
+    from llmops.llm.lm_eval import faithfulness
+
+    name, limit = "groundedness", rules.min_groundedness
+    if not pairs:
+        return not_applied(name, limit, f"not measured: {missing}")
+    scores = [faithfulness(answer, context) for answer, context in pairs]
+    mean = sum(scores) / len(scores)
+    return _judged(
+        name,
+        mean,
+        limit,
+        mean < limit,
+        f"answers grounded in their sources: {mean:.2f} on {len(scores)} answers (min {limit})",
+        answers=len(scores),
+    )
+
+
+def measure_feedback(feedback: Sequence[Feedback], rules: MonitorRules) -> Measure:
+    name, limit = "negative_feedback", rules.max_negative_share
+    ratings, negative = len(feedback), sum(f.rating < 0 for f in feedback)
+    if ratings < rules.min_ratings:
+        return not_applied(
+            name, limit, f"{ratings} ratings < min_ratings {rules.min_ratings}", ratings=ratings
+        )
+    share = negative / ratings
+    text = f"{negative} of {ratings} ratings negative ({share:.0%}, max {limit:.0%})"
+    return _judged(name, share, limit, share > limit, text, ratings=ratings)
+
+
+def measure_latency(requests: Sequence[RagRequest], rules: MonitorRules) -> list[Measure]:
+    """p99 of ``latency_ms.total`` (p50 in the details) and the share of 5xx answers."""
+    import numpy as np
+
+    totals = [t for r in requests if (t := r.latency_ms.get("total")) is not None]
+    limit = rules.max_latency_p99_ms
+    if totals:
+        p50, p99 = (float(v) for v in np.percentile(totals, [50, 99]))
+        text = f"latency p50 {p50:.0f} ms, p99 {p99:.0f} ms (max {limit:.0f})"
+        latency = _judged("latency_p99_ms", p99, limit, p99 > limit, text, p50=p50, requests=len(totals))
+    else:
+        latency = not_applied("latency_p99_ms", limit, "no request logged latency_ms.total")
+    errors = sum(r.status >= SERVER_ERROR for r in requests)
+    limit = rules.max_error_rate
+    if requests:
+        rate = errors / len(requests)
+        text = f"{errors} of {len(requests)} requests answered 5xx ({rate:.1%}, max {limit:.1%})"
+        error = _judged("error_rate", rate, limit, rate > limit, text)
+    else:
+        error = not_applied("error_rate", limit, "no requests")
+    return [latency, error]
+
+
+class CorpusChange(BaseModel):
+    """Files of the docs folder against the index's manifest (source path -> content hash)."""
+
+    new: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.new) + len(self.changed) + len(self.deleted)
+
+
+def corpus_change(indexed: dict[str, str], current: dict[str, str]) -> CorpusChange:
+    return CorpusChange(
+        new=sorted(set(current) - set(indexed)),
+        changed=sorted(p for p in set(current) & set(indexed) if current[p] != indexed[p]),
+        deleted=sorted(set(indexed) - set(current)),
+    )
+
+
+def measure_corpus(change: CorpusChange | None, missing: str = "") -> Measure:
+    """Any new, changed or deleted file fails: the served index no longer holds the corpus."""
+    if change is None:
+        return not_applied("corpus_change", 0, f"not measured: {missing}")
+    parts = [f"{len(v)} {k}" for k, v in change.model_dump().items() if v]
+    text = (
+        f"the docs folder differs from the index: {', '.join(parts)}"
+        if change.count
+        else "the docs folder is the one indexed"
+    )
+    return _judged("corpus_change", change.count, 0, change.count > 0, text, **change.model_dump())
+
+
+# ---- the verdict ---------------------------------------------------------------------------
+
+
+class MonitorVerdict(BaseModel):
+    """Every measure, the reasons (one per failed measure, or why none applies), and the action:
+    ``reindex-and-evaluate`` when the corpus changed, ``evaluate`` for any other failure."""
+
+    requests: int
+    ratings: int
+    min_requests: int
+    enough_traffic: bool
+    measures: list[Measure]
+    reasons: list[str]
+    action: Action
+    summary: str
+
+    def measure(self, name: str) -> Measure:
+        return next(m for m in self.measures if m.name == name)
+
+
+TRAFFIC_FREE = frozenset({"corpus_change"})  # measured whatever the traffic
+
+
+def decide(measures: Sequence[Measure], requests: int, ratings: int, rules: MonitorRules) -> MonitorVerdict:
+    enough = requests >= rules.min_requests
+    if not enough:
+        # a thin window says too little to act on: its traffic measures are shown, never judged
+        short = f"not enough traffic: {requests} requests < min_requests {rules.min_requests}"
+        measures = [
+            m
+            if m.name in TRAFFIC_FREE
+            else m.model_copy(update={"status": "not applied", "reason": f"{short} ({m.reason})"})
+            for m in measures
+        ]
+    failed = [m for m in measures if m.status == "failed"]
+    reasons = [f"{m.name}: {m.reason}" for m in failed]
+    action: Action = "none"
+    if enough and any(m.name == "corpus_change" for m in failed):
+        action = "reindex-and-evaluate"
+    elif enough and failed:
+        action = "evaluate"
+    if not enough:
+        reasons.insert(0, short)
+        summary = short + (" (the corpus changed; nothing is triggered)" if failed else "")
+    else:
+        summary = "; ".join(reasons) if reasons else "every measure within the policy"
+    return MonitorVerdict(
+        requests=requests,
+        ratings=ratings,
+        min_requests=rules.min_requests,
+        enough_traffic=enough,
+        measures=list(measures),
+        reasons=reasons,
+        action=action,
+        summary=summary,
+    )

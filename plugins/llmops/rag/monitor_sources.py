@@ -1,0 +1,169 @@
+"""What the RAG monitor reads besides its policy: the log window, the index and the docs folder.
+
+The rows' models (``rag_request`` and ``feedback``, see docs/rag.md) are here; the measures
+themselves are in :mod:`llmops.rag.monitor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class LoggedSource(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    source: str
+    chunk: str | None = None
+    score: float | None = None
+
+    @field_validator("chunk", mode="before")
+    @classmethod
+    def _chunk_as_text(cls, value: Any) -> str | None:
+        return None if value is None else str(value)  # the index's ids are text
+
+
+class RagRequest(BaseModel):
+    """A ``rag_request`` row, as the RAG service logs it (fields the monitor does not read are
+    ignored, so a row with more fields still reads)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str
+    timestamp: str
+    model_version: str | None = None
+    route: str = "/query"
+    question: str | None = None
+    sources: list[LoggedSource] = Field(default_factory=list)
+    top_score: float | None = None
+    low_confidence: bool | None = None
+    answer: str | None = None
+    latency_ms: dict[str, float | None] = Field(default_factory=dict)
+    status: int = 200
+    error: str | None = None
+
+    def best_score(self) -> float | None:
+        """The logged top score, else the first source's."""
+        if self.top_score is not None:
+            return self.top_score
+        return self.sources[0].score if self.sources else None
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str
+    timestamp: str
+    rating: Literal[1, -1]
+    correction: str | None = None
+    comment: str | None = None
+
+
+class Window(BaseModel):
+    """The rows of one window: requests oldest first, the latest feedback per request id, and
+    how many rows could not be read as either."""
+
+    requests: list[RagRequest] = Field(default_factory=list)
+    feedback: list[Feedback] = Field(default_factory=list)
+    unreadable: int = 0
+
+
+def window_from_rows(rows: Sequence[dict[str, Any]]) -> Window:
+    """Split raw log rows by ``kind``; later feedback on a request id replaces earlier feedback."""
+    from pydantic import ValidationError
+
+    requests, latest, unreadable = [], {}, 0
+    for row in rows:
+        kind = row.get("kind")
+        try:
+            if kind == "rag_request":
+                requests.append(RagRequest.model_validate(row))
+            elif kind == "feedback":
+                rated = Feedback.model_validate(row)
+                earlier = latest.get(rated.request_id)
+                if earlier is None or earlier.timestamp <= rated.timestamp:
+                    latest[rated.request_id] = rated
+        except ValidationError:
+            unreadable += 1  # a malformed row must not hide the rest of the window
+    requests.sort(key=lambda r: r.timestamp)
+    return Window(
+        requests=requests,
+        feedback=sorted(latest.values(), key=lambda f: f.timestamp),
+        unreadable=unreadable,
+    )
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+
+def read_window(
+    root: Path | str | None, release: str, since: datetime | str | None, until: datetime | str | None
+) -> Window:
+    """The ``rag_request`` and ``feedback`` rows of ``<root>/<release>`` with
+    ``since <= timestamp < until``. :func:`llmops.inference_log.read_log` keeps only the
+    classifier's columns, so the rows are read whole here, through the same store and files."""
+    from llmops.inference_log import _DAY, _as_utc, _model_store, _read_objects, _row_moment
+
+    store = _model_store(root, release)
+    start, end = _as_utc(since), _as_utc(until)
+    days = [
+        d
+        for d in store.folders()
+        if _DAY.match(d)
+        and not (start and d < start.strftime("%Y-%m-%d"))
+        and not (end and d > end.strftime("%Y-%m-%d"))
+    ]
+    rows = []
+    for row in _read_objects(store, days):
+        moment = _row_moment(row.get("timestamp"))
+        if (start is None or moment >= start) and (end is None or moment < end):
+            rows.append(row)
+    return window_from_rows(rows)
+
+
+def index_manifest(collection: Any, page: int = 5000) -> dict[str, str]:
+    """Source path -> content hash of every document in an index (its chunks' metadata)."""
+    manifest: dict[str, str] = {}
+    for offset in range(0, collection.count(), page):
+        batch = collection.get(include=["metadatas"], limit=page, offset=offset)
+        for meta in batch["metadatas"]:
+            manifest[str(meta["source"])] = str(meta["doc_hash"])
+    return manifest
+
+
+def corpus_files(docs: str | Path) -> dict[str, str]:
+    """Relative path -> content hash of the documents in ``docs``, as the index flow loads them."""
+    from llmops.rag.documents import load_corpus
+
+    return {d.path: d.content_hash for d in load_corpus(docs, field="--docs").documents}
+
+
+def chunk_texts(collection: Any, ids: Sequence[str]) -> dict[str, str]:
+    """Chunk id -> text of the ids the index still holds."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    found = collection.get(ids=wanted, include=["documents"])
+    return dict(zip(found["ids"], found["documents"], strict=True))
+
+
+def grounding_pairs(requests: Sequence[RagRequest], collection: Any) -> tuple[list[tuple[str, str]], str]:
+    """(answer, its sources' text) of every answered request whose sources the index holds, and
+    why there are none when there are none."""
+    answered = [r for r in requests if r.route == "/query" and r.status < 400]
+    logged = [r for r in answered if r.answer]
+    if not answered:
+        return [], "no /query request was answered in the window"
+    if not logged:
+        return [], "answers were not logged (text logging is off)"
+    texts = chunk_texts(collection, [s.chunk for r in logged for s in r.sources if s.chunk])
+    pairs = []
+    for request in logged:
+        context = "\n\n".join(texts[s.chunk] for s in request.sources if s.chunk in texts)
+        if context:
+            pairs.append((request.answer or "", context))
+    return pairs, "" if pairs else "the logged sources are not in the release's index"
