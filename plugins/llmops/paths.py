@@ -6,6 +6,7 @@
       checkpoints/     fine-tune checkpoints                $LLMOPS_CHECKPOINT_ROOT overrides (or s3://)
       models/          base models built or converted here (the tiny model, SmolLM2)
       prompts/         a snapshot of every prompt version seen
+      golden/          per golden set: snapshots of its versions, curation decisions, fine-tune records
       retraining/      training sets that the drift monitor assembles
 
 The project's own files (``prompts/``, ``docs/``, like ``flows/`` and ``evals/``) are found in the
@@ -86,6 +87,12 @@ def models_dir() -> Path:
 def prompt_snapshots_dir() -> Path:
     """Snapshots of every prompt version seen (the templates themselves live in ``prompts/``)."""
     return home() / "prompts"
+
+
+def golden_dir() -> Path:
+    """Per golden set (``golden/<name>/``): a snapshot of every version replaced by a curation, the
+    accept/reject decisions, and the fine-tune records of accepted corrections."""
+    return home() / "golden"
 
 
 def retraining_dir() -> Path:
