@@ -4,11 +4,12 @@
     python bench/serve_classifier.py --duration 30 --rows-per-request 8
     python bench/serve_classifier.py --quick              # 1 s each, 4 clients: a smoke run
 
-Both servers run on 127.0.0.1, one process each, serving the same registered model:
+The servers run on 127.0.0.1, one process each, serving the same registered model:
 (a) `bentoml serve services.classifier:Classifier` (validation, adaptive batching,
-inference log, metrics), and (b) a bare uvicorn + Starlette app doing only the per-request
-work: parse JSON, build a DataFrame, predict_proba, return JSON; no batching. One asyncio
-client with N concurrent workers hits each in turn. Without --bentoml-home the run uses a
+inference log, metrics), (b) the same service with LLMOPS_LOG_DURABLE=true (each batch's rows
+written before its answers leave), and (c) a bare uvicorn + Starlette app doing only the
+per-request work: parse JSON, build a DataFrame, predict_proba, return JSON; no batching. One
+asyncio client with N concurrent workers hits each in turn. Without --bentoml-home the run uses a
 throwaway BentoML home and trains a small model into it when there is no champion.
 """
 
@@ -219,10 +220,10 @@ def main(argv: list[str] | None = None) -> None:
         env.pop("LLMOPS_CLASSIFIER_VERSION", None)
         bare_port = free_port()
         bare_cmd = [sys.executable, __file__, "--model", args.model, "--bare-server", str(bare_port)]
+        durable_env = env | {"LLMOPS_LOG_DURABLE": "true"}
         with (
-            bento_server(
-                "services.classifier:Classifier", env=env, log=scratch / "service.log", cwd=REPO
-            ) as service,
+            bento_server(SERVICE, env=env, log=scratch / "service.log", cwd=REPO) as service,
+            bento_server(SERVICE, env=durable_env, log=scratch / "durable.log", cwd=REPO) as durable,
             started_server(bare_cmd, bare_port, env=env, log=scratch / "bare.log", cwd=REPO) as bare,
         ):
             service_url, bare_url = service.url, bare.url
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             results = [
                 measure("bentoml service", service_url, bodies, args),
                 measure("bare starlette", bare_url, bodies, args),
+                measure("durable log", durable.url, bodies, args),
             ]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     ratio = results[0]["rps"] / results[1]["rps"] if results[1]["rps"] else float("nan")
     print(f"service / bare throughput: {ratio:.2f}x (target >= 0.7x)")
+    durable = results[2]["rps"] / results[0]["rps"] if results[0]["rps"] else float("nan")
+    print(f"durable log: {durable:.2f}x throughput (LLMOPS_LOG_DURABLE=true / the background writer)")
 
 
 if __name__ == "__main__":

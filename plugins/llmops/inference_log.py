@@ -1,8 +1,8 @@
 """Append-only inference log: every prediction a service made, for drift monitoring and audits.
 
-The request path only enqueues (:meth:`InferenceLogger.log` never blocks and never touches
-storage); one daemon thread per logger buffers the rows by (UTC day, hour) and writes them to a
-:class:`llmops.storage.Store`, a local folder or an ``s3://bucket/prefix``:
+By default the request path only enqueues (:meth:`InferenceLogger.log` never blocks and never
+touches storage); one daemon thread per logger buffers the rows by (UTC day, hour) and writes them
+to a :class:`llmops.storage.Store`, a local folder or an ``s3://bucket/prefix``:
 
     folder  <root>/<model>/<YYYY-MM-DD>/<HH>-<pid>.jsonl                 appended to
     s3://   <root>/<model>/<YYYY-MM-DD>/<HH>-<pid>-<writer id>-<n>.jsonl  one new object per write
@@ -15,6 +15,12 @@ random writer id keeps workers of different hosts apart. Rows are written at lea
 per request), as soon as 10,000 rows wait, on :meth:`InferenceLogger.flush` and on close. A write
 that fails stays buffered and is retried on the interval. :func:`read_log` reads a time window
 back as one DataFrame, from either kind of store.
+
+Durable mode (``durable=True``, ``$LLMOPS_LOG_DURABLE``; a folder only) trades that for a
+guarantee: :meth:`InferenceLogger.log` appends the rows to the same hourly file itself, one append
+per call and hour, and returns only once the operating system holds them, so an answer sent after
+it is never lost to a killed worker (a crash of the machine still can: there is no fsync). A write
+that fails raises, and the request fails with it instead of being answered unlogged.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmops import paths
-from llmops.settings import InferenceLogSettings, settings_from_env
+from llmops.settings import InferenceLogSettings, SettingsError, settings_from_env
 from llmops.storage import StorageError, Store, as_location, open_store
 
 if TYPE_CHECKING:
@@ -77,16 +83,18 @@ def _model_store(root: Path | str | None, model_name: str) -> Store:
     return open_store(as_location(root), LOG_DIR_ENV).child(model_name)
 
 
-def _intervals(flush: float | None, upload: float | None) -> tuple[float, float]:
-    """The given intervals, else the settings' (``$LLMOPS_INFERENCE_LOG_FLUSH_S``, ``_UPLOAD_S``)."""
-    if flush is None or upload is None:
+def _options(flush: float | None, upload: float | None, durable: bool | None) -> tuple[float, float, bool]:
+    """The given intervals and mode, else the settings' (``$LLMOPS_INFERENCE_LOG_FLUSH_S``,
+    ``_UPLOAD_S``, ``$LLMOPS_LOG_DURABLE``)."""
+    if flush is None or upload is None or durable is None:
         defaults = settings_from_env(InferenceLogSettings)
         flush = defaults.inference_log_flush_s if flush is None else flush
         upload = defaults.inference_log_upload_s if upload is None else upload
+        durable = defaults.log_durable if durable is None else durable
     for seconds, field in ((flush, "flush_interval"), (upload, "upload_interval")):
         if seconds <= 0:  # programming error: the settings refuse 0, so only a caller's argument can
             raise ValueError(f"{field}: must be > 0 seconds, got {seconds}")
-    return flush, upload
+    return flush, upload, durable
 
 
 class InferenceLogger:
@@ -107,6 +115,9 @@ class InferenceLogger:
     max_pending : int
         Batches waiting to be written before :meth:`log` drops (and counts) new ones:
         a slow disk must never stall or grow the serving process without bound.
+    durable : bool, optional
+        :meth:`log` writes the rows itself and returns once the OS holds them (no writer thread);
+        a folder only. Default ``$LLMOPS_LOG_DURABLE`` or False.
     """
 
     WRITE_ROWS = 10_000  # write early once this many rows wait
@@ -120,32 +131,49 @@ class InferenceLogger:
         flush_interval: float | None = None,
         upload_interval: float | None = None,
         max_pending: int = 10_000,
+        durable: bool | None = None,
     ) -> None:
         self.store = _model_store(root, model_name)
+        self.folder: Path | str = Path(self.store.url) if self.store.can_append else self.store.url
+        self.flush_interval, self.upload_interval, self.durable = _options(
+            flush_interval, upload_interval, durable
+        )
+        if self.durable and not self.store.can_append:
+            # S3 has no append: one object per request would be the only durable write, and a
+            # PUT per prediction is a cost and a latency no deployment should get by surprise
+            raise SettingsError(
+                f"LLMOPS_LOG_DURABLE=true needs a folder log, and LLMOPS_INFERENCE_LOG_DIR is "
+                f"{self.store.url}: S3 cannot append a row per request. Log to a folder (and ship it "
+                f"to S3 by the hour) or unset LLMOPS_LOG_DURABLE"
+            )
         if not self.store.can_append and importlib.util.find_spec("boto3") is None:
             # fail at start: a writer that cannot upload would retry and drop rows unseen
             raise StorageError(
                 f"inference log {self.store.url}: writing to S3 needs boto3 (pip install boto3)"
             )
-        self.folder: Path | str = Path(self.store.url) if self.store.can_append else self.store.url
-        self.flush_interval, self.upload_interval = _intervals(flush_interval, upload_interval)
         self.writer_id = uuid.uuid4().hex[:8]
         self._writes = 0
         self.dropped = 0  # rows lost to a full queue, an unserialisable row, or failing writes
         self._queue: queue.Queue[list[dict[str, Any]] | threading.Event | None] = queue.Queue(max_pending)
+        self._append_lock = threading.Lock()  # durable: one request's lines never split another's
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"inference-log:{model_name}", daemon=True)
-        self._thread.start()
+        if not self.durable:
+            self._thread.start()
         atexit.register(self.close)
 
     @property
     def alive(self) -> bool:
-        """The writer thread is running (False after :meth:`close`)."""
-        return self._thread.is_alive() and not self._closed
+        """Rows logged now are written (False after :meth:`close`, or if the writer thread died)."""
+        return not self._closed and (self.durable or self._thread.is_alive())
 
     def log(self, rows: list[dict[str, Any]]) -> None:
-        """Enqueue rows (see ``ROW_FIELDS``); returns at once, drops them if the writer is far behind."""
-        if self._closed or not rows:
+        """Enqueue rows (see ``ROW_FIELDS``); returns at once, drops them if the writer is far behind.
+        Durable: returns once the rows are written (after :meth:`close` too: the answer still
+        leaves), and raises :class:`StorageError` if they cannot be."""
+        if rows and self.durable:
+            self._append_now(rows)
+        if self._closed or not rows or self.durable:
             return
         try:
             self._queue.put_nowait(rows)
@@ -159,7 +187,7 @@ class InferenceLogger:
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every row logged so far has had a write attempt; False on timeout. A failed
         write stays buffered and is retried on the interval."""
-        if self._closed:
+        if self._closed or self.durable:  # durable: log() wrote them already
             return True
         done = threading.Event()
         try:
@@ -174,12 +202,29 @@ class InferenceLogger:
             return
         self._closed = True
         atexit.unregister(self.close)
+        if self.durable:
+            return
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
             logger.warning("inference log %s: writer stuck, closing without the last rows", self.folder)
             return
         self._thread.join(timeout)
+
+    def _append_now(self, rows: list[dict[str, Any]]) -> None:
+        """Durable: one append per (day, hour) of ``rows`` to this process's file, under a lock."""
+        pending: dict[tuple[str, str], list[str]] = {}
+        self._buffer(rows, pending)
+        with self._append_lock:
+            for day, hour in sorted(pending):
+                key = f"{day}/{hour}-{os.getpid()}.jsonl"
+                try:
+                    # the file is closed before this returns: the bytes are in the OS's page cache
+                    self.store.append_bytes(key, "".join(pending[day, hour]).encode())
+                except OSError as exc:
+                    raise StorageError(
+                        f"inference log {self.store.join(key)}: cannot write (durable log): {exc}"
+                    ) from exc
 
     # ---- writer thread ----------------------------------------------------------------------
 

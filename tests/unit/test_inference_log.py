@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from llmops.inference_log import InferenceLogger, default_log_root, read_log, utc_now
+from llmops.settings import SettingsError
+from llmops.storage import StorageError
 
 
 def rows(request_id, n=2, timestamp=None, **features):
@@ -181,3 +183,82 @@ def test_default_root_and_bad_names(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="model_name"):
         InferenceLogger(tmp_path, "../escape")
     assert isinstance(read_log(tmp_path, "clf"), pd.DataFrame)
+
+
+# ---- durable mode -------------------------------------------------------------------------------
+
+
+def test_durable_rows_are_in_the_hourly_file_when_log_returns(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", flush_interval=60, durable=True)
+    logger.log(rows("a", 3))
+    (file,) = tmp_path.glob("clf/*/*.jsonl")  # no flush, no close: already there
+    now = datetime.now(timezone.utc)
+    assert file.relative_to(tmp_path / "clf").as_posix() == f"{now:%Y-%m-%d}/{now:%H}-{os.getpid()}.jsonl"
+    assert [json.loads(line)["row"] for line in file.read_text().splitlines()] == [0, 1, 2]
+    assert logger.alive and not logger._thread.is_alive()  # no writer thread to die or fall behind
+    logger.log(rows("old", timestamp="2024-03-01T23:59:59+00:00"))  # the row's hour picks the file
+    assert (tmp_path / "clf" / "2024-03-01" / f"23-{os.getpid()}.jsonl").is_file()
+    assert logger.flush()
+    logger.close()
+    assert not logger.alive
+    logger.log(rows("after close"))  # an answer still leaving during shutdown is still logged
+    assert set(read_log(tmp_path, "clf")["request_id"]) == {"a", "old", "after close"}
+
+
+def test_durable_appends_of_concurrent_requests_never_interleave(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", durable=True)
+    # long lines: each request's append spans several pages of the file
+    big = {"note": "x" * 20_000}
+
+    def serve(thread):
+        for i in range(20):
+            logger.log(rows(f"t{thread}-{i}", 4, **big))
+
+    threads = [threading.Thread(target=serve, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (file,) = tmp_path.glob("clf/*/*.jsonl")
+    written = [json.loads(line) for line in file.read_text().splitlines()]  # every line whole
+    assert len(written) == 8 * 20 * 4
+    for start in range(0, len(written), 4):  # each request's rows together, in order
+        batch = written[start : start + 4]
+        assert {r["request_id"] for r in batch} == {batch[0]["request_id"]}
+        assert [r["row"] for r in batch] == [0, 1, 2, 3]
+
+
+def test_a_durable_write_that_fails_raises_instead_of_answering_unlogged(tmp_path):
+    logger = InferenceLogger(tmp_path, "clf", durable=True)
+
+    def disk_full(key, data):
+        raise OSError(28, "No space left on device")
+
+    logger.store.append_bytes = disk_full
+    with pytest.raises(StorageError, match=r"cannot write .durable log.: .* No space left on device"):
+        logger.log(rows("lost"))
+    logger.close()
+
+
+def test_durable_is_refused_with_an_s3_root_naming_both_settings(tmp_path):
+    with pytest.raises(
+        SettingsError, match=r"LLMOPS_LOG_DURABLE=true .* LLMOPS_INFERENCE_LOG_DIR is s3://bucket"
+    ):
+        InferenceLogger("s3://bucket/log", "clf", durable=True)
+
+
+def test_durable_is_read_from_the_setting_and_off_by_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMOPS_LOG_DURABLE", raising=False)
+    loggers = [InferenceLogger(tmp_path, "clf")]
+    for text in ("true", "1", "false", "true"):
+        monkeypatch.setenv("LLMOPS_LOG_DURABLE", text)
+        loggers.append(InferenceLogger(tmp_path, "clf"))
+    loggers.append(InferenceLogger(tmp_path, "clf", durable=False))  # the argument over the setting
+    assert [logger.durable for logger in loggers] == [False, True, True, False, True, False]
+    with pytest.raises(SettingsError, match=r"LLMOPS_LOG_DURABLE.*LLMOPS_INFERENCE_LOG_DIR"):
+        InferenceLogger("s3://bucket/log", "clf")  # the service refuses to start
+    monkeypatch.setenv("LLMOPS_LOG_DURABLE", "sometimes")
+    with pytest.raises(SettingsError, match="LLMOPS_LOG_DURABLE: Input should be a valid boolean"):
+        InferenceLogger(tmp_path, "clf")
+    for logger in loggers:
+        logger.close()
