@@ -22,15 +22,22 @@ for two models, briefly), then swapped in. Each request reads the served model o
 with it alone; the old model's engine stops once its last request is answered. A folder
 (LLMOPS_LLM_MODEL) is not followed. ``/info`` shows the served release.
 
+Every completion that reaches the model is logged when it ends (a stream when it ends, or when its
+client goes away) with the release that answered it, to LLMOPS_INFERENCE_LOG_DIR under the release
+name (the served name for a folder model); LLMOPS_LOG_TEXT=false logs hashes and lengths instead
+of the prompt and answer. ``POST /feedback`` rates an answer by its completion id
+(llmops.feedback; docs/serving.md).
+
 Environment: LLMOPS_LLM_BACKEND (auto | transformers | vllm; auto picks vLLM on CUDA when
 installed), LLMOPS_LLM_MAX_TOKENS (largest max_tokens a request may ask, 512),
 LLMOPS_LLM_MAX_BATCH (transformers: requests sharing one decode step, 32; more wait for a slot),
 LLMOPS_TORCH_THREADS (torch's CPU threads; default: the service's declared cpu, 2),
 LLMOPS_LLM_GPU_MEMORY_UTILIZATION (vLLM, 0.9), LLMOPS_LLM_MAX_MODEL_LEN (vLLM; default the
 model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S,
-LLMOPS_RELOAD_POLL_S (0: off).
+LLMOPS_RELOAD_POLL_S (0: off), LLMOPS_INFERENCE_LOG_DIR, LLMOPS_LOG_TEXT, LLMOPS_FEEDBACK_WINDOW_DAYS.
 """
 
+import weakref
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import bentoml
 from pydantic import BaseModel, Field, SecretStr
 
+from llmops.feedback import Feedback, FeedbackReceipt, document_feedback
 from llmops.llm.backends import DEFAULT_MAX_BATCH
 from llmops.llm.openai_api import ApiLimits, openai_app, shown_model
 from llmops.llm.openai_schemas import OpenAPIRoutes
@@ -48,6 +56,7 @@ from llmops.serving import protect, settings_from_env
 from llmops.supervision import die_with_supervisor
 
 if TYPE_CHECKING:
+    from llmops.llm.answered import AnsweredRequest
     from llmops.llm.types import Backend
 
 die_with_supervisor()  # a worker ends with the bentoml serve process that started it
@@ -67,6 +76,7 @@ class Settings(BaseModel):
     llm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     llm_max_model_len: int | None = Field(None, ge=16)
     api_key: SecretStr | None = None
+    inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
     timeout_s: float = Field(300.0, gt=0)
     reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload (a registry release)
 
@@ -88,9 +98,35 @@ def _shown_model() -> str:
     return shown_model(service.release, service.backend.model_path)
 
 
+# the release each loaded backend was loaded from: a request's row names the one that answered it
+RELEASES: "weakref.WeakKeyDictionary[Backend, ModelVersion]" = weakref.WeakKeyDictionary()
+
+
+def _log_answered(answered: "AnsweredRequest") -> None:
+    """One ``llm_request`` row (llmops.request_log) for a request that reached the model."""
+    from llmops.request_log import elapsed_ms, llm_request_row
+
+    log = bentoml.get_current_service().request_log
+    release = RELEASES.get(answered.backend)
+    done = answered.done
+    first = elapsed_ms(answered.started, answered.first_token) if answered.first_token else None
+    log.request(llm_request_row(
+        request_id=answered.request_id, model=log.model, model_version=release.version if release else None,
+        route=answered.route, stream=answered.stream, prompt=answered.prompt, answer=answered.answer,
+        prompt_tokens=done.prompt_tokens if done else answered.prompt_tokens,
+        completion_tokens=done.completion_tokens if done else None, finish_reason=answered.finish_reason,
+        latency_ms={"first_token": first, "total": elapsed_ms(answered.started)}, keep_text=log.keep_text,
+        status=answered.status, error=answered.error,
+    ))  # fmt: skip
+
+
 # built once: each request reads the backend the service serves at that moment
 API = openai_app(
-    _serving_backend, SERVED_NAME, ApiLimits(max_tokens=SETTINGS.llm_max_tokens), root=_shown_model
+    _serving_backend,
+    SERVED_NAME,
+    ApiLimits(max_tokens=SETTINGS.llm_max_tokens),
+    root=_shown_model,
+    on_answered=_log_answered,
 )
 
 
@@ -107,7 +143,9 @@ def _load(served: ServedModel) -> "Backend":
 def _load_release(version: ModelVersion) -> "Backend":
     from llmops.llm.release import served_model
 
-    return _load(served_model(version))
+    backend = _load(served_model(version))
+    RELEASES[backend] = version
+    return backend
 
 
 def _retire(backend: "Backend") -> None:
@@ -125,6 +163,8 @@ class LLM:
     """Chat and text completions from the served model, OpenAI style."""
 
     def __init__(self) -> None:
+        from llmops.feedback import RequestLog
+        from llmops.inference_log import InferenceLogger
         from llmops.threads import configure_torch_threads
 
         self.threads = configure_torch_threads(SETTINGS.torch_threads, RESOURCES.get("cpu"))
@@ -137,6 +177,12 @@ class LLM:
             self.follower = ReleaseFollower(SETTINGS.llm_release, SETTINGS.llm_version, _load_release,
                                             poll_s=SETTINGS.reload_poll_s, retire=_retire)  # fmt: skip
             self.follower.start()
+        # the release's log (a folder model's: its served name); answered ids are read back from it
+        logged_as = SERVED_NAME if SETTINGS.llm_model else SETTINGS.llm_release
+        self.request_log = RequestLog(InferenceLogger(SETTINGS.inference_log_dir, logged_as), logged_as)
+
+    def __is_ready__(self) -> bool:
+        return self.request_log.logger.alive
 
     @property
     def backend(self) -> "Backend":
@@ -176,13 +222,25 @@ class LLM:
             return Reload(model=self.served_name, previous=shown, current=shown, reloaded=False, error=error)
         return await reload_route(self.follower, ctx)
 
+    @bentoml.api(route="/feedback", input_spec=Feedback)
+    def feedback(self, request_id: str, rating: int, correction: str | None = None,
+                 comment: str | None = None) -> FeedbackReceipt:  # fmt: skip
+        """Rate an answer by its completion id (``chatcmpl-…``/``cmpl-…``): 1 or -1, optionally with
+        the answer it should have been and a comment. 404 for an id this service did not answer in
+        the last LLMOPS_FEEDBACK_WINDOW_DAYS days; a second rating replaces the first."""
+        body = Feedback(request_id=request_id, rating=rating, correction=correction, comment=comment)
+        return self.request_log.feedback(body)
+
     @bentoml.on_shutdown
     def shut_down(self) -> None:
         if self.follower is not None:
             self.follower.close()
+        self.request_log.logger.close()
 
 
-protect(LLM, SETTINGS.api_key, openapi=document_reload, openai_prefix="/v1")
+protect(
+    LLM, SETTINGS.api_key, openapi=lambda doc: document_feedback(document_reload(doc)), openai_prefix="/v1"
+)
 # the /v1 routes in /docs.json; the served name is the registry name unless LLMOPS_LLM_SERVED_NAME
 LLM.add_asgi_middleware(
     OpenAPIRoutes, prefix="/v1", model_name=SERVED_NAME, max_tokens=SETTINGS.llm_max_tokens

@@ -9,8 +9,10 @@
 The release (``flows/evaluate_rag.py`` registers and promotes it) fixes the index version, the
 embedding model, the exact prompt version and the generator settings; the service opens that
 index in the Chroma store the release was evaluated in, or in $LLMOPS_CHROMA_PATH /
-$LLMOPS_CHROMA_URL when set. Every query is logged (question, k, top score, sources, answer)
-for monitoring.
+$LLMOPS_CHROMA_URL when set. Every /query and /retrieve is logged with the release that answered
+it (question, sources and scores, answer, versions, latencies: llmops.request_log; with
+LLMOPS_LOG_TEXT=false hashes and lengths instead of the text), and ``POST /feedback`` rates an
+answer by its request_id (llmops.feedback; docs/serving.md).
 
 Environment (every setting: docs/settings.md): LLMOPS_RAG_RELEASE (registry name, default
 ``rag``), LLMOPS_RAG_VERSION (a version or alias; default the champion), LLMOPS_GENERATOR (override
@@ -18,8 +20,9 @@ the release's generator: ``extractive``, ``transformers:/folder``, ``openai:http
 LLMOPS_GENERATOR_TIMEOUT_S and LLMOPS_GENERATOR_RETRIES (an ``openai:`` generator: seconds per
 attempt, default 60, and retries, default 1), LLMOPS_API_KEY, LLMOPS_INFERENCE_LOG_DIR,
 LLMOPS_MAX_QUESTION_CHARS, LLMOPS_MAX_K, LLMOPS_TIMEOUT_S, LLMOPS_MAX_BODY_BYTES (larger bodies: 413),
-LLMOPS_TORCH_THREADS, LLMOPS_RELOAD_POLL_S (0: off). With the LLM service in the same deployment, serve
-``services.rag_llm:RagWithLLM`` instead (BentoML composition, no URL to wire).
+LLMOPS_TORCH_THREADS, LLMOPS_RELOAD_POLL_S (0: off), LLMOPS_LOG_TEXT, LLMOPS_FEEDBACK_WINDOW_DAYS.
+With the LLM service in the same deployment, serve ``services.rag_llm:RagWithLLM`` instead
+(BentoML composition, no URL to wire).
 
 The service follows its alias without a restart (llmops.release_follower; docs/serving.md):
 ``POST /reload`` (loopback only, or with the API key), or every LLMOPS_RELOAD_POLL_S seconds,
@@ -39,6 +42,7 @@ import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, create_model
 from starlette.responses import JSONResponse
 
+from llmops.feedback import Feedback, FeedbackReceipt, document_feedback
 from llmops.rag.retriever import FILTER_KEYS, MAX_FILTER_CHARS, MAX_FILTER_VALUES
 from llmops.registry import ModelVersion
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
@@ -154,6 +158,7 @@ class Rag:
     """Retrieval-augmented answers from the promoted release (champion by default)."""
 
     def __init__(self) -> None:
+        from llmops.feedback import RequestLog
         from llmops.inference_log import InferenceLogger
         from llmops.threads import configure_torch_threads
 
@@ -169,6 +174,7 @@ class Rag:
         )
         served = self.follower.start()
         self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, served.version.name)
+        self.request_log = RequestLog(self.inference_log, served.version.name)  # rows, answered ids
 
     def _open(self, version: ModelVersion) -> LiveRag:
         """The whole pipeline of a release (index, embedder, prompt, generator, retrieval mode),
@@ -223,14 +229,20 @@ class Rag:
         started = time.perf_counter()
         served = self.follower.served  # read once: a reload during this request must not mix two
         live, k = served.release, k or served.release.release.k
+        request_id = uuid.uuid4().hex
+        hits = live.pipeline.retriever.retrieve(question, k, filters)
+        retrieved = time.perf_counter()
         try:
-            result = live.pipeline.answer(question, k, filters)
+            result = live.pipeline.answer_from(question, hits)
         except GeneratorEndpointError as exc:  # not ours to hide behind a bare 500
             logger.warning("query answered %d: %s", exc.http_status, exc)
+            ranked = [{"source": h.source, "chunk": h.position, "score": h.score} for h in hits]
+            self._log(served, "/query", request_id, question, ranked, None, (started, retrieved),
+                      status=exc.http_status, error=str(exc))  # fmt: skip
             return JSONResponse({"error": str(exc)}, status_code=exc.http_status)  # BentoML passes it on
-        request_id = uuid.uuid4().hex
         sources = [SourceOut(**s.model_dump()) for s in result.sources]
-        self._log(served.version, request_id, question, k, sources, result.answer, started)
+        ranked = [{"source": s.path, "chunk": s.chunk, "score": s.score} for s in sources]
+        self._log(served, "/query", request_id, question, ranked, result.answer, (started, retrieved))
         return Answer(answer=result.answer, sources=sources, versions=result.versions, request_id=request_id)
 
     @bentoml.api
@@ -245,7 +257,8 @@ class Rag:
             for n, h in enumerate(hits, 1)
         ]
         request_id = uuid.uuid4().hex
-        self._log(served.version, request_id, question, k, sources, None, started)
+        ranked = [{"source": s.path, "chunk": s.chunk, "score": s.score} for s in sources]
+        self._log(served, "/retrieve", request_id, question, ranked, None, (started, time.perf_counter()))
         return Retrieved(sources=sources, versions=live.pipeline.versions, request_id=request_id)
 
     @bentoml.api(route="/reload")
@@ -261,25 +274,30 @@ class Rag:
                 "versions": served.release.pipeline.versions, "k": served.release.release.k,
                 "reload_poll_s": SETTINGS.reload_poll_s}  # fmt: skip
 
-    def _log(self, version, request_id, question, k, sources, answer, started) -> None:
-        from llmops.inference_log import utc_now
+    @bentoml.api(route="/feedback", input_spec=Feedback)
+    def feedback(self, request_id: str, rating: int, correction: str | None = None,
+                 comment: str | None = None) -> FeedbackReceipt:  # fmt: skip
+        """Rate an answer by its ``request_id``: 1 or -1, optionally with the answer it should have
+        been and a comment. 404 for an id this service did not answer in the last
+        LLMOPS_FEEDBACK_WINDOW_DAYS days; a second rating replaces the first."""
+        body = Feedback(request_id=request_id, rating=rating, correction=correction, comment=comment)
+        return self.request_log.feedback(body)
 
-        self.inference_log.log(
-            [
-                {
-                    "request_id": request_id,
-                    "row": 0,
-                    "timestamp": utc_now(),
-                    "model": version.name,
-                    "model_version": version.version,
-                    "features": {"question": question, "question_chars": len(question), "k": k},
-                    "prediction": answer,
-                    "probability": sources[0].score if sources else None,  # top similarity
-                    "sources": [f"{s.path}#{s.chunk}" for s in sources],
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                }
-            ]
-        )
+    def _log(
+        self, served, route, request_id, question, ranked, answer, times, status=200, error=None
+    ) -> None:
+        """One ``rag_request`` row; ``times``: perf_counter at the start and once retrieval was done."""
+        from llmops.request_log import elapsed_ms, one_line, rag_request_row
+
+        started, retrieved = times
+        latency = {"retrieve": elapsed_ms(started, retrieved), "total": elapsed_ms(started),
+                   "generate": elapsed_ms(retrieved) if route == "/query" else None}  # fmt: skip
+        self.request_log.request(rag_request_row(
+            request_id=request_id, model=served.version.name, model_version=served.version.version,
+            route=route, versions=served.release.pipeline.logged_versions(), question=question,
+            sources=ranked, answer=answer, latency_ms=latency, keep_text=self.request_log.keep_text,
+            status=status, error=one_line(error),
+        ))  # fmt: skip
 
     @bentoml.on_shutdown
     def shut_down(self) -> None:
@@ -294,10 +312,10 @@ def _store_overridden() -> bool:
 
 
 def rag_openapi(doc: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document lists /query's answers when its LLM endpoint fails, and /reload's."""
+    """The OpenAPI document lists /query's answers when its LLM endpoint fails, /reload's and /feedback's."""
     from llmops.openapi_doc import ERROR_RESPONSE
 
-    doc = document_reload(doc)
+    doc = document_feedback(document_reload(doc))
     responses = doc.get("paths", {}).get("/query", {}).get("post", {}).get("responses", {})
     responses.setdefault(
         "502", {"description": "The LLM endpoint answered an error or is unreachable", **ERROR_RESPONSE}

@@ -12,9 +12,12 @@ for each operation from its schema, valid ones (positive) and ones that break it
 - when a 4xx with a ``detail`` list (a validation error), an entry per problem that names the field
   (its ``loc``) unless the problem is the body as a whole (not JSON, not an object),
 - for a valid request (positive mode), a 2xx: the document must say exactly what the service
-  accepts. The one refusal a schema cannot rule out is excused, by its error code
-  (:data:`EXCUSED_CODES`): ``context_length_exceeded``, a prompt and ``max_tokens`` that together
-  overflow the LLM's context (which depends on the prompt's tokens, not its characters).
+  accepts. The refusals a schema cannot rule out are excused, by their error code
+  (:data:`EXCUSED_CODES`, OpenAI's ``error.code`` or a BentoML route's top-level ``code``):
+  ``context_length_exceeded``, a prompt and ``max_tokens`` that together overflow the LLM's
+  context (which depends on the prompt's tokens, not its characters), and
+  ``unknown_request_id``, a 404 from ``POST /feedback`` for a request id the service never
+  answered (a random id is well-formed, yet names nothing).
 
 Failures are collected, not raised at the first one, so one run shows every kind of problem; the
 report counts requests, 5xx and refused valid requests per service. ``operations`` limits the fuzz
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # refusals of a valid request that depend on what no schema can say (see the module docstring)
-EXCUSED_CODES = frozenset({"context_length_exceeded"})
+EXCUSED_CODES = frozenset({"context_length_exceeded", "unknown_request_id"})
 # validation errors about the body as a whole: no field to name
 BODY_LEVEL_ERRORS = frozenset(
     {"json_invalid", "json_type", "model_type", "dict_type", "model_attributes_type"}
@@ -75,8 +78,11 @@ def refused_valid(status: int, body: Any) -> bool:
     """Whether a valid request's answer is a refusal that no excused code explains."""
     if not 400 <= status < 500:
         return False
-    error = body.get("error") if isinstance(body, dict) else None
-    return not (isinstance(error, dict) and error.get("code") in EXCUSED_CODES)
+    if not isinstance(body, dict):
+        return True
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else body.get("code")
+    return code not in EXCUSED_CODES
 
 
 def fuzz_service(

@@ -14,6 +14,7 @@ import pytest
 
 from llmops.llm.tiny import build_tiny_causal_lm
 from llmops.rag.generators import make_generator
+from llmops.request_log import latest_feedback, read_rows
 from tests.conftest import serve_bento
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -26,8 +27,13 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_model, tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("llm-log")
+def llm_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("llm-log")
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model, llm_log):
+    log_dir = llm_log
     env = {
         "LLMOPS_LLM_MODEL": str(tiny_model),
         "LLMOPS_LLM_MAX_TOKENS": "64",
@@ -76,6 +82,57 @@ def test_openai_client_streaming_matches_the_final_usage(client):
     assert len(chunks) >= 3 and finishes in (["length"], ["stop"])
     assert usage is not None and 0 < usage.completion_tokens <= 10
     assert isinstance(text, str)
+
+
+def logged(log_dir, request_id, kind="llm_request", model="llm", count=1):
+    """The rows of ``kind`` logged for ``request_id`` once ``count`` are there (flushed every 0.1 s)."""
+    deadline, rows = time.monotonic() + 10, []
+    while len(rows) < count:
+        assert time.monotonic() < deadline, f"no {kind} row for {request_id} in {log_dir}"
+        time.sleep(0.1)
+        rows = [r for r in read_rows(log_dir, model, kinds=[kind]) if r["request_id"] == request_id]
+    return rows
+
+
+def test_a_streamed_chat_completion_is_logged_with_its_tokens_and_finish_reason(client, llm_log):
+    stream = client.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": "Log me"}], max_tokens=6, temperature=0.8,
+        seed=7, stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    (row,) = logged(llm_log, chunks[0].id)
+    assert (row["kind"], row["route"], row["stream"], row["status"]) == (
+        "llm_request",
+        "/v1/chat/completions",
+        True,
+        200,
+    )
+    assert (row["model"], row["model_version"]) == ("llm", None)  # a folder model: its served name
+    assert row["prompt_tokens"] == chunks[-1].usage.prompt_tokens > 0
+    assert row["completion_tokens"] == chunks[-1].usage.completion_tokens > 0
+    assert row["finish_reason"] in ("stop", "length") and row["answer"] == text
+    assert "Log me" in row["prompt"] and row["prompt_chars"] == len(row["prompt"])
+    assert row["latency_ms"]["total"] >= row["latency_ms"]["first_token"] > 0
+
+
+def test_feedback_on_a_completion_is_logged_and_replaces_the_last(client, llm, llm_log):
+    reply = client.completions.create(model="llm", prompt="Rate me", max_tokens=4)
+    (row,) = logged(llm_log, reply.id)
+    assert (row["route"], row["stream"], row["answer"]) == ("/v1/completions", False, reply.choices[0].text)
+    for rating in (1, -1):
+        answer = llm.post(
+            "/feedback", json={"request_id": reply.id, "rating": rating, "correction": "Better."}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"request_id": reply.id, "model_version": None, "rating": rating}
+    rows = logged(llm_log, reply.id, kind="feedback", count=2)
+    assert latest_feedback(rows)[reply.id]["rating"] == -1 and rows[-1]["correction"] == "Better."
+    unknown = llm.post("/feedback", json={"request_id": "chatcmpl-0000", "rating": 1})
+    assert unknown.status_code == 404 and "'chatcmpl-0000'" in unknown.json()["error"]
+    bad = llm.post("/feedback", json={"request_id": reply.id, "rating": 2})
+    assert bad.status_code == 400 and "rating" in json.dumps(bad.json()["detail"])
+    assert "404" in llm.get("/docs.json").json()["paths"]["/feedback"]["post"]["responses"]
 
 
 def test_text_completions(client):
@@ -195,10 +252,10 @@ def test_fuzz_the_llm_openapi(llm):
     from tests.fuzz import fuzz_service
 
     operations = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
-                  ("POST", "/info")]  # fmt: skip
+                  ("POST", "/info"), ("POST", "/feedback")]  # fmt: skip
     report = fuzz_service(str(llm.base_url).rstrip("/"), examples=20, operations=operations, timeout_s=60)
     print(report.summary())
-    assert report.requests >= 80 and report.problems == [], report.summary()
+    assert report.requests >= 100 and report.problems == [], report.summary()
     assert report.server_errors == report.refused_valid == report.accepted_invalid == 0, report.summary()
 
 
@@ -230,6 +287,14 @@ def test_api_key(tiny_model, tmp_path):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0).models.list()
         assert httpx.get(f"{server.base_url}/readyz").status_code == 200
+        answer = keyed.completions.create(model="llm", prompt="Keyed", max_tokens=3)
+        rated = {"request_id": answer.id, "rating": 1, "comment": "keyed"}
+        assert server.post("/feedback", json=rated).status_code == 401
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        assert server.post("/feedback", json=rated, headers=headers).status_code == 200
+        logged(tmp_path, answer.id, kind="feedback")
+    files = list(tmp_path.rglob("*.jsonl"))
+    assert files and not [f for f in files if API_KEY in f.read_text()]  # nor any header
 
 
 def test_ragas_judge_calls_the_endpoint_and_records_what_it_could_not_score(llm):
@@ -263,14 +328,19 @@ def test_ragas_judge_calls_the_endpoint_and_records_what_it_could_not_score(llm)
 
 
 @pytest.fixture(scope="module")
-def one_slot(tmp_path_factory):
+def slot_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("slot-log")
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory, slot_log):
     """A server with one batch slot and a model slow enough that a long answer takes many seconds:
     a request that kept running after its client left would hold up the next one."""
     folder = build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "slower", n_embd=256, n_layer=6,
                                   n_positions=2048)  # fmt: skip
     env = {"LLMOPS_LLM_MODEL": str(folder), "LLMOPS_LLM_MAX_TOKENS": "1500", "LLMOPS_LLM_MAX_BATCH": "1",
            "LLMOPS_LLM_BACKEND": "transformers", "LLMOPS_TORCH_THREADS": "1"}  # fmt: skip
-    with serve_bento("services.llm:LLM", tmp_path_factory.mktemp("slot-log"), **env) as client:
+    with serve_bento("services.llm:LLM", slot_log, **env) as client:
         yield client
 
 
@@ -301,7 +371,7 @@ def test_a_cancelled_non_streaming_request_frees_the_server(one_slot):
     assert _served_promptly(one_slot) < alone + 5  # 1500 tokens would take far longer
 
 
-def test_a_cancelled_stream_frees_its_slot(one_slot):
+def test_a_cancelled_stream_frees_its_slot(one_slot, slot_log):
     with httpx.Client(base_url=str(one_slot.base_url), timeout=30) as leaving:
         with leaving.stream("POST", "/v1/chat/completions", json=LONG | {"stream": True}) as response:
             assert response.status_code == 200
@@ -310,6 +380,10 @@ def test_a_cancelled_stream_frees_its_slot(one_slot):
                     break  # one piece of text, then the client goes
     assert _until_idle(one_slot) == 0, "the closed stream still holds the only slot"
     assert _served_promptly(one_slot) < 10
+    stream_id = json.loads(line.removeprefix("data: "))["id"]
+    (row,) = logged(slot_log, stream_id)  # logged when the stream ended, with why it ended
+    assert (row["status"], row["finish_reason"], row["stream"]) == (499, "client_disconnected", True)
+    assert row["answer_chars"] >= 1 and row["completion_tokens"] is None
 
 
 def _register_llm(name: str, model_dir, run: str, champion: str | None) -> str:
@@ -397,3 +471,6 @@ def test_the_llm_service_follows_its_champion_under_load(tiny_model, tmp_path):
     first_v2 = min(done for _, done, version in sent if version == v2)
     assert {version for started, _, version in sent if started > first_v2} == {v2}
     assert {version for *_, version in sent[:8]} == {v1}
+    rows = read_rows(tmp_path, name, kinds=["llm_request"])  # each names the release that answered it
+    assert len(rows) >= len(sent) and {r["model_version"] for r in rows} == {v1, v2}
+    assert {r["model"] for r in rows} == {name}

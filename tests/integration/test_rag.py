@@ -12,9 +12,9 @@ import pytest
 from metaflow import Run, namespace
 from metaflow.cards import get_cards
 
-from llmops.inference_log import read_log
 from llmops.llm.tiny import build_tiny_causal_lm
 from llmops.registry import Registry
+from llmops.request_log import latest_feedback, read_rows
 from tests.conftest import REPO, run_flow, serve_bento
 from tests.integration.test_train_flow import card_content
 from tests.llm_endpoint import Behaviour, chat_endpoint
@@ -276,15 +276,30 @@ def test_query_answers_with_sources_and_versions(rag_server, release, log_dir):
     assert versions["prompt"] == run["evaluate"].task["prompt_ref"].data
     assert versions["retrieval"] == "hybrid"
 
-    rows = []
-    for _ in range(50):  # the log writer flushes every 0.1 s
-        rows = read_log(log_dir, name)
-        if len(rows):
-            break
+    row = logged(log_dir, name, body["request_id"])
+    assert (row["kind"], row["route"], row["status"], row["error"]) == ("rag_request", "/query", 200, None)
+    assert (row["model"], row["model_version"]) == (name, run["end"].task["release_version"].data)
+    ranking = Registry().get(name).read_json("release.json")["retrieval"]  # the weights the gate evaluated
+    weights = {key: ranking[key] for key in ("dense_weight", "bm25_weight")}
+    assert row["versions"] == {"index": versions["index_version"], "prompt": versions["prompt"],
+                               "generator": "extractive", "retrieval_mode": "hybrid", **weights}  # fmt: skip
+    assert row["question"].startswith("How does the gate") and row["answer"] == body["answer"]
+    assert row["question_chars"] == len(row["question"]) and len(row["answer_sha256"]) == 64
+    assert [(s["source"], s["chunk"]) for s in row["sources"]] == [
+        (s["path"], s["chunk"]) for s in body["sources"]
+    ]
+    assert row["top_score"] == pytest.approx(scores[0]) and row["low_confidence"] is None
+    assert set(row["latency_ms"]) == {"retrieve", "generate", "total"} and row["latency_ms"]["total"] > 0
+
+
+def logged(log_dir, name, request_id, kind="rag_request"):
+    """The row of ``kind`` logged for ``request_id`` (the log writer flushes every 0.1 s)."""
+    for _ in range(100):
+        rows = [r for r in read_rows(log_dir, name, kinds=[kind]) if r["request_id"] == request_id]
+        if rows:
+            return rows[-1]
         time.sleep(0.1)
-    row = rows.iloc[-1]
-    assert row["request_id"] == body["request_id"] and row["question"].startswith("How does the gate")
-    assert row["probability"] == pytest.approx(scores[0])
+    raise AssertionError(f"no {kind} row for {request_id} in {log_dir}")
 
 
 def test_retrieve_with_filters(rag_server):
@@ -293,6 +308,56 @@ def test_retrieve_with_filters(rag_server):
     assert reply.status_code == 200, reply.text
     sources = reply.json()["sources"]
     assert len(sources) == 3 and {s["path"] for s in sources} == {"drift.md"}
+
+
+def test_feedback_on_an_answer_is_logged_beside_it_and_replaces_the_last(rag_server, release, log_dir):
+    name, _ = release
+    request_id = rag_server.post("/retrieve", json={"question": "drift thresholds"}).json()["request_id"]
+    row = logged(log_dir, name, request_id)
+    assert (row["route"], row["answer"], row["latency_ms"]["generate"]) == ("/retrieve", None, None)
+    for rating, correction in ((1, None), (-1, "The drift thresholds are in evals/<model>.yaml.")):
+        rated = {
+            "request_id": request_id,
+            "rating": rating,
+            "correction": correction,
+            "comment": "from the test",
+        }
+        reply = rag_server.post("/feedback", json=rated)
+        assert reply.status_code == 200, reply.text
+        assert reply.json() == {
+            "request_id": request_id,
+            "model_version": row["model_version"],
+            "rating": rating,
+        }
+    deadline, rows = time.monotonic() + 10, []
+    while len(rows) < 2:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.1)
+        rows = [r for r in read_rows(log_dir, name, kinds=["feedback"]) if r["request_id"] == request_id]
+    latest = latest_feedback(rows)[request_id]
+    assert (latest["rating"], latest["model"], latest["model_version"]) == (-1, name, row["model_version"])
+    assert latest["correction"].startswith("The drift thresholds") and latest["comment"] == "from the test"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({"request_id": "0123abcd", "rating": 1}, 404, "request_id"),
+        ({"request_id": "0123abcd", "rating": 5}, 400, "rating"),
+        ({"request_id": "0123abcd", "rating": True}, 400, "rating"),
+        ({"request_id": "0123abcd", "rating": 1, "correction": "x" * 4001}, 400, "correction"),
+        ({"request_id": "0123abcd", "rating": 1, "stars": 5}, 400, "stars"),
+        ({}, 400, "request_id"),
+    ],
+)
+def test_bad_feedback_is_4xx_naming_the_field(rag_server, payload, status, field):
+    reply = rag_server.post("/feedback", json=payload)
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    if status == 404:
+        assert body["code"] == "unknown_request_id" and "'0123abcd' was not answered" in body["error"]
+    else:
+        assert field in json.dumps(body["detail"])
 
 
 @pytest.mark.parametrize(
@@ -366,6 +431,13 @@ def test_api_key_and_a_local_transformers_generator(release, log_dir, tmp_path):
         assert reply.status_code == 200, reply.text
         assert reply.json()["versions"]["generator"] == f"transformers:{model}"
         assert reply.json()["sources"]
+        rated = {"request_id": reply.json()["request_id"], "rating": 1}
+        assert client.post("/feedback", json=rated).status_code == 401
+        reply = client.post("/feedback", json=rated, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert reply.status_code == 200, reply.text
+        logged(log_dir, name, rated["request_id"], kind="feedback")
+    files = list(log_dir.rglob("*.jsonl"))
+    assert files and not [f for f in files if API_KEY in f.read_text()]  # nor any header
 
 
 def test_an_llm_server_that_refuses_or_is_late_gets_502_or_504_with_the_reason(release, log_dir):

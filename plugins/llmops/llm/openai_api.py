@@ -12,7 +12,10 @@ every OpenAI parameter this server does not implement when it asks for something
 silently ignored. Fields OpenAI's API does not define are ignored, as OpenAI-compatible servers do.
 
 A request whose client goes away is cancelled, streaming or not: its batch slot is freed at the
-next decode step. The request and response schemas, and the OpenAPI description of these routes
+next decode step. Each request that reaches generation is reported once it ends (streamed ones
+when the stream ends, a client that left included) to the ``on_answered`` callback the hosting
+service gives: services/llm.py logs it (:class:`llmops.llm.answered.AnsweredRequest`). The request
+and response schemas, and the OpenAPI description of these routes
 that the hosting service adds to its /docs.json, are :mod:`llmops.llm.openai_schemas`.
 """
 
@@ -35,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from llmops.llm.answered import AnsweredRequest, report, reported
 from llmops.llm.openai_schemas import UNSUPPORTED, ChatRequest, CompletionRequest
 from llmops.llm.types import Backend, Completion, SamplingParams
 
@@ -98,11 +102,13 @@ def openai_app(
     model_name: str,
     limits: ApiLimits,
     root: Callable[[], str] | None = None,
+    on_answered: Callable[[AnsweredRequest], None] | None = None,
 ) -> Starlette:
     """The API for ``backend``, serving it under the name ``model_name``. ``backend`` may be a
     function returning the backend that serves now (a service that follows its release): each
     request calls it once and uses only that backend, so a swap never splits a request. ``root``
-    says what /models calls the model served now (default: :func:`shown_model` of its folder)."""
+    says what /models calls the model served now (default: :func:`shown_model` of its folder);
+    ``on_answered`` is called once per request that reached generation, when it ends."""
     created = int(time.time())
     current = backend if callable(backend) and not hasattr(backend, "stream") else lambda: backend
     shown = root or (lambda: shown_model(None, current().model_path))
@@ -131,7 +137,9 @@ def openai_app(
                            "model", "model_not_found")  # fmt: skip
         return body
 
-    def sampling(body: ChatRequest | CompletionRequest, prompt: str, backend: Backend) -> SamplingParams:
+    def sampling(
+        body: ChatRequest | CompletionRequest, prompt: str, backend: Backend
+    ) -> tuple[SamplingParams, int]:
         asked = body.max_completion_tokens or body.max_tokens
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         if asked is not None and asked > limits.max_tokens:
@@ -148,8 +156,9 @@ def openai_app(
                 "context_length_exceeded",
             )
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              stop=stop, seed=body.seed)  # fmt: skip
+        params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                stop=stop, seed=body.seed)  # fmt: skip
+        return params, used
 
     async def models(request: Request) -> JSONResponse:
         backend = current()
@@ -163,26 +172,34 @@ def openai_app(
             body = await parse(request, ChatRequest if chat else CompletionRequest)
             check_supported(body)
             prompt = backend.render([m.model_dump() for m in body.messages]) if chat else body.prompt
-            params = sampling(body, prompt, backend)
+            params, prompt_tokens = sampling(body, prompt, backend)
         except ApiError as exc:
             return _error(exc.status, exc.message, exc.param, exc.code)
         except RecursionError:  # served without llmops.serving's depth limit in front
             return _error(400, "the JSON body nests too deep", None, "json_too_deep")
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         kind = "chat.completion" if chat else "text_completion"
+        answered = AnsweredRequest(ident, request.url.path, body.stream, prompt, backend, prompt_tokens)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _events(backend.stream(prompt, params), ident, kind, model_name, chat, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
+            events = _events(backend.stream(prompt, params), ident, kind, model_name, chat, include_usage,
+                             answered)  # fmt: skip
+            return StreamingResponse(reported(events, answered, on_answered), media_type="text/event-stream")
         try:
-            done = await _complete_unless_gone(request, backend.stream(prompt, params))
+            done = await _complete_unless_gone(request, backend.stream(prompt, params), answered)
         except Exception as exc:  # the model failed on this request: a server error, in OpenAI's shape
             log.exception("generation failed")
+            answered.status, answered.error = 500, f"generation failed: {type(exc).__name__}: {exc}"
+            report(on_answered, answered)
             body = {"error": {"message": f"generation failed: {type(exc).__name__}", "type": "server_error",
                               "param": None, "code": "generation_failed"}}  # fmt: skip
             return JSONResponse(body, status_code=500)
         if done is None:  # the client went away: its generation was cancelled, nobody reads this
+            answered.status, answered.error = 499, "client disconnected"
+            report(on_answered, answered)
             return JSONResponse({"error": "client disconnected"}, status_code=499)
+        answered.done = done
+        report(on_answered, answered)
         choice: dict[str, Any] = {"index": 0, "finish_reason": done.finish_reason, "logprobs": None}
         choice |= {"message": {"role": "assistant", "content": done.text}} if chat else {"text": done.text}
         return JSONResponse({"id": ident, "object": kind, "created": int(time.time()), "model": model_name,
@@ -215,13 +232,18 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _complete_unless_gone(request: Request, pieces: Iterator[Any]) -> Completion | None:
+async def _complete_unless_gone(
+    request: Request, pieces: Iterator[Any], answered: AnsweredRequest | None = None
+) -> Completion | None:
     """The Completion at the end of ``pieces``, or None when the client went away first, in which
-    case the generation is cancelled (its batch slot freed) instead of run to the end."""
+    case the generation is cancelled (its batch slot freed) instead of run to the end. The text
+    pieces are recorded in ``answered`` as they come."""
 
     async def last() -> Completion:
         done = None
         async for item in _drain(pieces):
+            if answered is not None and isinstance(item, str):
+                answered.piece(item)
             done = item
         if not isinstance(done, Completion):
             raise RuntimeError("the backend's stream ended without a Completion")
@@ -280,9 +302,16 @@ async def _drain(pieces: Iterator[Any]) -> AsyncIterator[Any]:
 
 
 async def _events(
-    pieces: Iterator[str | Completion], ident: str, kind: str, model: str, chat: bool, include_usage: bool
+    pieces: Iterator[str | Completion],
+    ident: str,
+    kind: str,
+    model: str,
+    chat: bool,
+    include_usage: bool,
+    answered: AnsweredRequest | None = None,
 ) -> AsyncIterator[str]:
-    """Server-sent events from the backend's stream (pulled off the event loop, piece by piece)."""
+    """Server-sent events from the backend's stream (pulled off the event loop, piece by piece);
+    the text and the final Completion are recorded in ``answered``."""
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else kind
 
@@ -298,11 +327,15 @@ async def _events(
         yield f"data: {json.dumps(chunk('', None, role=True))}\n\n"
     async for piece in _drain(pieces):
         if isinstance(piece, Completion):
+            if answered is not None:
+                answered.done = piece
             yield f"data: {json.dumps(chunk(None, piece.finish_reason))}\n\n"
             if include_usage:
                 last = {"id": ident, "object": obj, "created": created, "model": model, "choices": []}
                 last["usage"] = usage_of(piece)
                 yield f"data: {json.dumps(last)}\n\n"
         else:
+            if answered is not None:
+                answered.piece(piece)
             yield f"data: {json.dumps(chunk(piece, None))}\n\n"
     yield "data: [DONE]\n\n"

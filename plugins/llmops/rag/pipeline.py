@@ -54,6 +54,14 @@ class RagPipeline:
             **(versions or {}),
         }
 
+    def logged_versions(self) -> dict[str, Any]:
+        """What a request's log row names (``llmops.request_log``): the versions that answered it
+        and the ranking's settings."""
+        ranking = self.retriever.settings
+        return {"index": self.versions["index_version"], "prompt": self.versions["prompt"],
+                "generator": self.versions.get("generator"), "retrieval_mode": ranking.mode,
+                "dense_weight": ranking.dense_weight, "bm25_weight": ranking.bm25_weight}  # fmt: skip
+
     def request(self, question: str, hits: list[Hit]) -> GenerationRequest:
         params: dict[str, Any] = self.prompt.parameters
         return GenerationRequest(
