@@ -11,6 +11,7 @@ llmops index list [s3://bucket/prefix|FOLDER] [--chroma PATH|URL]
 llmops index export INDEX_VERSION s3://bucket/prefix|FOLDER [--chroma PATH|URL]
 llmops index import s3://bucket/prefix/INDEX_VERSION|FOLDER [--chroma PATH|URL]
 llmops rag golden init --docs DIR [--out evals/my_golden.yaml] [--max-questions N] [--force]
+llmops rag golden candidates|accept|reject ... (llmops.rag.golden_cli)
 """
 
 from __future__ import annotations
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chroma", metavar="PATH|URL", help=chroma_help)
     p.set_defaults(func=index_import)
 
-    rag = groups.add_parser("rag", help="RAG helpers: a starter golden set for a new corpus")
+    rag = groups.add_parser("rag", help="RAG helpers: golden sets (a starter one, grown from use)")
     cmds = rag.add_subparsers(dest="command", required=True)
     golden = cmds.add_parser("golden", help="golden sets for flows/evaluate_rag.py")
     gcmds = golden.add_subparsers(dest="golden_command", required=True)
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-questions", type=int, default=30, help="at most this many (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=rag_golden_init)
+    from llmops.rag.golden_cli import add_golden_growth_commands
+
+    add_golden_growth_commands(gcmds)
 
     prompts = groups.add_parser("prompts", help="the prompt registry (prompts/*.yaml + versions seen)")
     cmds = prompts.add_subparsers(dest="command", required=True)
