@@ -53,6 +53,7 @@ def test_card_types_are_cards_with_llmops_names():
         "llmops_drift",
         "llmops_corpus",
         "llmops_rag_eval",
+        "llmops_monitor",
         "llmops_llm_eval",
     }
     assert all(issubclass(card, MetaflowCard) for card in llmops_cards.CARDS)

@@ -42,7 +42,7 @@ def request(i: int, **fields):
         "route": "/query",
         "versions": {"index": "idx-1"},
         "question": f"question {i}",
-        "sources": [{"source": "a.md", "chunk": f"c{i % 3}", "score": 0.7}],
+        "sources": [{"source": "a.md", "chunk": 0, "score": 0.7}],
         "top_score": 0.7,
         "low_confidence": False,
         "answer": "The gate checks every rule.",
@@ -166,7 +166,7 @@ def test_latency_percentiles_and_the_error_rate():
 
 
 class FakeCollection:
-    """What the monitor reads of a Chroma collection: metadata pages and documents by id."""
+    """What the monitor reads of a Chroma collection: metadata pages, and chunks by source."""
 
     def __init__(self, chunks):
         self.chunks = chunks  # id -> (text, metadata)
@@ -174,8 +174,10 @@ class FakeCollection:
     def count(self):
         return len(self.chunks)
 
-    def get(self, ids=None, include=(), limit=None, offset=0):
-        keys = [k for k in (ids or list(self.chunks)[offset : offset + limit]) if k in self.chunks]
+    def get(self, where=None, include=(), limit=None, offset=0):
+        keys = list(self.chunks)[offset : offset + limit] if limit else list(self.chunks)
+        if where:
+            keys = [k for k in keys if self.chunks[k][1]["source"] in where["source"]["$in"]]
         return {
             "ids": keys,
             "documents": [self.chunks[k][0] for k in keys],
@@ -185,13 +187,13 @@ class FakeCollection:
 
 def test_groundedness_reads_the_sources_text_from_the_index():
     collection = FakeCollection({
-        "c0": ("The gate checks every rule and records it.", {"source": "a.md", "doc_hash": "h1"}),
-        "c1": ("Bananas are yellow.", {"source": "b.md", "doc_hash": "h2"}),
+        "id-a": ("The gate checks every rule.", {"source": "a.md", "position": 0, "doc_hash": "h1"}),
+        "id-b": ("Bananas are yellow.", {"source": "b.md", "position": 0, "doc_hash": "h2"}),
     })  # fmt: skip
     rows = [
         request(0),
         request(
-            1, answer="Quantum tunnelling explains the moon.", sources=[{"source": "b.md", "chunk": "c1"}]
+            1, answer="Quantum tunnelling explains the moon.", sources=[{"source": "b.md", "chunk": "id-b"}]
         ),
     ]
     pairs, why = grounding_pairs(window_from_rows(rows).requests, collection)
@@ -215,4 +217,4 @@ def test_read_window_reads_the_contract_rows_the_logger_wrote(tmp_path):
     assert window.feedback == []  # rated after the window ends
     everything = read_window(tmp_path, "rag", None, None)
     assert len(everything.requests) == 10 and everything.feedback[0].rating == -1
-    assert everything.requests[0].sources[0].chunk == "c0"
+    assert everything.requests[0].sources[0].chunk == "0"  # a position, as text

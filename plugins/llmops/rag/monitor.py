@@ -29,12 +29,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from llmops.errors import LlmopsError
 from llmops.gates import PolicySection
 from llmops.rag.monitor_sources import Feedback, RagRequest
 
 Status = Literal["passed", "failed", "not applied"]
 Action = Literal["none", "reindex-and-evaluate", "evaluate"]
 SERVER_ERROR = 500
+
+
+class RereleaseError(LlmopsError, RuntimeError):
+    """A run the monitor started to re-release (index or evaluation) that failed; holds its output."""
 
 
 class MonitorRules(PolicySection):
@@ -138,9 +143,9 @@ def measure_question_drift(
             **details,
         )
     text = (
-        f"questions drifted: MMD² p-value {result.p_value:.4f} < {limit}"
+        f"questions drifted: MMD² p-value {result.p_value:.3g} < {limit}"
         if result.drifted
-        else f"questions as the reference's: MMD² p-value {result.p_value:.4f} >= {limit}"
+        else f"questions as the reference's: MMD² p-value {result.p_value:.3g} >= {limit}"
     )
     return _judged(name, result.p_value, limit, result.drifted, text, **details)
 
@@ -160,9 +165,9 @@ def measure_top_scores(reference: Sequence[float], window: Sequence[float], rule
     details["statistic"] = statistic
     failed = p_value < limit
     text = (
-        f"top retrieval scores moved: KS D={statistic:.3f}, p-value {p_value:.4f} < {limit}"
+        f"top retrieval scores moved: KS D={statistic:.3f}, p-value {p_value:.3g} < {limit}"
         if failed
-        else f"top retrieval scores as the reference's: KS p-value {p_value:.4f} >= {limit}"
+        else f"top retrieval scores as the reference's: KS p-value {p_value:.3g} >= {limit}"
     )
     return _judged(name, p_value, limit, failed, text, **details)
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from llmops.rag.monitor import MonitorRules, MonitorVerdict
+    from llmops.rag.release import RagRelease
 
 
 class LoggedSource(BaseModel):
@@ -142,13 +146,18 @@ def corpus_files(docs: str | Path) -> dict[str, str]:
     return {d.path: d.content_hash for d in load_corpus(docs, field="--docs").documents}
 
 
-def chunk_texts(collection: Any, ids: Sequence[str]) -> dict[str, str]:
-    """Chunk id -> text of the ids the index still holds."""
-    wanted = sorted(set(ids))
-    if not wanted:
+def chunk_texts(collection: Any, sources: Sequence[LoggedSource]) -> dict[tuple[str, str], str]:
+    """(source, chunk) -> text of the logged sources the index still holds. The service logs a
+    chunk as its position in the document; a chunk logged by its index id is found too."""
+    files = sorted({s.source for s in sources})
+    if not files:
         return {}
-    found = collection.get(ids=wanted, include=["documents"])
-    return dict(zip(found["ids"], found["documents"], strict=True))
+    found = collection.get(where={"source": {"$in": files}}, include=["documents", "metadatas"])
+    texts = {}
+    for chunk_id, text, meta in zip(found["ids"], found["documents"], found["metadatas"], strict=True):
+        texts[meta["source"], str(meta["position"])] = text
+        texts[meta["source"], chunk_id] = text
+    return texts
 
 
 def grounding_pairs(requests: Sequence[RagRequest], collection: Any) -> tuple[list[tuple[str, str]], str]:
@@ -160,10 +169,84 @@ def grounding_pairs(requests: Sequence[RagRequest], collection: Any) -> tuple[li
         return [], "no /query request was answered in the window"
     if not logged:
         return [], "answers were not logged (text logging is off)"
-    texts = chunk_texts(collection, [s.chunk for r in logged for s in r.sources if s.chunk])
+    texts = chunk_texts(collection, [s for r in logged for s in r.sources])
     pairs = []
     for request in logged:
-        context = "\n\n".join(texts[s.chunk] for s in request.sources if s.chunk in texts)
+        context = "\n\n".join(t for s in request.sources if (t := texts.get((s.source, s.chunk or ""))))
         if context:
             pairs.append((request.answer or "", context))
     return pairs, "" if pairs else "the logged sources are not in the release's index"
+
+
+def measure_window(
+    window: Window,
+    rules: MonitorRules,
+    *,
+    embedder: Any,
+    collection: Any,
+    reference_questions: Sequence[str],
+    reference_scores: Sequence[float],
+    docs: str | Path,
+) -> MonitorVerdict:
+    """Every measure of ``window`` for a release whose index is ``collection`` and whose questions
+    ``embedder`` embeds, and the verdict. ``reference_questions`` are the golden and the last
+    passing window's questions, ``reference_scores`` the top scores the release's evaluation saw,
+    ``docs`` the folder the index was built from."""
+    from llmops.errors import LlmopsError
+    from llmops.rag import monitor as m
+
+    requests = window.requests
+    asked = [r.question for r in requests if r.question]
+    if asked:
+        drift = m.measure_question_drift(
+            embedder.embed(list(reference_questions)), embedder.embed(asked), asked, rules
+        )
+    else:
+        why = "questions were not logged (text logging is off)" if requests else "no requests"
+        drift = m.not_applied("question_drift", rules.question_alpha, f"not measured: {why}")
+    window_scores = [s for r in requests if (s := r.best_score()) is not None]
+    pairs, ungrounded = grounding_pairs(requests, collection)
+    try:
+        change, no_docs = m.corpus_change(index_manifest(collection), corpus_files(docs)), ""
+    except LlmopsError as exc:  # a moved or unreadable docs folder is reported, not fatal
+        change, no_docs = None, str(exc)
+    measures = [
+        drift,
+        m.measure_top_scores(reference_scores, window_scores, rules),
+        m.measure_low_confidence(requests, rules),
+        m.measure_groundedness(pairs, rules, ungrounded),
+        m.measure_feedback(window.feedback, rules),
+        *m.measure_latency(requests, rules),
+        m.measure_corpus(change, no_docs),
+    ]
+    return m.decide(measures, len(requests), len(window.feedback), rules)
+
+
+def golden_candidates(window: Window, rules: MonitorRules, golden: Sequence[str]) -> dict[str, Any] | None:
+    """Candidate golden items in the window (:mod:`llmops.rag.golden_growth`), for curation;
+    None where that module is not installed."""
+    try:
+        from llmops.rag.golden_growth import find_candidates
+    except ImportError:
+        return None
+    rows = [dict(r.model_dump(), kind="rag_request") for r in window.requests]
+    rows += [dict(f.model_dump(), kind="feedback") for f in window.feedback]
+    report = find_candidates(rows, low_score=rules.low_confidence_score, known_questions=golden)
+    return report.model_dump(mode="json")
+
+
+def rerelease_options(
+    release: RagRelease, name: str, docs: str, golden: str, generators: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Options of the re-release's runs: the index flow's (the release's chunking and embedding
+    model, so that unchanged chunks keep their embeddings) and the evaluation flow's (its k and
+    retrieval settings; ``index`` is the release's until a re-index replaces it)."""
+    chunking, retrieval = release.index.chunking, release.retrieval
+    index = {"docs": docs, "chroma": release.chroma, "embedding_model": release.index.embedding_model,
+             "chunk_size": chunking.chunk_size, "chunk_overlap": chunking.chunk_overlap}  # fmt: skip
+    evaluate = {"index": release.index.version, "chroma": release.chroma, "golden": golden,
+                "release_name": name, "k": release.k, "retrieval": retrieval.mode,
+                "dense_weight": retrieval.dense_weight, "bm25_weight": retrieval.bm25_weight}  # fmt: skip
+    if generators:
+        evaluate["generators"] = generators
+    return index, evaluate

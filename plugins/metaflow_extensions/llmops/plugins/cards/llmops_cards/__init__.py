@@ -1,7 +1,7 @@
 """Card types of the llmops extension, one module per domain:
 
     tabular.py  llmops_data_profile, llmops_eval, llmops_drift
-    rag.py      llmops_corpus, llmops_rag_eval
+    rag.py      llmops_corpus, llmops_rag_eval, llmops_monitor
     llm.py      llmops_llm_eval
     gate.py     llmops_gate (every pipeline's gate decision)
 
@@ -13,7 +13,7 @@ class lists in ``artifacts``; a flow that names one differently maps it in the c
 
 from .gate import GateCard
 from .llm import LlmEvalCard
-from .rag import CorpusCard, RagEvalCard
+from .rag import CorpusCard, MonitorCard, RagEvalCard
 from .tabular import DataProfileCard, DriftCard, EvalCard
 
-CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard, CorpusCard, RagEvalCard, LlmEvalCard]
+CARDS = [DataProfileCard, EvalCard, GateCard, DriftCard, CorpusCard, RagEvalCard, MonitorCard, LlmEvalCard]

@@ -212,3 +212,70 @@ def loss_figure(history: list[dict[str, float]], resumed_from: int | None = None
             "encoding": {"x": {"field": "step", "type": "quantitative"}, "tooltip": {"field": "note"}},
         })  # fmt: skip
     return _spec(width=500, height=180, layer=layers)
+
+
+def question_map_figure(points: list[dict[str, Any]], furthest: list[int]) -> Spec:
+    """Reference and window questions on the pooled sample's first two principal components
+    (:func:`llmops.rag.question_drift.drift_map`); the furthest window questions are ringed."""
+    far = set(furthest)
+    values = [{**p, "far": p["set"] == "window" and p["index"] in far} for p in points]
+    return _spec(
+        width=420, height=300,
+        data={"values": values},
+        mark={"type": "point", "filled": True, "opacity": 0.7, "tooltip": True},
+        encoding={
+            "x": {"field": "x", "type": "quantitative", "title": "PC 1"},
+            "y": {"field": "y", "type": "quantitative", "title": "PC 2"},
+            "color": {"field": "set", "type": "nominal",
+                      "scale": {"domain": ["reference", "window"], "range": [BLUE, RED]}},
+            "size": {"condition": {"test": "datum.far", "value": 160}, "value": 40},
+        },
+    )  # fmt: skip
+
+
+def top_score_figure(reference: list[float], window: list[float], bins: int = 20) -> Spec:
+    """Histograms of the top retrieval score per question: reference (outline) against window."""
+    low = min([*reference, *window], default=0.0)
+    high = max([*reference, *window], default=1.0)
+    width = max(high - low, 1e-6) / bins
+
+    def histogram(scores: list[float], series: str) -> list[dict[str, Any]]:
+        counts = [0] * bins
+        for score in scores:
+            counts[min(int((score - low) / width), bins - 1)] += 1
+        edges = [low + i * width for i in range(bins + 1)]
+        return _bins(edges, counts, series)
+
+    values = histogram(reference, "reference") + histogram(window, "window")
+    return _spec(
+        width=420, height=160,
+        data={"values": values},
+        encoding={
+            "x": {"field": "x0", "type": "quantitative", "title": "top score", "scale": {"zero": False}},
+            "x2": {"field": "x1"},
+            "y": {"field": "density", "type": "quantitative", "title": "density"},
+        },
+        layer=[
+            {"transform": [{"filter": "datum.series == 'window'"}],
+             "mark": {"type": "rect", "color": RED, "opacity": 0.5}},
+            {"transform": [{"filter": "datum.series == 'reference'"}],
+             "mark": {"type": "rect", "fillOpacity": 0, "stroke": "black"}},
+        ],
+    )  # fmt: skip
+
+
+def feedback_figure(ratings: list[dict[str, Any]]) -> Spec:
+    """Ratings per hour of the window, positive above the axis and negative below."""
+    values = [{"hour": r["timestamp"][:13] + ":00", "rating": "up" if r["rating"] > 0 else "down",
+               "count": 1 if r["rating"] > 0 else -1} for r in ratings]  # fmt: skip
+    return _spec(
+        width=420, height=140,
+        data={"values": values},
+        mark={"type": "bar", "tooltip": True},
+        encoding={
+            "x": {"field": "hour", "type": "ordinal", "title": "hour (UTC)"},
+            "y": {"aggregate": "sum", "field": "count", "type": "quantitative", "title": "ratings"},
+            "color": {"field": "rating", "type": "nominal",
+                      "scale": {"domain": ["up", "down"], "range": [GREEN, RED]}},
+        },
+    )  # fmt: skip

@@ -100,3 +100,61 @@ class RagEvalCard(ArtifactCard):
             out.append(Markdown("### Per question"))
             out.append(Table(table, headers=["question", "answer", "sources", *metrics]))
         return out
+
+
+class MonitorCard(ArtifactCard):
+    type = "llmops_monitor"
+    title = "RAG monitor"
+    artifacts = (
+        "verdict",
+        "monitored_release",
+        "release_version",
+        "window_since",
+        "window_until",
+        "score_reference",
+        "feedback_ratings",
+    )
+
+    def components(self, task):
+        from metaflow.cards import Markdown, Table
+
+        from .base import figure
+        from .figures import feedback_figure, question_map_figure, top_score_figure
+
+        verdict = self.artifact(task, "verdict") or {}
+        measures = {m["name"]: m for m in verdict.get("measures", [])}
+        out = [
+            Markdown(
+                f"## `{self.artifact(task, 'monitored_release', '?')}` "
+                f"`{self.artifact(task, 'release_version', '?')}`: "
+                f"action **{verdict.get('action', '?')}**\n\n"
+                f"Window {self.artifact(task, 'window_since') or 'beginning'} .. "
+                f"{self.artifact(task, 'window_until')}: {verdict.get('requests', 0)} requests, "
+                f"{verdict.get('ratings', 0)} ratings. {verdict.get('summary', '')}"
+            ),
+            Table(
+                [
+                    [m["name"], m["status"], fmt(m["value"]), fmt(m["limit"]), m["reason"]]
+                    for m in measures.values()
+                ],
+                headers=["measure", "status", "value", "limit", "why"],
+            ),
+        ]
+        drift = measures.get("question_drift", {}).get("details", {})
+        if drift.get("map"):
+            far = drift.get("furthest", [])
+            out.append(Markdown("### Question drift map (reference blue, window red; furthest ringed)"))
+            out.append(figure(question_map_figure(drift["map"], [f["index"] for f in far])))
+            rows = [[f.get("question") or f"#{f['index']}", fmt(f["distance"], ".3f")] for f in far]
+            out.append(Table(rows, headers=["furthest window questions", "distance"]))
+        scores = measures.get("top_score_ks", {}).get("details", {})
+        if scores.get("window"):
+            out.append(
+                Markdown(f"### Top retrieval scores: window against {self.artifact(task, 'score_reference')}")
+            )
+            out.append(figure(top_score_figure(scores.get("reference", []), scores["window"])))
+        ratings = self.artifact(task, "feedback_ratings") or []
+        if ratings:
+            out.append(Markdown("### Feedback over time"))
+            out.append(figure(feedback_figure(ratings)))
+        return out
