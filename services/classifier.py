@@ -41,17 +41,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
+import pydantic
+from bentoml.exceptions import ServiceUnavailable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, create_model
 
 from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
-from llmops.serving import (
-    DEFAULT_MAX_BODY_BYTES,
-    BatchResults,
-    protect,
-    request_error,
-    settings_from_env,
-)
+from llmops.serving import DEFAULT_MAX_BODY_BYTES, BatchResults, protect, request_error, settings_from_env
 from llmops.supervision import die_with_supervisor
 
 if TYPE_CHECKING:
@@ -68,12 +64,21 @@ class Settings(BaseModel):
     classifier_version: str | None = None  # None: whatever the champion alias points at
     api_key: SecretStr | None = None
     inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
-    max_batch_size: int = Field(64, gt=1)
-    max_latency_ms: int = Field(1000, gt=0)  # a request queued longer than this is shed (503)
     max_records: int = Field(1000, ge=1)
+    # records, at least max_records: BentoML splits a larger request into batches run one after another
+    # against its one latency budget, and sheds what is left of it when that runs out
+    max_batch_size: int = Field(1000, gt=1)
+    max_latency_ms: int = Field(1000, gt=0)  # a request queued longer than this is shed (503, Retry-After)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
     timeout_s: float = Field(30.0, gt=0)
     reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload
+
+    @pydantic.field_validator("max_batch_size")
+    @classmethod
+    def _holds_the_largest_request(cls, value: int, info: pydantic.ValidationInfo) -> int:
+        if value < info.data.get("max_records", 0):  # absent when max_records itself is invalid
+            raise ValueError(f"must be at least LLMOPS_MAX_RECORDS ({info.data['max_records']})")
+        return value
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -204,11 +209,7 @@ Records = Annotated[
 ]
 
 
-@bentoml.service(
-    traffic={"timeout": SETTINGS.timeout_s},
-    resources={"cpu": "1", "memory": "1Gi"},
-    workers=1,
-)
+@bentoml.service(traffic={"timeout": SETTINGS.timeout_s}, resources={"cpu": "1", "memory": "1Gi"}, workers=1)
 class Classifier:
     """Predicts the class of tabular records with the registered model (champion by default)."""
 
@@ -358,4 +359,40 @@ def _document(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+@dataclass
+class ShedWithRetryAfter:
+    """ASGI middleware: BentoML answers /predict 503 only when its dispatcher sheds a request queued past
+    the latency budget, saying "an unexpected error has occurred", without Retry-After; this says what
+    happened, and logs it as one WARNING line where BentoML logs an ERROR (dropped by the filter below)."""
+
+    app: Any
+    BODY = b'{"error": "the service is over its batching latency budget: retry"}'
+    HEADERS = ((b"content-length", str(len(BODY)).encode()), (b"retry-after", b"1"))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/predict":
+            return await self.app(scope, receive, send)
+        shed = False
+
+        async def send_shed(message: dict[str, Any]) -> None:
+            nonlocal shed
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                shed, headers = True, message.get("headers", [])
+                request_id = dict(headers).get(b"x-bentoml-request-id", b"-").decode()
+                logger.warning(
+                    "shed /predict (request %s): queued past LLMOPS_MAX_LATENCY_MS; 503", request_id
+                )
+                kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                await send({**message, "headers": [*kept, *self.HEADERS]})
+                await send({"type": "http.response.body", "body": self.BODY})
+            elif not shed:  # BentoML's own body of a shed request is dropped
+                await send(message)
+
+        await self.app(scope, receive, send_shed)
+
+
 protect(Classifier, SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes, openapi=_document)
+Classifier.add_asgi_middleware(ShedWithRetryAfter)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(  # where BentoML logs a failed request
+    lambda record: not (record.exc_info and isinstance(record.exc_info[1], ServiceUnavailable))
+)

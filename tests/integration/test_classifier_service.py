@@ -1,5 +1,6 @@
 """The classifier service run for real: `bentoml serve` on a free port, spoken to over HTTP."""
 
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -149,6 +150,17 @@ def _logged(log_dir: Path, model_name: str, request_id: str) -> pd.DataFrame:
     return frame[frame["request_id"] == request_id] if not frame.empty else frame
 
 
+def _log_lines(log_dir: Path, request_id: str) -> tuple[list[str], str]:
+    """The server log's lines that name the request (waiting up to 5 s for one), and the whole log."""
+    deadline = time.monotonic() + 5
+    while True:
+        server_log = "".join(path.read_text() for path in log_dir.glob("server-*.log"))
+        lines = [line for line in server_log.splitlines() if f"(request {request_id})" in line]
+        if lines or time.monotonic() > deadline:
+            return lines, server_log
+        time.sleep(0.1)
+
+
 def test_concurrent_requests_all_get_their_own_answers(server, champion):
     version, held_out = champion
     # 64 requests of 1-3 rows each, 16 at a time: the server batches rows across requests
@@ -219,6 +231,34 @@ def test_good_requests_sent_with_an_out_of_range_one_all_get_200(server, champio
         assert answers[-1].json()["detail"][0]["loc"] == ["records", 0, "worst area"]
 
 
+def test_a_request_of_the_largest_size_is_served_among_concurrent_traffic(server, champion):
+    """LLMOPS_MAX_RECORDS records while 8 clients send 1-3: a batch holds the largest request whole
+    (in 64-record batches run one after another on its latency budget, it was shed with 503)."""
+    version, held_out = champion
+    largest = pd.concat([held_out] * 25, ignore_index=True)  # 1,000 records, the default maximum
+    stop = threading.Event()
+
+    def traffic(k: int) -> list[int]:
+        statuses = []
+        while not stop.is_set():
+            rows = held_out.iloc[k : k + 1 + k % 3]
+            statuses.append(server.post("/predict", json={"records": records(rows)}).status_code)
+        return statuses
+
+    with ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(traffic, k) for k in range(8)]
+        try:
+            time.sleep(0.3)  # the clients' requests are queued and batched when the large ones arrive
+            answers = [server.post("/predict", json={"records": records(largest)}) for _ in range(3)]
+        finally:
+            stop.set()
+        small = [status for client in clients for status in client.result()]
+    assert [a.status_code for a in answers] == [200] * 3, [a.text[:200] for a in answers]
+    for answer in answers:
+        assert_matches(answer.json(), version, largest)
+    assert len(small) >= 8 and set(small) == {200}
+
+
 @pytest.fixture(scope="module")
 def fragile(tmp_path_factory):
     """A model that takes 1/x of every feature: a record with a 0 passes validation (it is in range)
@@ -279,13 +319,7 @@ def test_client_errors_are_one_warning_line_with_the_request_id(server, log_dir)
     """Finding 8: every 400 was logged at ERROR with a full traceback."""
     answer = server.post("/predict", json={"records": [{"mean radius": "abc"}]})
     assert answer.status_code == 400
-    request_id = answer.headers["X-BentoML-Request-ID"]
-    deadline = time.monotonic() + 5
-    lines: list[str] = []
-    while not lines and time.monotonic() < deadline:
-        server_log = "".join(path.read_text() for path in log_dir.glob("server-*.log"))
-        lines = [line for line in server_log.splitlines() if f"(request {request_id})" in line]
-        time.sleep(0.1)
+    lines, server_log = _log_lines(log_dir, answer.headers["X-BentoML-Request-ID"])
     assert len(lines) == 1, server_log[-2000:]
     assert "[WARNING]" in lines[0] and "client error 400 on /predict [POST]" in lines[0]
     assert "records.0.mean radius" in lines[0] and "abc" not in lines[0]  # where, never the input

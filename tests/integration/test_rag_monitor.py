@@ -98,11 +98,11 @@ def test_the_monitor_names_every_failed_measure_and_rereleases_through_the_gate(
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy))
     until = (start + timedelta(minutes=30)).isoformat()
-    window = ["--release-name", name, "--log-dir", str(log_dir), "--docs", str(docs),
-              "--golden", str(golden), "--since", start.isoformat(), "--until", until]  # fmt: skip
+    window = ["--release-name", name, "--log-dir", str(log_dir), "--golden", str(golden),
+              "--since", start.isoformat(), "--until", until]  # fmt: skip
     top = ("--config", "policy", str(policy_file))
 
-    run = flow_run(tmp_path, "monitor_rag.py", *window, top=top)
+    run = flow_run(tmp_path, "monitor_rag.py", *window, "--docs", str(docs), top=top)
     measure = run["measure"].task
     verdict = measure["verdict"].data
     assert (verdict["requests"], verdict["ratings"], verdict["action"]) == (40, 12, "reindex-and-evaluate")
@@ -126,6 +126,7 @@ def test_the_monitor_names_every_failed_measure_and_rereleases_through_the_gate(
 
     again = flow_run(tmp_path, "monitor_rag.py", *window, "--rerelease", "true", "--generators", "extractive",
                      top=top)  # fmt: skip
+    assert again["measure"].task["docs_folder"].data == str(docs)  # the folder the index was built from
     trigger = again["trigger"].task
     assert len(trigger["rerelease_runs"].data) == 2  # the incremental index, then the evaluation
     released_now = Registry().get(name)
