@@ -119,6 +119,7 @@ SLOWEST_FIRST = (
     "test_s3_datastore.py",
     "test_finetune_flow.py",
     "test_train_flow.py",
+    "test_rag_monitor.py",
     "test_finetune_smollm2.py",
     "test_benches.py",
     "test_classifier_service.py",
@@ -126,6 +127,9 @@ SLOWEST_FIRST = (
     "test_service_reload.py",
     "test_bentos.py",
     "test_s3_storage.py",
+    "test_flow_errors.py",
+    "test_durable_log.py",
+    "test_server_process.py",
     "test_compile.py",
 )
 
