@@ -61,8 +61,7 @@ def main() -> None:
         train()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = serve(port)
-    try:
+    with serve(port):
         since = datetime.now(timezone.utc).isoformat()
         traffic = shift(load_table().sample(min(args.rows, 569), random_state=3), SHIFTED, args.factor)
         banner(f"Sending {len(traffic)} shifted records ({len(SHIFTED)} columns x {args.factor})")
@@ -99,10 +98,6 @@ def main() -> None:
             f"now served by {after['model_version'].iloc[0]} (was {before}); "
             f"accuracy on shifted traffic: {accuracy:.3f}"
         )
-    finally:
-        banner("Stopping the server")
-        server.terminate()
-        server.wait(30)
     banner(f"Loop demo done in {time.monotonic() - started:.0f} s")
 
 
