@@ -162,6 +162,8 @@ def test_langchain_chat_openai(llm):
         ({"messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 8}, 400, "messages"),
         ({"seed": 2**64, "temperature": 1.0}, 400, "seed"),
         ({"seed": -1, "temperature": 1.0}, 400, "seed"),
+        ({"seed": False}, 400, "seed"),  # JSON false is not 0 (the fuzz sent it)
+        ({"frequency_penalty": False}, 400, "frequency_penalty"),
         ({"logprobs": True}, 400, "logprobs"),
         ({"top_logprobs": 2}, 400, "top_logprobs"),
         ({"n": 2}, 400, "n"),
@@ -247,8 +249,9 @@ def test_json_nested_a_thousand_deep_is_a_400_in_the_routes_shape_not_a_500(llm,
 
 
 def test_fuzz_the_llm_openapi(llm):
-    """tests/fuzz.py over the /v1 routes and /info: no 5xx, answers as documented, 4xx name their
-    field, a request the document allows is answered 200, and one it does not allow is refused."""
+    """tests/fuzz.py over the /v1 routes, /info and /feedback: no 5xx, answers as documented, 4xx name
+    their field, a request the document allows is answered 200 (or, for /feedback, 404 for an id
+    never answered), and one it does not allow is refused."""
     from tests.fuzz import fuzz_service
 
     operations = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),

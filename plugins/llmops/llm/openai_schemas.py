@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 # bounds on a request's lists and names: far above what a client sends, far below what would cost
 # the server (a stop string is searched for after every token)
@@ -46,6 +54,16 @@ StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON ``false`` is not 0: pydantic would read it as one (``"seed": false``), where the
+        document declares a number."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise ValueError("must not be a boolean")
+        return value
 
     model: str = Field(max_length=MAX_NAME_CHARS)
     max_tokens: int | None = Field(None, ge=1)
