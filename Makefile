@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := True
 export METAFLOW_USER ?= llmops
 
-.PHONY: setup demo demo-loop test test-fast lint format bench clean
+.PHONY: setup demo demo-loop demo-rag-loop test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: setup
 
 demo-loop: setup
 	$(PY) scripts/demo_loop.py
+
+# serve RAG -> traffic -> feedback -> monitor -> golden grows -> re-index, gate, promote -> hot reload
+demo-rag-loop: setup
+	$(PY) scripts/demo_rag_loop.py
 
 # TEST_WORKERS pytest-xdist workers, each taking one test module at a time (its module fixtures
 # are built once), the heaviest modules first (tests/conftest.py); a flow run or a server keeps

@@ -27,6 +27,7 @@ import httpx
 
 from llmops import paths
 from llmops.server_process import ServerError, bento_server, free_port
+from llmops.settings import child_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,15 @@ def train() -> None:
 
 
 @contextlib.contextmanager
-def serve(port: int, target: str = "services.classifier:Classifier") -> Iterator[None]:
-    """``bentoml serve`` on 127.0.0.1 until the block ends (its log goes to this terminal)."""
+def serve(
+    port: int, target: str = "services.classifier:Classifier", env: dict[str, str] | None = None
+) -> Iterator[None]:
+    """``bentoml serve`` on 127.0.0.1 until the block ends (its log goes to this terminal); ``env``
+    adds settings to this process's environment."""
     banner(f"Serving: bentoml serve {target} --host 127.0.0.1 --port {port}")
+    environment = child_environment(env)
     try:
-        with bento_server(target, port=port, cwd=REPO, ready_s=300):  # a model may load slowly
+        with bento_server(target, port=port, env=environment, cwd=REPO, ready_s=300):  # may load slowly
             yield
     except ServerError as exc:
         raise SystemExit(str(exc)) from None

@@ -24,6 +24,7 @@ import re
 import signal
 
 from llmops.errors import LlmopsError
+from llmops.settings import value
 
 FAULTS_ENV = "LLMOPS_FAULTS"
 _ENTRY = re.compile(r"(?P<point>[a-z0-9_]+(\.[a-z0-9_]+)+)(?P<all>:all)?")  # area.point[.more]
@@ -40,7 +41,7 @@ class InjectedFailure(RuntimeError):
 def armed_points() -> dict[str, bool]:
     """The points ``LLMOPS_FAULTS`` names, each with whether it fails every attempt."""
     points = {}
-    for entry in filter(None, (e.strip() for e in os.environ.get(FAULTS_ENV, "").split(","))):
+    for entry in filter(None, (e.strip() for e in (value(FAULTS_ENV) or "").split(","))):
         match = _ENTRY.fullmatch(entry)
         if match is None:
             raise FaultSettingError(
@@ -53,7 +54,7 @@ def armed_points() -> dict[str, bool]:
 def fault_point(point: str, *, attempt: int = 0, kill: bool = False) -> None:
     """Fail here if ``LLMOPS_FAULTS`` names ``point`` for this ``attempt`` (0 is a step's first
     try): SIGKILL this process with ``kill``, else raise :class:`InjectedFailure`."""
-    if not os.environ.get(FAULTS_ENV):
+    if not value(FAULTS_ENV):
         return
     armed = armed_points()
     if point not in armed or (attempt > 0 and not armed[point]):

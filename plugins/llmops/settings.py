@@ -54,6 +54,12 @@ def first_value(*names: str) -> str | None:
     return next((found for found in map(value, names) if found is not None), None)
 
 
+def child_environment(settings: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with ``settings`` over it: what a child process (a server, a
+    flow) is started with."""
+    return {**os.environ, **(settings or {})}
+
+
 def set_library_setting(name: str, setting: str) -> None:
     """Hand another library a value it reads from its own variable, over what the variable held:
     uvicorn's ``FORWARDED_ALLOW_IPS`` is decided by ``LLMOPS_TRUSTED_PROXIES``."""
