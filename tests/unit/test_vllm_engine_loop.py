@@ -69,6 +69,7 @@ def backend_on(engine):
     backend._lora = None
     backend._sampling = lambda params: SimpleNamespace(max_tokens=params.max_tokens)
     backend._pending, backend._outboxes = queue.Queue(), {}
+    backend._stopped, backend.model_path = threading.Event(), "test-model"
     threading.Thread(target=backend._run, daemon=True).start()
     return backend
 
@@ -132,3 +133,24 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on():
         backend.complete("a", SamplingParams(max_tokens=3))
     assert engine.aborted and not engine.running
     assert backend.complete("b", SamplingParams(max_tokens=2)).text == "b0 b1"
+
+
+def test_a_retired_engine_finishes_what_it_holds_then_stops(monkeypatch):
+    """After a swap the old engine serves the requests that read it before, then lets go of the
+    engine (its GPU memory) once none came for the grace period; a late request is told to retry."""
+    from llmops.llm import vllm_backend
+    from llmops.llm.types import BackendError
+
+    monkeypatch.setattr(vllm_backend, "RETIRE_GRACE_S", 0.3)
+    backend = backend_on(StepEngine())
+    stream = backend.stream("held-", SamplingParams(max_tokens=5))
+    assert next(stream) == "held-0"
+    backend.close()
+    *pieces, done = list(stream)
+    assert done.completion_tokens == 5 and "".join(["held-0", *pieces]) == done.text
+    deadline = time.monotonic() + 5
+    while not backend._stopped.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backend._stopped.is_set() and backend.llm is None
+    with pytest.raises(BackendError, match="retired"):
+        backend.complete("late", SamplingParams(max_tokens=1))
