@@ -3,7 +3,8 @@
 ``flows/monitor_rag.py`` reads a window of ``rag_request`` and ``feedback`` rows
 (:mod:`llmops.rag.monitor_sources` reads them and holds their models), gathers the references
 (golden and last passing questions, the evaluation's top scores, the index's manifest) and calls
-the measures here:
+the measures here (the ones every monitor takes, and :class:`MonitorRules`, come from
+:mod:`llmops.live_measures`):
 
     question_drift      MMD² permutation test of question embeddings (llmops.rag.question_drift)
     top_score_ks        two-sample KS test of the window's top retrieval scores vs the reference's
@@ -18,8 +19,9 @@ the measures here:
 and whether it passed, failed or was not applied, and why. A window with fewer than
 ``min_requests`` requests is "not enough traffic" and never triggers anything.
 
-:class:`MonitorRules` is the ``monitor:`` section of a RAG policy. Only pydantic is imported at
-module level: every flow process parses its policy, and the numerics load where they run.
+:class:`MonitorRules` is the ``monitor:`` section of a RAG (or LLM) policy. Only pydantic is
+imported at module level: every flow process parses its policy, and the numerics load where they
+run.
 """
 
 from __future__ import annotations
@@ -30,81 +32,27 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from llmops.errors import LlmopsError
-from llmops.gates import PolicySection
-from llmops.rag.monitor_sources import Feedback, RagRequest
+from llmops.live_measures import (  # noqa: F401 (shared with the LLM monitor; re-exported)
+    SERVER_ERROR,
+    Measure,
+    MonitorRules,
+    Status,
+    judged,
+    measure_feedback,
+    measure_latency,
+    not_applied,
+)
+from llmops.rag.monitor_sources import RagRequest
 
-Status = Literal["passed", "failed", "not applied"]
 Action = Literal["none", "reindex-and-evaluate", "evaluate"]
-SERVER_ERROR = 500
+_judged = judged
 
 
 class RereleaseError(LlmopsError, RuntimeError):
     """A run the monitor started to re-release (index or evaluation) that failed; holds its output."""
 
 
-class MonitorRules(PolicySection):
-    """The ``monitor:`` section of a RAG policy: the live monitor's limits.
-
-    Parameters
-    ----------
-    min_requests : int
-        Fewer requests in the window: "not enough traffic", no verdict, no trigger.
-    question_alpha : float
-        The questions drifted when the permutation p-value is below it.
-    permutations, min_questions : int
-        Of the question-drift test (``llmops.rag.question_drift``).
-    top_score_alpha : float
-        The top retrieval scores drifted when the KS p-value is below it.
-    low_confidence_score : float
-        A request whose row does not say ``low_confidence`` counts as low-confidence when its
-        top score is below this.
-    max_low_confidence_share, min_groundedness, max_negative_share, max_latency_p99_ms,
-    max_error_rate : float
-        Limits of the other measures.
-    min_ratings : int
-        The negative share counts only with at least this many ratings in the window.
-    retrain : bool
-        Start the re-release (re-index when the corpus changed, then evaluate) when the verdict
-        asks for it.
-    """
-
-    min_requests: int = Field(default=30, ge=1)
-    question_alpha: float = Field(default=0.01, gt=0, lt=1)
-    permutations: int = Field(default=500, ge=1)
-    min_questions: int = Field(default=20, ge=2)
-    top_score_alpha: float = Field(default=0.01, gt=0, lt=1)
-    low_confidence_score: float = Field(default=0.3, ge=-1, le=1)
-    max_low_confidence_share: float = Field(default=0.3, ge=0, le=1)
-    min_groundedness: float = Field(default=0.5, ge=0, le=1)
-    max_negative_share: float = Field(default=0.3, ge=0, le=1)
-    min_ratings: int = Field(default=10, ge=1)
-    max_latency_p99_ms: float = Field(default=5000.0, gt=0)
-    max_error_rate: float = Field(default=0.05, ge=0, le=1)
-    retrain: bool = False
-
-
 # ---- measures ------------------------------------------------------------------------------
-
-
-class Measure(BaseModel):
-    """One measure of the window: its value against its limit, and why it passed or failed or
-    why it was not applied."""
-
-    name: str
-    value: float | None
-    limit: float | None
-    status: Status
-    reason: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-def not_applied(name: str, limit: float | None, reason: str, **details: Any) -> Measure:
-    return Measure(name=name, value=None, limit=limit, status="not applied", reason=reason, details=details)
-
-
-def _judged(name: str, value: float, limit: float, failed: bool, text: str, **details: Any) -> Measure:
-    status: Status = "failed" if failed else "passed"
-    return Measure(name=name, value=value, limit=limit, status=status, reason=text, details=details)
 
 
 def measure_question_drift(
@@ -210,41 +158,6 @@ def measure_groundedness(
         f"answers grounded in their sources: {mean:.2f} on {len(scores)} answers (min {limit})",
         answers=len(scores),
     )
-
-
-def measure_feedback(feedback: Sequence[Feedback], rules: MonitorRules) -> Measure:
-    name, limit = "negative_feedback", rules.max_negative_share
-    ratings, negative = len(feedback), sum(f.rating < 0 for f in feedback)
-    if ratings < rules.min_ratings:
-        return not_applied(
-            name, limit, f"{ratings} ratings < min_ratings {rules.min_ratings}", ratings=ratings
-        )
-    share = negative / ratings
-    text = f"{negative} of {ratings} ratings negative ({share:.0%}, max {limit:.0%})"
-    return _judged(name, share, limit, share > limit, text, ratings=ratings)
-
-
-def measure_latency(requests: Sequence[RagRequest], rules: MonitorRules) -> list[Measure]:
-    """p99 of ``latency_ms.total`` (p50 in the details) and the share of 5xx answers."""
-    import numpy as np
-
-    totals = [t for r in requests if (t := r.latency_ms.get("total")) is not None]
-    limit = rules.max_latency_p99_ms
-    if totals:
-        p50, p99 = (float(v) for v in np.percentile(totals, [50, 99]))
-        text = f"latency p50 {p50:.0f} ms, p99 {p99:.0f} ms (max {limit:.0f})"
-        latency = _judged("latency_p99_ms", p99, limit, p99 > limit, text, p50=p50, requests=len(totals))
-    else:
-        latency = not_applied("latency_p99_ms", limit, "no request logged latency_ms.total")
-    errors = sum(r.status >= SERVER_ERROR for r in requests)
-    limit = rules.max_error_rate
-    if requests:
-        rate = errors / len(requests)
-        text = f"{errors} of {len(requests)} requests answered 5xx ({rate:.1%}, max {limit:.1%})"
-        error = _judged("error_rate", rate, limit, rate > limit, text)
-    else:
-        error = not_applied("error_rate", limit, "no requests")
-    return [latency, error]
 
 
 class CorpusChange(BaseModel):
