@@ -30,12 +30,14 @@ from llmops import paths
 
 RELEASE = "rag-loop"
 LOW_SCORE = 0.3  # evals/rag.yaml monitor.low_confidence_score: a top score under it is "unsure"
-NEW_FACT = "The RAG loop demo's release codename is Heron, chosen by the release team."
-PROBE = "What is the codename of the RAG loop demo release?"
+# a fact no document holds until step 3 adds it (nothing in docs/ is about plants)
+NEW_FACT = "The team's office ficus, a tall plant by the window, is watered every Tuesday morning."
+PROBE = "How often is the office ficus plant watered?"
 OFF_TOPIC = [
     f"{q} {place}?"
     for q in ("What is a good recipe for dinner in", "Which football team won the cup in",
-              "How do I get a train ticket to", "What was the weather like last winter in")
+              "How do I get a train ticket to", "What was the weather like last winter in",
+              "Which museum should I visit first in", "How old is the cathedral of")
     for place in ("Lisbon", "Oslo", "Kyoto", "Lima", "Nairobi", "Denver")
 ]  # fmt: skip
 
@@ -115,8 +117,8 @@ def main() -> None:
         print(f"answered {len(answers)}; the probe's answer: {probes[0].get('answer', '')[:120]!r}")
 
         banner("3. The docs change, and users correct the probe's answer (POST /feedback)")
-        with (docs / "serving.md").open("a") as handle:
-            handle.write(f"\n## Release names\n\n{NEW_FACT}\n")
+        with (docs / "overview.md").open("a") as handle:
+            handle.write(f"\n## The office\n\n{NEW_FACT}\n")
         for answer in probes:
             correction = {"rating": -1, "correction": NEW_FACT, "comment": "the docs say so now"}
             client.post("/feedback", json={"request_id": answer["request_id"], **correction})
@@ -146,12 +148,12 @@ def main() -> None:
 
         banner("7. The running service follows its champion (it polls the alias every 2 s)")
         deadline = time.monotonic() + 60
-        while client.get("/info").json()["version"] != second and time.monotonic() < deadline:
+        while client.post("/info", json={}).json()["version"] != second and time.monotonic() < deadline:
             time.sleep(1)
-        after = ask(client, [PROBE, *in_corpus])
+        after = ask(client, [PROBE] * len(probes) + in_corpus)  # the same mix as before
         release, answer = after[0]["versions"].get("release"), after[0]["answer"]
         print(f"served by {release}; the probe's answer: {answer[:160]!r}")
-        found = "Heron" in answer
+        found = "every Tuesday" in answer
         print(f"the changed document's new fact is {'in' if found else 'NOT in'} the answer")
         low_after = low_share(after)
         failed = sum(a["status"] != 200 for a in answers + after)

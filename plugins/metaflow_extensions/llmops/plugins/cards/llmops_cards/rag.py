@@ -104,7 +104,7 @@ class RagEvalCard(ArtifactCard):
 
 class MonitorCard(ArtifactCard):
     type = "llmops_monitor"
-    title = "RAG monitor"
+    title = "Live monitor"
     artifacts = (
         "verdict",
         "monitored_release",
