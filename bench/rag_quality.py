@@ -109,8 +109,8 @@ def baseline_rankings(corpus, questions: list[str], model_path: str, store: Path
 
 def scores(ranked: list[list[str]], golden, embedder) -> tuple[dict[str, float], list[float], list[float]]:
     """hit@1/3/5, MRR@5 and answer-key share; per question: answer key, key in context."""
-    from llmops.rag.generators import ExtractiveGenerator, GenerationRequest
     from llmops.rag.evaluation import answer_key_score, is_relevant
+    from llmops.rag.generators import ExtractiveGenerator, GenerationRequest
 
     generator = ExtractiveGenerator(embedder)
     hits = {1: 0, 3: 0, 5: 0}
