@@ -3,14 +3,16 @@
     python flows/monitor_rag.py run
     python flows/monitor_rag.py run --since 2026-11-01T00:00 --until 2026-11-02T00:00
     python flows/monitor_rag.py run --rerelease true --docs docs      # re-release when it fails
+    python flows/monitor_rag.py run --judge-url http://127.0.0.1:3001/v1 --judge-model llm
 
 start (window of the release's inference log: by default from where the last monitor run of this
 release stopped, until now) → measure (question drift against the golden and last passing
-questions, top-score KS test against the release's evaluation, low-confidence share, groundedness,
-negative feedback, latency and errors, the docs folder against the index; the verdict; a card) →
-trigger (when the policy's `retrain: true` or --rerelease says so and the verdict asks for it:
-flows/build_rag_index.py when the corpus changed, then flows/evaluate_rag.py with the current
-golden set, through the same @gate; the champion moves only if it passes) → end.
+questions, top-score KS test against the release's evaluation, low-confidence share, groundedness
+(with a judge, ragas faithfulness of a sample too), negative feedback, latency and errors, the docs
+folder against the index; the verdict; a card) → trigger (when the policy's `retrain: true` or
+--rerelease says so and the verdict asks for it: flows/build_rag_index.py when the corpus changed,
+then flows/evaluate_rag.py with the current golden set, through the same @gate; the champion moves
+only if it passes) → end.
 Card: python flows/monitor_rag.py card view measure
 """
 
@@ -46,16 +48,13 @@ class MonitorRagFlow(FlowSpec):
         default="",
         help="Inference log root (default: $LLMOPS_INFERENCE_LOG_DIR, else $LLMOPS_HOME/inference-log).",
     )
-    golden = Parameter(
-        "golden", default="", help="Golden set YAML (default: the one the release was evaluated on)."
-    )
+    golden = Parameter("golden", default="", help="Golden set YAML (default: the release evaluation's).")
     docs = Parameter("docs", default="", help="Docs folder (default: the one the index was built from).")
-    rerelease = Parameter(
-        "rerelease", default=False, type=bool, help="Re-release when the verdict asks, whatever the policy."
-    )
-    generators = Parameter(
-        "generators", default="", help="--generators of the re-release's evaluation (default: its own)."
-    )
+    rerelease = Parameter("rerelease", default=False, type=bool, help="Re-release when the verdict asks.")
+    generators = Parameter("generators", default="", help="--generators of the re-release's evaluation.")
+    judge_url = Parameter("judge-url", default="", help="OpenAI-compatible URL of an LLM judge (optional).")
+    judge_model = Parameter("judge-model", default="", help="The judge's model name.")
+    judge_sample = Parameter("judge-sample", default=20, type=int, help="Answers of the window judged.")
 
     @step
     def start(self):
@@ -63,13 +62,14 @@ class MonitorRagFlow(FlowSpec):
 
         from llmops.gates import policy_from_config
         from llmops.rag.monitor import MonitorRules
-        from llmops.rag.monitor_sources import read_window
+        from llmops.rag.monitor_sources import judge_from_options, read_window
         from llmops.registry import Registry, check_name
         from llmops.tabular.monitoring import parse_instant
         from metaflow_extensions.llmops.plugins.run_tags import tag_current_run
 
         self.monitored_release = check_name(self.release_name or self.policy.model, "--release-name")
         self.rules = policy_from_config(self.policy).monitor or MonitorRules()
+        self.judge = judge_from_options(self.judge_url, self.judge_model, self.judge_sample)
         champion = Registry().get(self.monitored_release)
         tag_current_run(f"model:{self.monitored_release}")  # how the next monitor run finds this one
         self.release_version, self.lineage = champion.version, dict(champion.metadata)
@@ -135,6 +135,8 @@ class MonitorRagFlow(FlowSpec):
             reference_questions=golden + list(getattr(previous, "passing_questions", None) or []),
             reference_scores=reference_scores,
             docs=self.docs_folder,
+            judge=self.judge,
+            judge_sample=self.judge_sample,
         )
         self.verdict = verdict.model_dump()
         # the last window that passed is part of the next run's reference: this one, or the one before
@@ -145,7 +147,7 @@ class MonitorRagFlow(FlowSpec):
         self.golden_candidates = golden_candidates(self.window, self.rules, golden)
         print(f"Verdict: {verdict.summary}; action: {verdict.action}")
         for measure in verdict.measures:
-            print(f"  {measure.name:18} {measure.status:12} {measure.reason}")
+            print(f"  {measure.name:19} {measure.status:12} {measure.reason}")
         self.next(self.trigger)
 
     def _evaluation_run(self):

@@ -41,6 +41,8 @@ class MonitorRules(PolicySection):
         top score is below this.
     max_low_confidence_share, min_groundedness : float
         RAG only.
+    min_judged_faithfulness : float
+        RAG, with a judge (``--judge-url``): mean ragas Faithfulness of the judged sample.
     max_negative_share, max_latency_p99_ms, max_error_rate : float
         Limits of the measures both monitors take.
     max_ttft_p99_ms, max_length_share : float
@@ -59,6 +61,7 @@ class MonitorRules(PolicySection):
     low_confidence_score: float = Field(default=0.3, ge=-1, le=1)
     max_low_confidence_share: float = Field(default=0.3, ge=0, le=1)
     min_groundedness: float = Field(default=0.5, ge=0, le=1)
+    min_judged_faithfulness: float = Field(default=0.7, ge=0, le=1)
     max_negative_share: float = Field(default=0.3, ge=0, le=1)
     min_ratings: int = Field(default=10, ge=1)
     max_latency_p99_ms: float = Field(default=5000.0, gt=0)

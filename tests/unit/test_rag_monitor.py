@@ -15,6 +15,7 @@ from llmops.rag.monitor import (
     measure_corpus,
     measure_feedback,
     measure_groundedness,
+    measure_judged_faithfulness,
     measure_latency,
     measure_low_confidence,
     measure_question_drift,
@@ -22,8 +23,11 @@ from llmops.rag.monitor import (
 )
 from llmops.rag.monitor_sources import (
     Feedback,
+    grounded_requests,
     grounding_pairs,
     index_manifest,
+    judge_from_options,
+    judge_window,
     read_window,
     window_from_rows,
 )
@@ -206,6 +210,70 @@ def test_groundedness_reads_the_sources_text_from_the_index():
     pairs, why = grounding_pairs(unlogged, collection)
     assert pairs == [] and "not logged" in why
     assert measure_groundedness(pairs, RULES, why).reason == f"not measured: {why}"
+
+
+def test_judged_faithfulness_is_the_mean_of_the_scored_sample_against_its_limit():
+    rules = MonitorRules(min_judged_faithfulness=0.7)
+    passed = measure_judged_faithfulness([0.9, None, 0.7], rules, notes=["faithfulness not scored for 'q'"])
+    assert (passed.status, passed.value, passed.limit) == ("passed", pytest.approx(0.8), 0.7)
+    assert passed.details["answers"] == 2 and "2 of 3 sampled answers" in passed.reason
+    failed = measure_judged_faithfulness([0.5, 0.6], rules)
+    assert failed.status == "failed" and failed.value == pytest.approx(0.55)
+    assert load_policy("evals/rag.yaml").monitor.min_judged_faithfulness == 0.7
+
+
+def test_judged_faithfulness_is_not_applied_when_nothing_was_scored():
+    notes = ["faithfulness not scored for 'q': APIConnectionError: Connection error."]
+    measure = measure_judged_faithfulness([None, None], RULES, notes=notes)
+    assert measure.status == "not applied" and measure.value is None
+    assert "none of 2 sampled answers" in measure.reason and notes[0] in measure.reason
+    assert measure.details["notes"] == notes
+
+
+def test_judged_faithfulness_needs_a_judge_and_logged_text(monkeypatch):
+    collection = FakeCollection({"id-a": ("The gate checks every rule.", {"source": "a.md", "position": 0})})
+    requests = window_from_rows([request(i) for i in range(40)]).requests
+    found, why = grounded_requests(requests, collection)
+    assert len(found) == 40 and found[0][1] == ["The gate checks every rule."]
+    unjudged = judge_window(found, why, RULES, None)
+    assert unjudged.status == "not applied" and "no judge configured" in unjudged.reason
+
+    judge = judge_from_options("http://127.0.0.1:9/v1", "llm", 5)
+    unlogged = window_from_rows([request(i, answer=None) for i in range(3)]).requests
+    measure = judge_window(*grounded_requests(unlogged, collection), RULES, judge, 5)
+    assert measure.status == "not applied" and "answers were not logged" in measure.reason
+
+    judged = []
+
+    def judge_samples(samples, judge, metrics):
+        judged.append([q for q, _, _ in samples])
+        return [{"faithfulness": 1.0} for _ in samples], []
+
+    monkeypatch.setattr("llmops.rag.evaluation.judge_samples", judge_samples)
+    measure = judge_window(found, why, RULES, judge, 5)
+    assert measure.status == "passed" and measure.value == 1.0
+    judge_window(found, why, RULES, judge, 5)
+    assert len(judged[0]) == 5 and judged[0] == judged[1]  # a fixed seed: the same sample again
+    with pytest.raises(Exception, match="--judge-model"):
+        judge_from_options("http://127.0.0.1:9/v1", "", 20)
+    with pytest.raises(Exception, match="--judge-sample"):
+        judge_from_options("", "", 0)
+
+
+def test_the_shared_judge_notes_what_an_unreachable_endpoint_could_not_score():
+    import socket
+
+    from llmops.rag.evaluation import Judge, judge_samples
+
+    with socket.socket() as free:  # a port nothing listens on once the socket is closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    judge = Judge(url=f"http://127.0.0.1:{port}/v1", model="llm")
+    rows, notes = judge_samples(
+        [("What moves the alias?", "promote", ["promote moves it"])], judge, ["faithfulness"]
+    )
+    assert rows == [{"faithfulness": None}]
+    assert len(notes) == 1 and notes[0].startswith("faithfulness not scored for 'What moves the alias?'")
 
 
 def test_read_window_reads_the_contract_rows_the_logger_wrote(tmp_path):

@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ class Judge(BaseModel):
 
     url: str
     model: str
-    embedding_model_path: str  # answer relevancy compares questions by embedding, locally
+    # answer relevancy compares questions by embedding, locally; faithfulness alone needs none
+    embedding_model_path: str = ""
 
 
 def ragas_scores(
@@ -186,7 +188,11 @@ def ragas_scores(
     ]
     notes: list[str] = []
     if judge is not None:
-        judged, notes = _judged_scores(golden, answers, judge)
+        triples = [
+            (item.question, answer.answer, [s.text for s in answer.sources])
+            for item, answer in zip(golden.questions, answers, strict=True)
+        ]
+        judged, notes = judge_samples(triples, judge)
         for row, extra in zip(rows, judged, strict=True):
             row.update(extra)
     return rows, notes
@@ -200,41 +206,49 @@ def _number(value: Any) -> float | None:
     return None if number != number else number  # NaN: not scored
 
 
-def _judged_scores(golden: GoldenSet, answers: list[RagAnswer], judge: Judge):
-    from openai import AsyncOpenAI
-    from ragas.embeddings import HuggingFaceEmbeddings
-    from ragas.llms import llm_factory
-    from ragas.metrics.collections import AnswerRelevancy, Faithfulness
+def judge_samples(
+    samples: Sequence[tuple[str, str, list[str]]], judge: Judge, metrics: Sequence[str] = JUDGED_METRICS
+) -> tuple[list[dict[str, float | None]], list[str]]:
+    """The judged ``metrics`` (of :data:`JUDGED_METRICS`) of each (question, answer, contexts), and
+    notes on what the judge could not score: a judge that fails or cannot be reached leaves a score
+    None with its note, never raises. The evaluation and the live monitor both judge through here."""
+    set_library_default("RAGAS_DO_NOT_TRACK", "true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from openai import AsyncOpenAI
+        from ragas.llms import llm_factory
+        from ragas.metrics.collections import AnswerRelevancy, Faithfulness
 
     key = first_value("LLMOPS_JUDGE_API_KEY", "OPENAI_API_KEY") or "unused"
     llm = llm_factory(judge.model, client=AsyncOpenAI(base_url=judge.url, api_key=key, max_retries=1))
-    faithfulness = Faithfulness(llm=llm)
-    relevancy = AnswerRelevancy(llm=llm, embeddings=HuggingFaceEmbeddings(model=judge.embedding_model_path))
+    scorers: dict[str, Any] = {}
+    if "faithfulness" in metrics:
+        faithfulness = Faithfulness(llm=llm)
+        scorers["faithfulness"] = lambda q, a, c: faithfulness.ascore(
+            user_input=q, response=a, retrieved_contexts=c
+        )
+    if "answer_relevancy" in metrics:
+        from ragas.embeddings import HuggingFaceEmbeddings
+
+        embeddings = HuggingFaceEmbeddings(model=judge.embedding_model_path)
+        relevancy = AnswerRelevancy(llm=llm, embeddings=embeddings)
+        scorers["answer_relevancy"] = lambda q, a, c: relevancy.ascore(user_input=q, response=a)
     notes: list[str] = []
 
-    async def one(item: GoldenItem, answer: RagAnswer) -> dict[str, float | None]:
+    async def one(question: str, answer: str, contexts: list[str]) -> dict[str, float | None]:
         scores: dict[str, float | None] = {}
-        contexts = [s.text for s in answer.sources]
-        calls = {
-            "faithfulness": faithfulness.ascore(
-                user_input=item.question, response=answer.answer, retrieved_contexts=contexts
-            ),
-            "answer_relevancy": relevancy.ascore(user_input=item.question, response=answer.answer),
-        }
-        for name, call in calls.items():
+        for name, score in scorers.items():
             try:
-                scores[name] = _number((await call).value)
+                scores[name] = _number((await score(question, answer, contexts)).value)
             except Exception as exc:  # a judge that fails one question leaves that score unmeasured
                 scores[name] = None
-                notes.append(
-                    f"{name} not scored for {item.question[:60]!r}: {type(exc).__name__}: {exc}"[:300]
-                )
+                notes.append(f"{name} not scored for {question[:60]!r}: {type(exc).__name__}: {exc}"[:300])
         return scores
 
     async def run_all():
-        return await asyncio.gather(*(one(i, a) for i, a in zip(golden.questions, answers, strict=True)))
+        return await asyncio.gather(*(one(q, a, list(c)) for q, a, c in samples))
 
-    return asyncio.run(run_all()), notes
+    return list(asyncio.run(run_all())), notes
 
 
 def mean_scores(rows: list[dict[str, float | None]]) -> dict[str, float]:

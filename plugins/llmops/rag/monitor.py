@@ -10,6 +10,7 @@ the measures here (the ones every monitor takes, and :class:`MonitorRules`, come
     top_score_ks        two-sample KS test of the window's top retrieval scores vs the reference's
     low_confidence      share of answers retrieved with low confidence
     groundedness        mean lexical faithfulness of answers to their sources (no judge)
+    judged_faithfulness mean ragas Faithfulness of a sample of answers, with an LLM judge
     negative_feedback   share of negative ratings, only past ``min_ratings`` ratings
     latency_p99_ms      p99 of ``latency_ms.total`` (p50 beside it)
     error_rate          share of requests answered with a status >= 500
@@ -158,6 +159,25 @@ def measure_groundedness(
         f"answers grounded in their sources: {mean:.2f} on {len(scores)} answers (min {limit})",
         answers=len(scores),
     )
+
+
+def measure_judged_faithfulness(
+    scores: Sequence[float | None], rules: MonitorRules, missing: str = "", notes: Sequence[str] = ()
+) -> Measure:
+    """Mean ragas Faithfulness of the judged sample (one score per sampled answer, None where the
+    judge could not score it, ``notes`` saying why); ``missing`` says why nothing was judged."""
+    name, limit = "judged_faithfulness", rules.min_judged_faithfulness
+    if missing:
+        return not_applied(name, limit, f"not measured: {missing}")
+    scored = [s for s in scores if s is not None]
+    if not scored:
+        why = f": {notes[0]}" if notes else ""
+        return not_applied(
+            name, limit, f"the judge scored none of {len(scores)} sampled answers{why}", notes=list(notes)
+        )
+    mean = sum(scored) / len(scored)
+    text = f"judged faithfulness {mean:.2f} on {len(scored)} of {len(scores)} sampled answers (min {limit})"
+    return _judged(name, mean, limit, mean < limit, text, answers=len(scored), notes=list(notes))
 
 
 class CorpusChange(BaseModel):

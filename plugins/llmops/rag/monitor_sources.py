@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
+    from llmops.live_measures import Measure
+    from llmops.rag.evaluation import Judge
     from llmops.rag.monitor import MonitorRules, MonitorVerdict
     from llmops.rag.release import RagRelease
 
@@ -160,9 +162,11 @@ def chunk_texts(collection: Any, sources: Sequence[LoggedSource]) -> dict[tuple[
     return texts
 
 
-def grounding_pairs(requests: Sequence[RagRequest], collection: Any) -> tuple[list[tuple[str, str]], str]:
-    """(answer, its sources' text) of every answered request whose sources the index holds, and
-    why there are none when there are none."""
+def grounded_requests(
+    requests: Sequence[RagRequest], collection: Any
+) -> tuple[list[tuple[RagRequest, list[str]]], str]:
+    """Every answered request whose sources the index holds, with its sources' text, and why there
+    are none when there are none."""
     answered = [r for r in requests if r.route == "/query" and r.status < 400]
     logged = [r for r in answered if r.answer]
     if not answered:
@@ -170,12 +174,61 @@ def grounding_pairs(requests: Sequence[RagRequest], collection: Any) -> tuple[li
     if not logged:
         return [], "answers were not logged (text logging is off)"
     texts = chunk_texts(collection, [s for r in logged for s in r.sources])
-    pairs = []
+    found = []
     for request in logged:
-        context = "\n\n".join(t for s in request.sources if (t := texts.get((s.source, s.chunk or ""))))
-        if context:
-            pairs.append((request.answer or "", context))
-    return pairs, "" if pairs else "the logged sources are not in the release's index"
+        contexts = [t for s in request.sources if (t := texts.get((s.source, s.chunk or "")))]
+        if contexts:
+            found.append((request, contexts))
+    return found, "" if found else "the logged sources are not in the release's index"
+
+
+def grounding_pairs(requests: Sequence[RagRequest], collection: Any) -> tuple[list[tuple[str, str]], str]:
+    """(answer, its sources' text) of every answered request whose sources the index holds."""
+    found, why = grounded_requests(requests, collection)
+    return [(r.answer or "", "\n\n".join(contexts)) for r, contexts in found], why
+
+
+JUDGE_SEED = 0  # the same window samples the same answers, run after run
+
+
+def judge_from_options(url: str, model: str, sample: int) -> Judge | None:
+    """The monitor's judge from ``--judge-url``/``--judge-model``/``--judge-sample`` (checked as the
+    evaluation flow checks them), None without a URL."""
+    from llmops.errors import ParameterError
+    from llmops.rag.evaluation import Judge
+
+    if url and not model:
+        raise ParameterError("--judge-model: required with --judge-url")
+    if sample < 1:
+        raise ParameterError(f"--judge-sample: must be at least 1, got {sample}")
+    return Judge(url=url, model=model) if url else None
+
+
+def judge_window(
+    found: Sequence[tuple[RagRequest, list[str]]],
+    missing: str,
+    rules: MonitorRules,
+    judge: Judge | None,
+    sample: int = 20,
+) -> Measure:
+    """``judged_faithfulness`` of up to ``sample`` of the grounded requests (:func:`grounded_requests`),
+    drawn with a fixed seed and judged by :func:`llmops.rag.evaluation.judge_samples`."""
+    import random
+
+    from llmops.rag.monitor import measure_judged_faithfulness
+
+    triples = [(r.question, r.answer or "", contexts) for r, contexts in found if r.question]
+    if judge is None:
+        missing = "no judge configured (--judge-url, --judge-model)"
+    elif not missing and not triples:
+        missing = "questions were not logged (text logging is off)"
+    if missing:
+        return measure_judged_faithfulness([], rules, missing)
+    from llmops.rag.evaluation import judge_samples
+
+    chosen = random.Random(JUDGE_SEED).sample(triples, min(sample, len(triples)))
+    rows, notes = judge_samples(chosen, judge, ("faithfulness",))
+    return measure_judged_faithfulness([row["faithfulness"] for row in rows], rules, notes=notes)
 
 
 def measure_window(
@@ -187,11 +240,14 @@ def measure_window(
     reference_questions: Sequence[str],
     reference_scores: Sequence[float],
     docs: str | Path,
+    judge: Judge | None = None,
+    judge_sample: int = 20,
 ) -> MonitorVerdict:
     """Every measure of ``window`` for a release whose index is ``collection`` and whose questions
     ``embedder`` embeds, and the verdict. ``reference_questions`` are the golden and the last
     passing window's questions, ``reference_scores`` the top scores the release's evaluation saw,
-    ``docs`` the folder the index was built from."""
+    ``docs`` the folder the index was built from; with a ``judge``, ``judge_sample`` answers are
+    judged (not below ``min_requests`` requests, where no verdict is given)."""
     from llmops.errors import LlmopsError
     from llmops.rag import monitor as m
 
@@ -205,7 +261,11 @@ def measure_window(
         why = "questions were not logged (text logging is off)" if requests else "no requests"
         drift = m.not_applied("question_drift", rules.question_alpha, f"not measured: {why}")
     window_scores = [s for r in requests if (s := r.best_score()) is not None]
-    pairs, ungrounded = grounding_pairs(requests, collection)
+    found, ungrounded = grounded_requests(requests, collection)
+    pairs = [(r.answer or "", "\n\n".join(contexts)) for r, contexts in found]
+    # a thin window gets no verdict: the judge's calls are spared
+    unjudged = ungrounded or ("not enough traffic" if len(requests) < rules.min_requests else "")
+    judged = judge_window(found, unjudged, rules, judge, judge_sample)
     try:
         change, no_docs = m.corpus_change(index_manifest(collection), corpus_files(docs)), ""
     except LlmopsError as exc:  # a moved or unreadable docs folder is reported, not fatal
@@ -215,6 +275,7 @@ def measure_window(
         m.measure_top_scores(reference_scores, window_scores, rules),
         m.measure_low_confidence(requests, rules),
         m.measure_groundedness(pairs, rules, ungrounded),
+        judged,
         m.measure_feedback(window.feedback, rules),
         *m.measure_latency(requests, rules),
         m.measure_corpus(change, no_docs),
