@@ -97,11 +97,15 @@ def build_grounded_records(
         scores = [sum(idf[t] for t in wanted & ts) for ts in chunk_terms]
         return sorted(range(len(chunks)), key=lambda i: (-scores[i], i))
 
-    def contexts_for(question: str, evidence: list[str]) -> list[tuple[str, str]]:
+    def contexts_for(question: str, evidence: list[str], source: str | None) -> list[tuple[str, str]]:
+        def supports(i: int) -> bool:  # from the cited file: another file may quote the same text
+            same_file = source is None or f"{prefix}/{chunks[i].source}" == source
+            return same_file and is_relevant(chunks[i].text, evidence)
+
         order = ranked(question)
         chosen = order[: settings.contexts]
-        if not any(is_relevant(chunks[i].text, evidence) for i in chosen):
-            supporting = next((i for i in order if is_relevant(chunks[i].text, evidence)), None)
+        if not any(supports(i) for i in chosen):
+            supporting = next((i for i in order if supports(i)), None)
             if supporting is None:
                 return []
             chosen[-1] = supporting
@@ -120,11 +124,14 @@ def build_grounded_records(
             topic = heading.lstrip("# ").strip()
             subject = title.partition(":")[0].strip()
             question = f"What do the docs say about {topic[0].lower() + topic[1:]} in {subject.lower()}?"
-            contexts = contexts_for(question, [answer])
+            cited = f"{prefix}/{document.path}"
+            contexts = contexts_for(question, [answer], cited)
             if contexts:
-                records.append(grounded_record(question, contexts, answer, f"{prefix}/{document.path}"))
+                records.append(grounded_record(question, contexts, answer, cited))
     for item in load_golden(golden).questions:
-        contexts = contexts_for(item.question, item.reference_contexts)
+        contexts = contexts_for(
+            item.question, item.reference_contexts, item.sources[0] if item.sources else None
+        )
         if contexts:
             source = item.sources[0] if item.sources else contexts[0][0]
             records.append(grounded_record(item.question, contexts, item.reference, source))
