@@ -67,6 +67,7 @@ bench: setup
 	$(PY) bench/drift.py
 	$(PY) bench/rag_index.py
 	$(PY) bench/rag_quality.py
+	$(PY) bench/rag_candidates.py
 	$(PY) bench/llm_serve.py
 
 clean:

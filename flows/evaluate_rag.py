@@ -8,7 +8,7 @@
     python flows/evaluate_rag.py --config policy my_rag_policy.yaml run
 
 start (check golden set, prompt, index, generators; retrieve every question's context once) →
-answer (foreach generator candidate: generate from those same contexts; hit@k, MRR, context
+answer (foreach generator candidate: generate from those same contexts, in batches; hit@k, MRR, context
 coverage and precision, answer key facts, ragas metrics) → evaluate (choose the best candidate
 under the policy, extractive as the floor; @gate on it) → promote (register the release: index +
 retrieval settings + embedding model + prompt + generator, move `champion`) → end.
@@ -130,7 +130,7 @@ class EvaluateRagFlow(FlowSpec):
     @step
     def answer(self):
         from llmops.prompts import PromptStore
-        from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden
+        from llmops.rag.evaluation import Judge, answer_progress, evaluate_pipeline, load_golden
         from llmops.rag.release import open_pipeline
         from llmops.rag.retriever import Hit
 
@@ -143,7 +143,8 @@ class EvaluateRagFlow(FlowSpec):
             else None
         )
         hits = [[Hit(**h) for h in question] for question in self.contexts]
-        result = evaluate_pipeline(pipeline, golden, self.k, judge, hits=hits)
+        print(f"{self.input['name']}: answering {len(hits)} questions in batches")
+        result = evaluate_pipeline(pipeline, golden, self.k, judge, hits=hits, progress=answer_progress())
         self.candidate = {
             **self.input,
             "position": self.index,

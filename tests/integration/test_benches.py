@@ -59,6 +59,8 @@ def bench_args(script: str, tmp_path: Path) -> tuple[list[str], list[str]]:
             r"scaling: 32 clients / 1 client = ",
             rf"overhead: service 1 client / bare generate = {RATIO}",
         ]
+    if script == "rag_candidates.py":
+        return ["--quick"], [rf"candidate answering: batched / sequential = {RATIO}"]
     if script == "rag_index.py":
         return ["--quick"], [rf"ratio {RATIO} \(target >= 1\.5x\)", rf"ratio {RATIO} \(target <= 1\.3x\)"]
     if script == "rag_quality.py":

@@ -114,3 +114,37 @@ def test_a_local_model_is_given_as_many_contexts_as_its_context_holds(retriever,
     ]
     assert generator.fits(pipeline.request(question, LONG_HITS[:kept]))
     assert not generator.fits(pipeline.request(question, LONG_HITS[: kept + 1]))
+
+
+def test_batched_answers_equal_answers_one_at_a_time_on_a_local_model(retriever, tmp_path):
+    from llmops.llm.tiny import build_tiny_causal_lm
+    from llmops.rag.generators import TransformersGenerator
+
+    # a tiny Llama (SmolLM2's architecture): its greedy answers differ from question to question
+    folder = build_tiny_causal_lm(tmp_path / "tiny", vocab_size=300, n_positions=1024, architecture="llama")
+    generator = TransformersGenerator(str(folder))
+    pipeline = RagPipeline(retriever, load_prompt("rag_answer"), generator)
+    questions = ["What does the gate compare?", "What is a volcano?", "Who moves the champion?",
+                 "How are chunks numbered?", "What is drift?", "Nothing retrieved?"]  # fmt: skip
+    hits = [LONG_HITS, LONG_HITS[:1], LONG_HITS[2:4], LONG_HITS[:2], LONG_HITS[3:], []]
+    alone = [pipeline.answer_from(q, h) for q, h in zip(questions, hits, strict=True)]
+    seen = []
+    batched = pipeline.answer_many(
+        questions, hits, batch_size=4, progress=lambda n, total: seen.append((n, total))
+    )
+    assert [a.model_dump() for a in batched] == [a.model_dump() for a in alone]
+    assert len({a.answer for a in alone}) > 2  # the comparison is not between empty answers
+    assert len(alone[0].sources) < len(LONG_HITS)  # the first prompt was fitted into the context
+    assert seen == [(4, 6), (6, 6)]
+
+
+def test_a_batch_an_endpoint_refuses_as_too_long_is_answered_one_question_at_a_time(retriever):
+    question = "What does the gate compare?"
+    llm = Behaviour(status=200, message="It compares candidates [1].")
+    with chat_endpoint(llm) as url:
+        pipeline = RagPipeline(retriever, load_prompt("rag_answer"), make_generator(f"openai:{url}#m"))
+        three = pipeline.request(question, LONG_HITS[:3]).messages
+        llm.max_prompt_chars = sum(len(m["content"]) for m in three)
+        answers = pipeline.answer_many([question, question], [LONG_HITS, LONG_HITS[:2]])
+        assert [len(a.sources) for a in answers] == [3, 2]
+        assert {a.answer for a in answers} == {"It compares candidates [1]."}

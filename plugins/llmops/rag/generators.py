@@ -88,13 +88,16 @@ class GenerationRequest(BaseModel):
 
 
 class Generator(Protocol):
-    """What a RAG pipeline calls. A generator that can count its prompt's tokens also has
+    """What a RAG pipeline calls (``generate_many``: each request's ``generate``, in order, which a
+    local LLM decodes together). A generator that can count its prompt's tokens also has
     ``fits(request) -> bool`` (the pipeline then gives it as many contexts as fit); one behind an
     endpoint raises :class:`GeneratorContextExceeded` when the endpoint refuses the prompt's size."""
 
     settings: dict[str, Any]
 
     def generate(self, request: GenerationRequest) -> str: ...
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[str]: ...
 
 
 class ExtractiveGenerator:
@@ -139,6 +142,9 @@ class ExtractiveGenerator:
             if len(chosen) == self.max_sentences:
                 break
         return " ".join(f"{units[i][1]} [{units[i][0]}]" for i in chosen)
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[str]:
+        return [self.generate(request) for request in requests]
 
     def score(self, question: str, units: list[tuple[int, str, bool]]) -> np.ndarray:
         from llmops.rag.lexical import terms
@@ -246,6 +252,7 @@ class TransformersGenerator:
             backend = TransformersBackend(str(path))
         self.backend = backend
         self.settings = {"backend": "transformers", "model_path": self.backend.model_path}
+        self.batch_size = int(getattr(backend, "max_batch", 16))  # a RAG pipeline's batch: one decode step
 
     def fits(self, request: GenerationRequest) -> bool:
         """Whether the rendered prompt and ``max_tokens`` fit the model's context."""
@@ -255,6 +262,18 @@ class TransformersGenerator:
     def generate(self, request: GenerationRequest) -> str:
         """The answer; a prompt over the context (a RAG pipeline first drops contexts until it
         fits, see :meth:`fits`) loses its beginning, so the question, which comes last, stays."""
+        return self.backend.complete(*self._prompt(request)).text.strip()
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[str]:
+        """:meth:`generate` of each request, in order. The transformers backend's engine decodes
+        requests submitted together in shared forward passes (left padding, masks and positions
+        per row): greedy answers equal :meth:`generate`'s, several times faster on a CPU."""
+        if getattr(self.backend, "engine", None) is None:
+            return [self.generate(request) for request in requests]
+        streams = [self.backend.stream(*self._prompt(request)) for request in requests]  # all submitted
+        return [list(stream)[-1].text.strip() for stream in streams]  # each ends with its Completion
+
+    def _prompt(self, request: GenerationRequest) -> tuple[str, Any]:
         from llmops.llm.types import SamplingParams
 
         prompt = self.backend.render(request.messages)
@@ -262,14 +281,15 @@ class TransformersGenerator:
         if self.backend.count_tokens(prompt) > room:  # keep the end: the question comes last
             ids = self.backend.tokenizer(prompt, add_special_tokens=False)["input_ids"][-max(1, room) :]
             prompt = self.backend.tokenizer.decode(ids)
-        params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature)
-        return self.backend.complete(prompt, params).text.strip()
+        return prompt, SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature)
 
 
 class OpenAIGenerator:
     """Chat completions from any OpenAI-compatible endpoint. ``http_client`` carries the
     connection when it is not plain TCP (a composed BentoML service answers on a Unix socket);
     ``timeout_s`` and ``retries`` default to :func:`endpoint_settings`."""
+
+    parallel = 4  # requests in flight from one generate_many
 
     def __init__(
         self,
@@ -305,6 +325,14 @@ class OpenAIGenerator:
             )
         )
         return (reply.choices[0].message.content or "").strip()
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[str]:
+        """:meth:`generate` of each request, in order, ``parallel`` at a time: an endpoint that
+        batches (vLLM, the LLM service) answers them together; a few do not swamp one that does not."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            return list(pool.map(self.generate, requests))
 
     def _call(self, call: Any) -> Any:
         from openai import APIConnectionError, APIStatusError, APITimeoutError
