@@ -70,7 +70,9 @@ class RagWithLLM(Rag.inner):
 
         llm = self.llm  # connected before the first release opens: every release answers through it
         if isinstance(llm, LLM.inner):  # no separate process (the LLM runs in this one): no HTTP hop
-            generator = TransformersGenerator(llm.backend.model_path, backend=llm.backend)
+            generator = TransformersGenerator(
+                llm.backend.model_path, backend=lambda: llm.backend
+            )  # follows reloads
             label = f"composed:{llm.served_name}"
         else:  # a proxy of the LLM process: speak OpenAI to the address BentoML gave it
             base, client = _connect(type(self).__dict__["llm"].url)

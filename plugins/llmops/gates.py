@@ -112,7 +112,15 @@ def policy_model() -> type[GatePolicy]:
     unregistered key is refused (``surprise: Extra inputs are not permitted``)."""
     fields: dict[str, Any] = {}
     for point in sorted(entry_points(group=SECTIONS_GROUP), key=lambda p: p.name):
-        section = point.load()
+        where = f"policy section {point.name!r} ({point.value})"
+        if point.name in fields or point.name in GatePolicy.model_fields:
+            raise PolicyError(f"{where}: the name is already taken; an installed package registers it twice")
+        try:
+            section = point.load()
+        except Exception as exc:  # a broken pipeline install must say which one, not trace back
+            raise PolicyError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(section, type) and issubclass(section, PolicySection)):
+            raise PolicyError(f"{where} is not a PolicySection")
         if section.always:
             fields[point.name] = (section, Field(default_factory=section))
         else:

@@ -12,10 +12,10 @@ Only pydantic is imported at module level: every flow process parses its policy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.gates import PolicySection
 
@@ -81,6 +81,70 @@ class Measure(BaseModel):
     status: Status
     reason: str
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Rating(BaseModel):
+    """A ``feedback`` row as a monitor reads it (the latest per request id counts)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str
+    timestamp: str
+    rating: Literal[1, -1]
+    correction: str | None = None
+    comment: str | None = None
+
+
+class Verdict(BaseModel):
+    """Every measure, the reasons (one per failed measure, or why none applies) and the action
+    the pipeline's monitor takes for its failed measures."""
+
+    requests: int
+    ratings: int
+    min_requests: int
+    enough_traffic: bool
+    measures: list[Measure]
+    reasons: list[str]
+    action: str
+    summary: str
+
+    def measure(self, name: str) -> Measure:
+        return next(m for m in self.measures if m.name == name)
+
+
+def decide(
+    measures: Sequence[Measure],
+    requests: int,
+    ratings: int,
+    rules: MonitorRules,
+    action: Callable[[list[Measure]], str],
+    traffic_free: frozenset[str] = frozenset(),
+) -> Verdict:
+    """The verdict of a window: ``action(failed measures)`` names what to do, except that a window
+    under ``min_requests`` triggers nothing (its traffic measures are shown as not applied; the
+    ``traffic_free`` ones, measured whatever the traffic, keep their status)."""
+    enough = requests >= rules.min_requests
+    short = f"not enough traffic: {requests} requests < min_requests {rules.min_requests}"
+    if not enough:
+        measures = [
+            m
+            if m.name in traffic_free
+            else m.model_copy(update={"status": "not applied", "reason": f"{short} ({m.reason})"})
+            for m in measures
+        ]
+    failed = [m for m in measures if m.status == "failed"]
+    reasons = [f"{m.name}: {m.reason}" for m in failed]
+    if enough:
+        chosen = action(failed) if failed else "none"
+        summary = "; ".join(reasons) or "every measure within the policy"
+    else:
+        chosen = "none"
+        reasons.insert(0, short)
+        names = ", ".join(m.name for m in failed)
+        summary = short + (f" ({names} failed; nothing is triggered)" if failed else "")
+    return Verdict(requests=requests, ratings=ratings, min_requests=rules.min_requests,
+                   enough_traffic=enough, measures=list(measures), reasons=reasons, action=chosen,
+                   summary=summary)  # fmt: skip
 
 
 def not_applied(name: str, limit: float | None, reason: str, **details: Any) -> Measure:

@@ -204,33 +204,38 @@ def read_rows(
     root: Path | str | None,
     model_name: str,
     since: datetime | str | None = None,
+    until: datetime | str | None = None,
     kinds: Iterable[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every row of ``model_name``'s log (``root``: a folder or ``s3://``; default the log root)
-    with ``timestamp >= since``, as written (nested fields whole, unlike
+    with ``since <= timestamp < until``, as written (nested fields whole, unlike
     :func:`llmops.inference_log.read_log`'s frame), oldest first; only ``kinds`` when given
     (``None`` in ``kinds``: the rows without a kind, the classifier's)."""
     from llmops.inference_log import _model_store
 
-    return store_rows(_model_store(root, model_name), since, kinds)
+    return store_rows(_model_store(root, model_name), since, until, kinds)
 
 
 def store_rows(
-    store: Store, since: datetime | str | None = None, kinds: Iterable[str | None] | None = None
+    store: Store,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    kinds: Iterable[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`read_rows` of one model's log store (an ``InferenceLogger``'s ``store``)."""
     from llmops.inference_log import _DAY, _as_utc, _read_objects
 
-    start = _as_utc(since)
+    start, end = _as_utc(since), _as_utc(until)
     first_day = start.strftime("%Y-%m-%d") if start else ""
-    days = [d for d in store.folders() if _DAY.match(d) and d >= first_day]
+    last_day = end.strftime("%Y-%m-%d") if end else "9999-12-31"
+    days = [d for d in store.folders() if _DAY.match(d) and first_day <= d <= last_day]
     wanted = set(kinds) if kinds is not None else None
     rows = []
     for row in _read_objects(store, days):
         moment = row_time(row)
         if (wanted is not None and row.get("kind") not in wanted) or moment is None:
             continue
-        if start is None or moment >= start:
+        if (start is None or moment >= start) and (end is None or moment < end):
             rows.append((moment, row))
     rows.sort(key=lambda pair: pair[0])  # stable: rows of one moment keep their order in the files
     return [row for _, row in rows]

@@ -103,7 +103,11 @@ def settings_from_env(cls: type[S], env: dict[str, str] | None = None) -> S:
     try:
         return cls.model_validate({f: env[var] for f, var in names.items() if env.get(var)})
     except ValidationError as exc:
-        problems = "; ".join(f"{names[str(e['loc'][0])]}: {e['msg']}" for e in exc.errors())
+
+        def where(loc: tuple) -> str:  # a model-level check has no field: name the group
+            return names.get(str(loc[0]), str(loc[0])) if loc else cls.__name__
+
+        problems = "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"bad service setting: {problems}") from None
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from llmops.supervision import die_with_supervisor
 
 if os.environ.get("ECHO_SUPERVISED", "1") != "0":
-    die_with_supervisor()
+    die_with_supervisor(grace_s=2)  # the tests wait 5 s for a worker to end
 
 
 class Processes(BaseModel):

@@ -3,6 +3,7 @@
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,6 @@ def test_the_rag_monitor_names_still_work_and_the_llm_policy_has_a_monitor_secti
 
     assert rag_monitor.MonitorRules is live_measures.MonitorRules
     assert rag_monitor.measure_feedback is live_measures.measure_feedback
-    with open("evals/llm.yaml") as handle:
+    with open(Path(__file__).resolve().parents[2] / "evals" / "llm.yaml") as handle:
         policy = policy_from_config(yaml.safe_load(handle))
     assert policy.monitor.max_ttft_p99_ms == 2000 and policy.monitor.retrain is False

@@ -2,12 +2,15 @@
 ``monitor:`` section of a RAG policy."""
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from llmops.gates import load_policy
+from llmops.errors import ParameterError
+from llmops.gates import PolicyError, load_policy
 from llmops.inference_log import InferenceLogger
+from llmops.live_measures import Rating
 from llmops.rag.monitor import (
     MonitorRules,
     corpus_change,
@@ -22,7 +25,6 @@ from llmops.rag.monitor import (
     measure_top_scores,
 )
 from llmops.rag.monitor_sources import (
-    Feedback,
     grounded_requests,
     grounding_pairs,
     index_manifest,
@@ -32,6 +34,7 @@ from llmops.rag.monitor_sources import (
     window_from_rows,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 START = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 RULES = MonitorRules(permutations=200)
 
@@ -78,10 +81,10 @@ def cluster(rng, centre, n):
 
 
 def test_the_policy_holds_a_monitor_section_checked_like_every_field(tmp_path):
-    assert load_policy("evals/rag.yaml").monitor.min_requests == 30
+    assert load_policy(REPO / "evals" / "rag.yaml").monitor.min_requests == 30
     bad = tmp_path / "rag.yaml"
     bad.write_text("model: rag\nmonitor: {min_requests: 0, retrian: true}\n")
-    with pytest.raises(Exception, match="min_requests") as failure:
+    with pytest.raises(PolicyError, match="min_requests") as failure:
         load_policy(bad)
     assert "retrian" in str(failure.value)
 
@@ -157,7 +160,7 @@ def test_feedback_counts_only_past_min_ratings():
     above = measure_feedback(ratings(6, 6), RULES)
     assert above.status == "failed" and above.value == 0.5
     assert measure_feedback(ratings(1, 11), RULES).status == "passed"
-    assert isinstance(ratings(1, 0)[0], Feedback)
+    assert isinstance(ratings(1, 0)[0], Rating)
 
 
 def test_latency_percentiles_and_the_error_rate():
@@ -219,7 +222,7 @@ def test_judged_faithfulness_is_the_mean_of_the_scored_sample_against_its_limit(
     assert passed.details["answers"] == 2 and "2 of 3 sampled answers" in passed.reason
     failed = measure_judged_faithfulness([0.5, 0.6], rules)
     assert failed.status == "failed" and failed.value == pytest.approx(0.55)
-    assert load_policy("evals/rag.yaml").monitor.min_judged_faithfulness == 0.7
+    assert load_policy(REPO / "evals" / "rag.yaml").monitor.min_judged_faithfulness == 0.7
 
 
 def test_judged_faithfulness_is_not_applied_when_nothing_was_scored():
@@ -254,9 +257,9 @@ def test_judged_faithfulness_needs_a_judge_and_logged_text(monkeypatch):
     assert measure.status == "passed" and measure.value == 1.0
     judge_window(found, why, RULES, judge, 5)
     assert len(judged[0]) == 5 and judged[0] == judged[1]  # a fixed seed: the same sample again
-    with pytest.raises(Exception, match="--judge-model"):
+    with pytest.raises(ParameterError, match="--judge-model"):
         judge_from_options("http://127.0.0.1:9/v1", "", 20)
-    with pytest.raises(Exception, match="--judge-sample"):
+    with pytest.raises(ParameterError, match="--judge-sample"):
         judge_from_options("", "", 0)
 
 

@@ -12,7 +12,7 @@ def test_outside_a_worker_it_arms_nothing():
     threads = set(threading.enumerate())
     assert not in_bentoml_worker()
     assert die_with_supervisor() is False
-    assert set(threading.enumerate()) == threads
+    assert set(threading.enumerate()) <= threads  # no thread started (others may have ended)
 
 
 def test_every_service_arms_it_at_import():

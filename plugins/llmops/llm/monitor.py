@@ -24,22 +24,23 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmops.live_measures import (
     Measure,
     MonitorRules,
+    Rating,
+    Verdict,
     judged,
-    measure_error_rate,
     measure_feedback,
     measure_latency,
     measure_p99,
     not_applied,
 )
+from llmops.live_measures import decide as decide_verdict
 
-Action = Literal["none", "retrain", "investigate"]
 RETRAINABLE = frozenset({"prompt_drift", "negative_feedback", "length_cut"})
 DEFAULT_DATASET = "datasets/llmops_instructions.jsonl"
 
@@ -57,15 +58,6 @@ class LlmRequest(BaseModel):
     finish_reason: str | None = None
     latency_ms: dict[str, float | None] = Field(default_factory=dict)
     status: int = 200
-
-
-class Rating(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    request_id: str
-    timestamp: str
-    rating: Literal[1, -1]
-    correction: str | None = None
 
 
 class LlmWindow(BaseModel):
@@ -105,12 +97,9 @@ def read_llm_window(
 ) -> LlmWindow:
     """The ``llm_request`` and ``feedback`` rows of ``<root>/<release>`` with
     ``since <= timestamp < until``."""
-    from llmops.inference_log import _as_utc
-    from llmops.request_log import FEEDBACK, LLM_REQUEST, read_rows, row_time
+    from llmops.request_log import FEEDBACK, LLM_REQUEST, read_rows
 
-    end = _as_utc(until)
-    rows = read_rows(root, release, since, kinds={LLM_REQUEST, FEEDBACK})
-    return window_from_rows(r for r in rows if end is None or (row_time(r) or end) < end)
+    return window_from_rows(read_rows(root, release, since, until, kinds={LLM_REQUEST, FEEDBACK}))
 
 
 _CHATML_USER = re.compile(r"<\|im_start\|>user\s*\n(.*?)(?:<\|im_end\|>|$)", re.S)
@@ -158,56 +147,29 @@ def measure_window(window: LlmWindow, rules: MonitorRules, drift: Measure) -> Ll
     verdict."""
     requests = window.requests
     first = [t for r in requests if (t := r.latency_ms.get("first_token")) is not None]
-    latency, _ = measure_latency(requests, rules)
+    latency, errors = measure_latency(requests, rules)
     measures = [
         drift,
         measure_feedback(window.feedback, rules),
         latency,
         measure_p99("ttft_p99_ms", first, rules.max_ttft_p99_ms, "time to first token"),
-        measure_error_rate(requests, rules),
+        errors,
         measure_length_cut(requests, rules),
     ]
     return decide(measures, len(requests), len(window.feedback), rules)
 
 
-class LlmVerdict(BaseModel):
-    """Every measure, the reasons (one per failed measure, or why none applies) and the action."""
-
-    requests: int
-    ratings: int
-    min_requests: int
-    enough_traffic: bool
-    measures: list[Measure]
-    reasons: list[str]
-    action: Action
-    summary: str
-
-    def measure(self, name: str) -> Measure:
-        return next(m for m in self.measures if m.name == name)
+LlmVerdict = Verdict
 
 
-def decide(measures: Sequence[Measure], requests: int, ratings: int, rules: MonitorRules) -> LlmVerdict:
-    enough = requests >= rules.min_requests
-    short = f"not enough traffic: {requests} requests < min_requests {rules.min_requests}"
-    if not enough:
-        # a thin window says too little to act on: its measures are shown, never judged
-        measures = [
-            m.model_copy(update={"status": "not applied", "reason": f"{short} ({m.reason})"})
-            for m in measures
-        ]
-    failed = [m for m in measures if m.status == "failed"]
-    reasons = [f"{m.name}: {m.reason}" for m in failed]
-    action: Action = "none"
-    if any(m.name in RETRAINABLE for m in failed):
-        action = "retrain"
-    elif failed:
-        action = "investigate"  # slow or failing serving: a new fine-tune would not help
-    if not enough:
-        reasons.insert(0, short)
-    summary = short if not enough else "; ".join(reasons) or "every measure within the policy"
-    return LlmVerdict(requests=requests, ratings=ratings, min_requests=rules.min_requests,
-                      enough_traffic=enough, measures=list(measures), reasons=reasons, action=action,
-                      summary=summary)  # fmt: skip
+def llm_action(failed: list[Measure]) -> str:
+    """``retrain`` when a measure a new fine-tune can move failed; else ``investigate``: slow or
+    failing serving is not fixed by a new fine-tune."""
+    return "retrain" if any(m.name in RETRAINABLE for m in failed) else "investigate"
+
+
+def decide(measures: Sequence[Measure], requests: int, ratings: int, rules: MonitorRules) -> Verdict:
+    return decide_verdict(measures, requests, ratings, rules, llm_action)
 
 
 def retrain_dataset(dataset: str | Path, corrections: Path | None, out: Path) -> tuple[Path, int]:

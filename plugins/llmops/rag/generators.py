@@ -2,9 +2,8 @@
 
     extractive                         no LLM: the context sentences or list lines that answer the question
     transformers:/path/to/model        a causal LM from a local folder (CPU, or CUDA if present)
-    openai:http://host:port/v1#model   any OpenAI-compatible endpoint (the project's LLM
-                                       service, vLLM, a hosted API); key from
-                                       $LLMOPS_GENERATOR_API_KEY or $OPENAI_API_KEY
+    openai:http://host:port/v1#model   any OpenAI-compatible endpoint (the LLM service, vLLM, a
+                                       hosted API); key: $LLMOPS_GENERATOR_API_KEY, $OPENAI_API_KEY
 
 The OpenAI generator waits ``LLMOPS_GENERATOR_TIMEOUT_S`` seconds (default 60) per attempt and
 retries ``LLMOPS_GENERATOR_RETRIES`` times (default 1) before it gives up with
@@ -13,9 +12,8 @@ key) or an endpoint it cannot reach raises :class:`GeneratorFailed` with the end
 a prompt refused as over the model's context raises its subclass :class:`GeneratorContextExceeded`,
 on which a RAG pipeline asks again with fewer contexts.
 
-Each takes a ``GenerationRequest``: the rendered chat messages (for LLMs) plus the question and
-the retrieved contexts (for the extractive generator), and returns text. ``settings`` says what
-was used, for lineage; it never holds a key.
+Each takes a ``GenerationRequest`` (the chat messages for LLMs, the question and contexts for the
+extractive generator) and returns text. ``settings`` says what was used, for lineage, never a key.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from types import FunctionType
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,8 +39,7 @@ class GeneratorError(LlmopsError, ValueError):
 
 
 class GeneratorEndpointError(LlmopsError):
-    """The generator's endpoint did not answer. ``http_status`` is what a service that relays it
-    answers, with this message (a flow step fails with the message)."""
+    """The generator's endpoint did not answer; a service relaying it answers ``http_status``."""
 
     http_status = 502
 
@@ -239,20 +237,23 @@ class TransformersGenerator:
     """A causal LM from a local folder (never downloaded), through the transformers backend."""
 
     def __init__(self, model_path: str, backend: Any = None):
-        """``backend``: an already loaded backend of that model (a composed LLM service in the
-        same process) instead of loading it again."""
+        """``backend``: a loaded backend of that model, or a function returning the one to use now."""
         if backend is None:
             from llmops.llm.backends import TransformersBackend
 
             path = Path(model_path).expanduser()
             if not (path / "config.json").is_file():
-                raise GeneratorError(
-                    f"generator: {model_path!r} is not a local model folder (no config.json)"
-                )
+                raise GeneratorError(f"generator: {model_path!r} is not a model folder (no config.json)")
             backend = TransformersBackend(str(path))
-        self.backend = backend
+        self._backend = backend
         self.settings = {"backend": "transformers", "model_path": self.backend.model_path}
-        self.batch_size = int(getattr(backend, "max_batch", 16))  # a RAG pipeline's batch: one decode step
+        self.batch_size = int(
+            getattr(self.backend, "max_batch", 16)
+        )  # a RAG pipeline's batch: one decode step
+
+    @property
+    def backend(self) -> Any:  # a function: the one a composed LLM service serves now (it reloads)
+        return self._backend() if isinstance(self._backend, FunctionType) else self._backend
 
     def fits(self, request: GenerationRequest) -> bool:
         """Whether the rendered prompt and ``max_tokens`` fit the model's context."""

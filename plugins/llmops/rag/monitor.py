@@ -28,7 +28,7 @@ run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -38,14 +38,15 @@ from llmops.live_measures import (  # noqa: F401 (shared with the LLM monitor; r
     Measure,
     MonitorRules,
     Status,
+    Verdict,
     judged,
     measure_feedback,
     measure_latency,
     not_applied,
 )
+from llmops.live_measures import decide as decide_verdict
 from llmops.rag.monitor_sources import RagRequest
 
-Action = Literal["none", "reindex-and-evaluate", "evaluate"]
 _judged = judged
 
 
@@ -216,56 +217,14 @@ def measure_corpus(change: CorpusChange | None, missing: str = "") -> Measure:
 # ---- the verdict ---------------------------------------------------------------------------
 
 
-class MonitorVerdict(BaseModel):
-    """Every measure, the reasons (one per failed measure, or why none applies), and the action:
-    ``reindex-and-evaluate`` when the corpus changed, ``evaluate`` for any other failure."""
-
-    requests: int
-    ratings: int
-    min_requests: int
-    enough_traffic: bool
-    measures: list[Measure]
-    reasons: list[str]
-    action: Action
-    summary: str
-
-    def measure(self, name: str) -> Measure:
-        return next(m for m in self.measures if m.name == name)
-
-
+MonitorVerdict = Verdict
 TRAFFIC_FREE = frozenset({"corpus_change"})  # measured whatever the traffic
 
 
-def decide(measures: Sequence[Measure], requests: int, ratings: int, rules: MonitorRules) -> MonitorVerdict:
-    enough = requests >= rules.min_requests
-    if not enough:
-        # a thin window says too little to act on: its traffic measures are shown, never judged
-        short = f"not enough traffic: {requests} requests < min_requests {rules.min_requests}"
-        measures = [
-            m
-            if m.name in TRAFFIC_FREE
-            else m.model_copy(update={"status": "not applied", "reason": f"{short} ({m.reason})"})
-            for m in measures
-        ]
-    failed = [m for m in measures if m.status == "failed"]
-    reasons = [f"{m.name}: {m.reason}" for m in failed]
-    action: Action = "none"
-    if enough and any(m.name == "corpus_change" for m in failed):
-        action = "reindex-and-evaluate"
-    elif enough and failed:
-        action = "evaluate"
-    if not enough:
-        reasons.insert(0, short)
-        summary = short + (" (the corpus changed; nothing is triggered)" if failed else "")
-    else:
-        summary = "; ".join(reasons) if reasons else "every measure within the policy"
-    return MonitorVerdict(
-        requests=requests,
-        ratings=ratings,
-        min_requests=rules.min_requests,
-        enough_traffic=enough,
-        measures=list(measures),
-        reasons=reasons,
-        action=action,
-        summary=summary,
-    )
+def rag_action(failed: list[Measure]) -> str:
+    """``reindex-and-evaluate`` when the corpus changed, ``evaluate`` for any other failure."""
+    return "reindex-and-evaluate" if any(m.name == "corpus_change" for m in failed) else "evaluate"
+
+
+def decide(measures: Sequence[Measure], requests: int, ratings: int, rules: MonitorRules) -> Verdict:
+    return decide_verdict(measures, requests, ratings, rules, rag_action, TRAFFIC_FREE)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
-    from llmops.live_measures import Measure
+    from llmops.live_measures import Measure, Rating
     from llmops.rag.evaluation import Judge
     from llmops.rag.monitor import MonitorRules, MonitorVerdict
     from llmops.rag.release import RagRelease
@@ -59,47 +59,39 @@ class RagRequest(BaseModel):
         return self.sources[0].score if self.sources else None
 
 
-class Feedback(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    request_id: str
-    timestamp: str
-    rating: Literal[1, -1]
-    correction: str | None = None
-    comment: str | None = None
-
-
 class Window(BaseModel):
     """The rows of one window: requests oldest first, the latest feedback per request id, and
     how many rows could not be read as either."""
 
     requests: list[RagRequest] = Field(default_factory=list)
-    feedback: list[Feedback] = Field(default_factory=list)
+    feedback: list[Rating] = Field(default_factory=list)
     unreadable: int = 0
 
 
 def window_from_rows(rows: Sequence[dict[str, Any]]) -> Window:
-    """Split raw log rows by ``kind``; later feedback on a request id replaces earlier feedback."""
+    """Split raw log rows by ``kind``; the latest feedback on a request id stands
+    (:func:`llmops.request_log.latest_feedback`)."""
     from pydantic import ValidationError
 
-    requests, latest, unreadable = [], {}, 0
+    from llmops.live_measures import Rating
+    from llmops.request_log import latest_feedback
+
+    requests, feedback, unreadable = [], [], 0
     for row in rows:
-        kind = row.get("kind")
+        if row.get("kind") != "rag_request":
+            continue
         try:
-            if kind == "rag_request":
-                requests.append(RagRequest.model_validate(row))
-            elif kind == "feedback":
-                rated = Feedback.model_validate(row)
-                earlier = latest.get(rated.request_id)
-                if earlier is None or earlier.timestamp <= rated.timestamp:
-                    latest[rated.request_id] = rated
+            requests.append(RagRequest.model_validate(row))
         except ValidationError:
             unreadable += 1  # a malformed row must not hide the rest of the window
+    for row in latest_feedback(rows).values():
+        try:
+            feedback.append(Rating.model_validate(row))
+        except ValidationError:
+            unreadable += 1
     requests.sort(key=lambda r: r.timestamp)
     return Window(
-        requests=requests,
-        feedback=sorted(latest.values(), key=lambda f: f.timestamp),
-        unreadable=unreadable,
+        requests=requests, feedback=sorted(feedback, key=lambda f: f.timestamp), unreadable=unreadable
     )
 
 
@@ -110,25 +102,10 @@ def read_window(
     root: Path | str | None, release: str, since: datetime | str | None, until: datetime | str | None
 ) -> Window:
     """The ``rag_request`` and ``feedback`` rows of ``<root>/<release>`` with
-    ``since <= timestamp < until``. :func:`llmops.inference_log.read_log` keeps only the
-    classifier's columns, so the rows are read whole here, through the same store and files."""
-    from llmops.inference_log import _DAY, _as_utc, _model_store, _read_objects, _row_moment
+    ``since <= timestamp < until``, read whole (:func:`llmops.request_log.read_rows`)."""
+    from llmops.request_log import FEEDBACK, RAG_REQUEST, read_rows
 
-    store = _model_store(root, release)
-    start, end = _as_utc(since), _as_utc(until)
-    days = [
-        d
-        for d in store.folders()
-        if _DAY.match(d)
-        and not (start and d < start.strftime("%Y-%m-%d"))
-        and not (end and d > end.strftime("%Y-%m-%d"))
-    ]
-    rows = []
-    for row in _read_objects(store, days):
-        moment = _row_moment(row.get("timestamp"))
-        if (start is None or moment >= start) and (end is None or moment < end):
-            rows.append(row)
-    return window_from_rows(rows)
+    return window_from_rows(read_rows(root, release, since, until, kinds={RAG_REQUEST, FEEDBACK}))
 
 
 def index_manifest(collection: Any, page: int = 5000) -> dict[str, str]:
