@@ -54,12 +54,14 @@ from llmops.registry import ModelVersion
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import protect, settings_from_env
 from llmops.supervision import die_with_supervisor
+from llmops.tracing import setup as setup_tracing
 
 if TYPE_CHECKING:
     from llmops.llm.answered import AnsweredRequest
     from llmops.llm.types import Backend
 
 die_with_supervisor()  # a worker ends with the bentoml serve process that started it
+setup_tracing()  # before BentoML builds its request span's middleware (llmops.tracing)
 
 
 class Settings(BaseModel):
@@ -120,6 +122,15 @@ def _log_answered(answered: "AnsweredRequest") -> None:
     ))  # fmt: skip
 
 
+def _traced(backend: "Backend") -> dict[str, Any]:
+    """What a request's spans say of the release that answers it (llmops.tracing)."""
+    release = RELEASES.get(backend)
+    if release is None:  # a folder model: its name is all there is
+        return {"response_model": shown_model(None, backend.model_path)}
+    return {"release": release.name, "alias": SETTINGS.llm_version, "release_version": release.version,
+            "response_model": release.tag}  # fmt: skip
+
+
 # built once: each request reads the backend the service serves at that moment
 API = openai_app(
     _serving_backend,
@@ -127,6 +138,7 @@ API = openai_app(
     ApiLimits(max_tokens=SETTINGS.llm_max_tokens),
     root=_shown_model,
     on_answered=_log_answered,
+    traced=_traced,
 )
 
 

@@ -16,6 +16,7 @@ from llmops.llm.tiny import build_tiny_causal_lm
 from llmops.rag.generators import make_generator
 from llmops.request_log import latest_feedback, read_rows
 from tests.conftest import serve_bento
+from tests.otlp_receiver import otlp_receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 API_KEY = "llm-key-" + uuid.uuid4().hex
@@ -32,13 +33,20 @@ def llm_log(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_model, llm_log):
+def traces():
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model, llm_log, traces):
     log_dir = llm_log
     env = {
         "LLMOPS_LLM_MODEL": str(tiny_model),
         "LLMOPS_LLM_MAX_TOKENS": "64",
         "LLMOPS_LLM_BACKEND": "transformers",
         "LLMOPS_TORCH_THREADS": "1",  # the machine is shared: two threads would fight over its cores
+        **traces.env,
     }
     with serve_bento("services.llm:LLM", log_dir, **env) as client:
         yield client
@@ -114,6 +122,34 @@ def test_a_streamed_chat_completion_is_logged_with_its_tokens_and_finish_reason(
     assert row["finish_reason"] in ("stop", "length") and row["answer"] == text
     assert "Log me" in row["prompt"] and row["prompt_chars"] == len(row["prompt"])
     assert row["latency_ms"]["total"] >= row["latency_ms"]["first_token"] > 0
+
+
+def test_a_streamed_chat_completion_is_one_trace_with_its_tokens_and_time_to_first_token(client, traces):
+    stream = client.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": "Trace me"}], max_tokens=5, temperature=0.8,
+        seed=11, stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    ident, usage = chunks[0].id, chunks[-1].usage
+    mine = lambda s: s.attributes.get("llmops.request_id") == ident  # noqa: E731
+    spans = traces.wait_for(lambda spans: any(mine(s) and s.name == "log" for s in spans)
+                            and any(mine(s) and not s.parent_id for s in spans))  # fmt: skip
+    (request,) = [s for s in spans if mine(s) and not s.parent_id]  # BentoML's span of the request
+    trace = {s.name: s for s in spans if s.trace_id == request.trace_id}
+    generate, log = trace["generate"], trace["log"]
+    assert generate.parent_id == log.parent_id == request.span_id and request.service == "LLM"
+    assert request.attributes["gen_ai.response.model"] == "tiny-gpt2"  # a folder model: its name
+    assert generate.attributes | {
+        "gen_ai.operation.name": "chat", "gen_ai.request.model": "llm", "gen_ai.response.id": ident,
+        "gen_ai.request.max_tokens": 5, "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens, "llmops.stream": True,
+        "gen_ai.response.finish_reasons": [chunks[-2].choices[0].finish_reason],
+    } == generate.attributes  # fmt: skip
+    assert (
+        generate.events == ["gen_ai.first_token"]
+        and generate.attributes["gen_ai.server.time_to_first_token"] > 0
+    )
+    assert "Trace me" not in str([s.attributes for s in trace.values()])  # a prompt is never an attribute
 
 
 def test_feedback_on_a_completion_is_logged_and_replaces_the_last(client, llm, llm_log):

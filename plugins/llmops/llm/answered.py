@@ -10,7 +10,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from llmops.llm.types import Backend, Completion
+from llmops.tracing import FIRST_TOKEN, finish
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,12 @@ class AnsweredRequest:
     done: Completion | None = None
     status: int = 200
     error: str | None = None
+    span: trace.Span = trace.INVALID_SPAN  # its ``generate`` span (llmops.tracing), ended by report()
 
     def piece(self, text: str) -> None:
         if self.first_token is None:
             self.first_token = time.perf_counter()
+            self.span.add_event(FIRST_TOKEN)
         self.pieces.append(text)
 
     @property
@@ -51,7 +56,13 @@ class AnsweredRequest:
 
 
 def report(on_answered: Callable[[AnsweredRequest], None] | None, answered: AnsweredRequest) -> None:
-    """Hand ``answered`` to the service's callback; a failure there is logged, never raised."""
+    """End ``answered``'s span, and hand it to the service's callback; a failure there is
+    logged, never raised."""
+    done, first = answered.done, answered.first_token
+    finish(answered.span, answered.error, status=answered.status,
+           output_tokens=done.completion_tokens if done else None,
+           finish_reasons=[answered.finish_reason] if answered.finish_reason else None,
+           time_to_first_token=round(first - answered.started, 6) if first else None)  # fmt: skip
     if on_answered is None:
         return
     try:

@@ -41,6 +41,7 @@ from starlette.routing import Route
 from llmops.llm.answered import AnsweredRequest, report, reported
 from llmops.llm.openai_schemas import UNSUPPORTED, ChatRequest, CompletionRequest
 from llmops.llm.types import Backend, Completion, SamplingParams
+from llmops.tracing import annotate, start, tracer
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,16 @@ def openai_app(
     limits: ApiLimits,
     root: Callable[[], str] | None = None,
     on_answered: Callable[[AnsweredRequest], None] | None = None,
+    traced: Callable[[Backend], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The API for ``backend``, serving it under the name ``model_name``. ``backend`` may be a
     function returning the backend that serves now (a service that follows its release): each
     request calls it once and uses only that backend, so a swap never splits a request. ``root``
     says what /models calls the model served now (default: :func:`shown_model` of its folder);
-    ``on_answered`` is called once per request that reached generation, when it ends."""
+    ``on_answered`` is called once per request that reached generation, when it ends. Each such
+    request has a ``generate`` span (:mod:`llmops.tracing`) from the moment it is handed to the
+    backend to its end, with its tokens, finish reason and time to the first token; ``traced``
+    gives the attributes that name the backend's release, set on it and on the request's span."""
     created = int(time.time())
     current = backend if callable(backend) and not hasattr(backend, "stream") else lambda: backend
     shown = root or (lambda: shown_model(None, current().model_path))
@@ -180,6 +185,13 @@ def openai_app(
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         kind = "chat.completion" if chat else "text_completion"
         answered = AnsweredRequest(ident, request.url.path, body.stream, prompt, backend, prompt_tokens)
+        if tracer() is not None:
+            release = traced(backend) if traced is not None else {}
+            annotate(request_id=ident, **release)
+            answered.span = start("generate", operation="chat" if chat else "text_completion",
+                                  request_model=model_name, response_id=ident, max_tokens=params.max_tokens,
+                                  temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                                  input_tokens=prompt_tokens, stream=body.stream, **release)  # fmt: skip
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _events(backend.stream(prompt, params), ident, kind, model_name, chat, include_usage,
