@@ -4,6 +4,7 @@ llmops models list [NAME]
 llmops models show NAME[:VERSION|:ALIAS]
 llmops models promote NAME:VERSION [--alias champion]
 llmops models rollback NAME [--alias champion]
+llmops models decide NAME [--policy evals/NAME.yaml] [--since T] [--until T] [--log-dir DIR] [--feedback FILE]
 llmops models export NAME[:VERSION|:ALIAS] s3://bucket/prefix|FOLDER
 llmops models import s3://bucket/prefix/NAME-VERSION.bentomodel|FILE [--promote] [--alias ALIAS]
 llmops llm base tiny|smollm2-135m-instruct|FOLDER
@@ -102,6 +103,43 @@ def models_rollback(args: argparse.Namespace) -> None:
     current = registry.aliases(args.name).get(args.alias)
     target = registry.rollback(args.name, alias=args.alias)
     console.print(f"{args.name}@{args.alias}: {current} -> {target} (rolled back)")
+
+
+def models_decide(args: argparse.Namespace) -> int:
+    """Run flows/decide_challenger.py (its output shown as it goes): 0 when the challenger became the
+    champion, 1 when it did not (the gate failed, or the champion moved meanwhile)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from llmops.errors import ParameterError
+    from llmops.paths import project_dir
+
+    check_name(args.name)
+    flow = project_dir() / "flows" / "decide_challenger.py"
+    policy = Path(args.policy or f"evals/{args.name}.yaml")
+    if not flow.is_file():
+        raise ParameterError(f"{flow}: not found; run llmops models decide from the project folder")
+    if not policy.is_file():
+        raise ParameterError(f"--policy: {policy} not found; give the policy with the online: section")
+    options = {
+        "--since": args.since,
+        "--until": args.until,
+        "--log-dir": args.log_dir,
+        "--feedback": args.feedback,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        run_id_file = Path(tmp) / "run-id"
+        command = [sys.executable, str(flow), "--config", "policy", str(policy), "run", "--release-name",
+                   args.name, "--run-id-file", str(run_id_file)]  # fmt: skip
+        command += [part for option, given in options.items() if given for part in (option, given)]
+        if subprocess.run(command, cwd=project_dir()).returncode != 0:
+            raise LlmopsError(f"the decide run failed (see its output above): {' '.join(command)}")
+        run_id = run_id_file.read_text().strip()
+    from metaflow import Run, namespace
+
+    namespace(None)
+    return 0 if Run(f"DecideChallengerFlow/{run_id}")["end"].task["promoted"].data else 1
 
 
 def models_export(args: argparse.Namespace) -> None:
@@ -281,6 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=models_rollback)
 
     p = cmds.add_parser(
+        "decide",
+        help="promote the challenger when its shadow traffic passes the gate (flows/decide_challenger.py)",
+        description="Pairs the champion's and the challenger's (role: shadow) rows of the same requests "
+        "in the inference log window and runs the gate: the policy's rules on the challenger's recorded "
+        "scores and its online: rules on the pairs. A pass moves champion to the challenger "
+        "(compare-and-set); a fail moves nothing. Every rule is printed with its value and limit. "
+        "Exit status: 0 promoted, 1 not promoted, 2 an error.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--policy", help="policy YAML with an online: section (default: evals/NAME.yaml)")
+    p.add_argument("--since", help="window start, ISO-8601 UTC (default: when the challenger alias was set)")
+    p.add_argument("--until", help="window end, ISO-8601 UTC (default: now)")
+    p.add_argument("--log-dir", help="inference log root (default: $LLMOPS_INFERENCE_LOG_DIR)")
+    p.add_argument("--feedback", help="classifier: labels (request_id, row, label) for the accuracy rule")
+    p.set_defaults(func=models_decide)
+
+    p = cmds.add_parser(
         "export",
         help="write a version (BentoML .bentomodel + manifest with its aliases) to S3 or a folder",
         description="Writes NAME-VERSION.bentomodel (BentoML's archive: files, labels, lineage "
@@ -387,11 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (LlmopsError, Timeout, json.JSONDecodeError) as exc:  # a file lock held too long, a bad JSON file
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

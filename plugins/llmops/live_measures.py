@@ -13,7 +13,7 @@ Only pydantic is imported at module level: every flow process parses its policy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,6 +71,12 @@ class MonitorRules(PolicySection):
     retrain: bool = False
 
 
+class Traffic(Protocol):
+    """Rules with a traffic floor (the ``online:`` section's is on shadowed requests)."""
+
+    min_requests: int
+
+
 class Measure(BaseModel):
     """One measure of the window: its value against its limit, and why it passed or failed or
     why it was not applied."""
@@ -116,7 +122,7 @@ def decide(
     measures: Sequence[Measure],
     requests: int,
     ratings: int,
-    rules: MonitorRules,
+    rules: Traffic,
     action: Callable[[list[Measure]], str],
     traffic_free: frozenset[str] = frozenset(),
 ) -> Verdict:

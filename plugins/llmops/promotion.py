@@ -104,3 +104,25 @@ def register_gated(
     promoted, note = _promote(registry, name, version, expected)
     fault_point("promote.after_promote", kill=True)
     return version.version, promoted, note
+
+
+def promote_challenger(name: str, version: str, gate_decision: dict[str, Any]) -> tuple[bool, str]:
+    """Move ``champion`` to the challenger ``version`` an online gate passed (``llmops models
+    decide``), by the same compare-and-set as every promotion: only if the champion is still the one
+    the gate judged against and ``challenger`` still names ``version``. Returns (promoted, note);
+    a failed decision moves nothing. A resumed run whose earlier attempt moved it says so."""
+    from llmops.online_rules import CHALLENGER
+
+    refusal = gate_refusal(gate_decision)
+    if refusal is not None:
+        return False, refusal
+    registry = Registry()
+    aliases = registry.aliases(name)
+    if aliases.get(CHAMPION) == version:
+        return True, f"{name}:{version} is already the {CHAMPION} (an earlier attempt of this run moved it)"
+    if aliases.get(CHALLENGER) != version:
+        return False, (
+            f"not promoted: {name}@{CHALLENGER} moved to {aliases.get(CHALLENGER)} since {version} "
+            f"was judged; decide again on the new challenger's traffic"
+        )
+    return _promote(registry, name, registry.get(name, version), gate_decision.get("champion_version"))

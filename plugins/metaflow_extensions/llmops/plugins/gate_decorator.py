@@ -14,8 +14,8 @@ class GateDecorator(StepDecorator):
     (absolute thresholds, regression against the current champion, fairness across
     groups, training-data drift) and saves the decision as the artifact
     ``gate_decision`` (pass/fail and every rule with its measured value and limit), as
-    the run tag ``gate:passed`` or ``gate:failed``, and in the task log. Render it with
-    ``@card(type="llmops_gate")``. A later step promotes only if
+    the run tags ``gate:passed`` or ``gate:failed`` and ``model:<name>``, and in the task
+    log. Render it with ``@card(type="llmops_gate")``. A later step promotes only if
     ``self.gate_decision["passed"]``.
 
     Parameters
@@ -41,6 +41,10 @@ class GateDecorator(StepDecorator):
         Artifact with the training data's drift report against the champion's
         reference profile (``DriftReport.model_dump()``); optional. Handed to the policy's
         ``drift:`` section, which the tabular pipeline registers.
+    online : str, default "online_evidence"
+        Artifact with a challenger's shadow traffic paired with the champion's answers
+        (``llmops.online_rules.ShadowEvidence`` dump); optional. Handed to the policy's
+        ``online:`` section (flows/decide_challenger.py); without it no online rule applies.
     """
 
     name = "gate"
@@ -52,6 +56,7 @@ class GateDecorator(StepDecorator):
         "drift": "training_drift",
         "model": "registry_name",
         "champion_scored": "champion_scored",
+        "online": "online_evidence",
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
@@ -120,7 +125,8 @@ class GateDecorator(StepDecorator):
             champion_version=(champion.version if champion else None),
             group_scores=getattr(flow, self.attributes["group_scores"], None),
             group_sizes=getattr(flow, self.attributes["group_sizes"], None),
-            evidence={"drift": drift},  # for a pipeline's own policy sections (llmops.gates)
+            # for the policy's own sections (llmops.gates): the classifier's drift:, the online: rules
+            evidence={"drift": drift, "online": getattr(flow, self.attributes["online"], None)},
         )
         flow.gate_decision = decision.model_dump(mode="json")
         for rule in decision.rules:
@@ -130,3 +136,4 @@ class GateDecorator(StepDecorator):
             )
         print("[gate] " + decision.summary())
         tag_current_run("gate:passed" if decision.passed else "gate:failed")
+        tag_current_run(f"model:{registry_name}")  # a name's gate history is found by it (llmops.ui.runs)
