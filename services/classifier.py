@@ -49,11 +49,14 @@ from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, BatchResults, protect, request_error, settings_from_env
 from llmops.supervision import die_with_supervisor
+from llmops.tracing import annotate, span
+from llmops.tracing import setup as setup_tracing
 
 if TYPE_CHECKING:
     from llmops.tabular.data import TableSchema
 
 die_with_supervisor()  # a worker ends with the bentoml serve process that started it
+setup_tracing()  # before BentoML builds its request span's middleware (llmops.tracing)
 logger = logging.getLogger("bentoml.service.classifier")
 
 
@@ -197,6 +200,7 @@ def _stamp_request(records: list[RecordBase]) -> list[RecordBase]:
     request_id = uuid.uuid4().hex
     for row, record in enumerate(records):
         record._request_id, record._row = request_id, row
+    annotate(request_id=request_id, records=len(records))  # the request's span (BentoML's)
     return records
 
 
@@ -251,6 +255,12 @@ class Classifier:
     )
     def predict(self, records: Records) -> list[Prediction]:
         """Class and class probabilities per record; records of concurrent requests arrive batched."""
+        served = self.follower.served.release  # read once: a reload during this batch must not mix two
+        with span("predict", release=served.version.name, alias=SETTINGS.classifier_version or CHAMPION,
+                  release_version=served.version.version, records=len(records)):  # fmt: skip
+            return self._predict(served, records)
+
+    def _predict(self, served: Served, records: list[RecordBase]) -> list[Prediction]:
         import numpy as np
         import pandas as pd
 
@@ -258,7 +268,6 @@ class Classifier:
         from llmops.tabular.classifier import predict_proba_rows
         from llmops.tabular.data import normalize
 
-        served = self.follower.served.release  # read once: a reload during this batch must not mix two
         columns = list(served.schema.features)  # the Record's field order (a reload keeps the schema)
         values = [tuple(record.__dict__.values()) for record in records]  # (n, features), schema order
         failed: dict[str, Exception] = {}  # request id -> its 400
@@ -318,7 +327,8 @@ class Classifier:
                     "probability": probs[k],
                 }
             )
-        self.inference_log.log(log_rows)
+        with span("log", records=len(log_rows)):
+            self.inference_log.log(log_rows)
         return results
 
     @bentoml.api(route="/reload")

@@ -44,16 +44,19 @@ from starlette.responses import JSONResponse
 
 from llmops.feedback import Feedback, FeedbackReceipt, document_feedback
 from llmops.rag.retriever import FILTER_KEYS, MAX_FILTER_CHARS, MAX_FILTER_VALUES
-from llmops.registry import ModelVersion
+from llmops.registry import CHAMPION, ModelVersion
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, protect, settings_from_env
 from llmops.supervision import die_with_supervisor
+from llmops.tracing import annotate, text_attributes, tracer
+from llmops.tracing import setup as setup_tracing
 
 if TYPE_CHECKING:
     from llmops.rag.pipeline import RagPipeline
     from llmops.rag.release import RagRelease
 
 die_with_supervisor()  # a worker ends with the bentoml serve process that started it
+setup_tracing()  # before BentoML builds its request span's middleware (llmops.tracing)
 logger = logging.getLogger("bentoml.service.rag")
 
 
@@ -230,6 +233,7 @@ class Rag:
         served = self.follower.served  # read once: a reload during this request must not mix two
         live, k = served.release, k or served.release.release.k
         request_id = uuid.uuid4().hex
+        self._trace(served, request_id, question)
         hits = live.pipeline.retriever.retrieve(question, k, filters)
         retrieved = time.perf_counter()
         try:
@@ -251,12 +255,13 @@ class Rag:
         started = time.perf_counter()
         served = self.follower.served
         live, k = served.release, k or served.release.release.k
+        request_id = uuid.uuid4().hex
+        self._trace(served, request_id, question)
         hits = live.pipeline.retriever.retrieve(question, k, filters)
         sources = [
             SourceOut(number=n, path=h.source, chunk=h.position, score=h.score, text=h.text)
             for n, h in enumerate(hits, 1)
         ]
-        request_id = uuid.uuid4().hex
         ranked = [{"source": s.path, "chunk": s.chunk, "score": s.score} for s in sources]
         self._log(served, "/retrieve", request_id, question, ranked, None, (started, time.perf_counter()))
         return Retrieved(sources=sources, versions=live.pipeline.versions, request_id=request_id)
@@ -282,6 +287,17 @@ class Rag:
         LLMOPS_FEEDBACK_WINDOW_DAYS days; a second rating replaces the first."""
         body = Feedback(request_id=request_id, rating=rating, correction=correction, comment=comment)
         return self.request_log.feedback(body)
+
+    def _trace(self, served, request_id: str, question: str) -> None:
+        """The request's span (BentoML's) names the release that answers it (llmops.tracing)."""
+        if tracer() is None:
+            return
+        versions = served.release.pipeline.versions
+        annotate(request_id=request_id, release=served.version.name, alias=SETTINGS.rag_version or CHAMPION,
+                 release_version=served.version.version, index_version=versions["index_version"],
+                 embedding_model=versions["embedding_model"], prompt=versions["prompt"],
+                 generator=versions.get("generator"), retrieval_mode=versions["retrieval"],
+                 **text_attributes(question, self.request_log.keep_text))  # fmt: skip
 
     def _log(
         self, served, route, request_id, question, ranked, answer, times, status=200, error=None

@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from llmops.request_log import REQUEST_KINDS, RequestLogSettings, feedback_row, row_time, store_rows
+from llmops.tracing import span
 
 if TYPE_CHECKING:
     from llmops.inference_log import InferenceLogger
@@ -137,7 +138,8 @@ class RequestLog:
 
     def request(self, row: dict[str, Any]) -> None:
         """Log a request row; an answered one (status 200) can be rated from now on."""
-        self.logger.log([row])
+        with span("log", request_id=row["request_id"]):
+            self.logger.log([row])
         if row.get("status", 200) == 200:
             self.index.add(row["request_id"], row.get("model_version"))
 

@@ -18,6 +18,7 @@ from llmops.request_log import latest_feedback, read_rows
 from tests.conftest import REPO, run_flow, serve_bento
 from tests.integration.test_train_flow import card_content
 from tests.llm_endpoint import Behaviour, chat_endpoint
+from tests.otlp_receiver import otlp_receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 API_KEY = "rag-key-" + uuid.uuid4().hex
@@ -248,10 +249,46 @@ def log_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rag_server(release, log_dir):
+def traces():
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def rag_server(release, log_dir, traces):
     name, _ = release
-    with serve_bento("services.rag:Rag", log_dir, LLMOPS_RAG_RELEASE=name) as client:
+    with serve_bento("services.rag:Rag", log_dir, LLMOPS_RAG_RELEASE=name, **traces.env) as client:
         yield client
+
+
+def test_a_query_is_one_trace_naming_its_release_with_a_span_per_stage(rag_server, release, traces):
+    name, run = release
+    question = "Which statistics does the drift monitor compute?"
+    body = rag_server.post("/query", json={"question": question, "k": 3}).json()
+    mine = lambda s: s.attributes.get("llmops.request_id") == body["request_id"]  # noqa: E731
+    spans = traces.wait_for(lambda spans: any(mine(s) and s.name == "log" for s in spans)
+                            and any(mine(s) and not s.parent_id for s in spans))  # fmt: skip
+    (request,) = [s for s in spans if mine(s) and not s.parent_id]  # BentoML's span of the request
+    trace = {s.name: s for s in spans if s.trace_id == request.trace_id}
+    for stage in ("retrieve", "render_prompt", "generate", "log"):
+        assert trace[stage].parent_id == request.span_id, stage
+    assert trace["fuse"].parent_id == trace["retrieve"].span_id  # the release's ranking is hybrid
+    versions = body["versions"]
+    assert request.service == "Rag" and request.attributes | {
+        "llmops.release.name": name, "llmops.release.alias": "champion",
+        "llmops.release.version": run["end"].task["release_version"].data,
+        "llmops.index.version": versions["index_version"], "llmops.prompt.version": versions["prompt"],
+        "llmops.generator": "extractive", "llmops.retrieval.mode": "hybrid", "llmops.question": question,
+    } == request.attributes  # fmt: skip
+    assert (
+        trace["retrieve"].attributes["llmops.retrieval.k"]
+        == 3
+        == trace["retrieve"].attributes["llmops.retrieval.hits"]
+    )
+    assert trace["generate"].attributes["gen_ai.operation.name"] == "chat"
+    assert trace["generate"].attributes["gen_ai.request.model"] == "extractive"
+    # the text is the request span's own attribute (LLMOPS_LOG_TEXT allows it), in no other span
+    assert not [s.name for s in trace.values() if s is not request and question in str(s.attributes)]
 
 
 def test_query_answers_with_sources_and_versions(rag_server, release, log_dir):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from llmops.errors import LlmopsError
 from llmops.settings import first_value, settings_from_env
+from llmops.tracing import annotate, trace_headers
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])|\n+")
 
@@ -263,7 +264,10 @@ class TransformersGenerator:
     def generate(self, request: GenerationRequest) -> str:
         """The answer; a prompt over the context (a RAG pipeline first drops contexts until it
         fits, see :meth:`fits`) loses its beginning, so the question, which comes last, stays."""
-        return self.backend.complete(*self._prompt(request)).text.strip()
+        done = self.backend.complete(*self._prompt(request))
+        annotate(provider="transformers", input_tokens=done.prompt_tokens,
+                 output_tokens=done.completion_tokens, finish_reasons=[done.finish_reason])  # fmt: skip
+        return done.text.strip()
 
     def generate_many(self, requests: list[GenerationRequest]) -> list[str]:
         """:meth:`generate` of each request, in order. The transformers backend's engine decodes
@@ -323,9 +327,16 @@ class OpenAIGenerator:
                 messages=request.messages,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                extra_headers=trace_headers(),  # a traced LLM service answers inside this trace
             )
         )
-        return (reply.choices[0].message.content or "").strip()
+        usage, choice = getattr(reply, "usage", None), reply.choices[0]
+        annotate(provider="openai", response_model=getattr(reply, "model", None),
+                 response_id=getattr(reply, "id", None),
+                 input_tokens=usage.prompt_tokens if usage else None,
+                 output_tokens=usage.completion_tokens if usage else None,
+                 finish_reasons=[choice.finish_reason] if choice.finish_reason else None)  # fmt: skip
+        return (choice.message.content or "").strip()
 
     def generate_many(self, requests: list[GenerationRequest]) -> list[str]:
         """:meth:`generate` of each request, in order, ``parallel`` at a time: an endpoint that

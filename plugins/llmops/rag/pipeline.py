@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from llmops.prompts import PromptError, PromptTemplate
 from llmops.rag.generators import GenerationRequest, Generator, GeneratorContextExceeded
 from llmops.rag.retriever import Hit, Retriever
+from llmops.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,12 @@ class RagPipeline:
         used = self.fitted(question, hits)
         text = ""
         while used:
+            with span("render_prompt", prompt=self.versions["prompt"], contexts=len(used)):
+                request = self.request(question, used)
             try:
-                text = self.generator.generate(self.request(question, used))
+                with span("generate", operation="chat", request_model=self.versions.get("generator"),
+                          max_tokens=request.max_tokens, temperature=request.temperature):  # fmt: skip
+                    text = self.generator.generate(request)  # the generator adds its token counts
                 break
             except GeneratorContextExceeded:
                 if len(used) == 1:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import LlmopsError
 from llmops.rag.embeddings import Embedder
+from llmops.tracing import annotate, span
 
 FILTER_KEYS = ("source", "kind", "doc_hash")
 MAX_K = 50
@@ -116,6 +117,14 @@ class Retriever:
             return []
         if any(not q.strip() for q in questions):
             raise RetrievalError("question: must not be empty")
+        with span(
+            "retrieve", retrieval_mode=self.settings.mode, k=k, index_version=self.index_version
+        ) as traced:
+            found = self._ranked(questions, k, filters)
+            annotate(traced, hits=sum(map(len, found)))
+        return found
+
+    def _ranked(self, questions: list[str], k: int, filters: dict[str, Any] | None) -> list[list[Hit]]:
         where = chroma_where(filters)
         vectors = self.embedder.embed(questions)
         mode = self.settings.mode
@@ -130,11 +139,12 @@ class Retriever:
             if mode == "bm25":
                 ranked = lexical_ids
             else:
-                ranked = rrf_fuse(
-                    [[h.id for h in dense[n]], lexical_ids],
-                    [self.settings.dense_weight, self.settings.bm25_weight],
-                    self.settings.rrf_k,
-                )
+                with span("fuse", retrieval_mode=mode, candidates=self.settings.candidates):
+                    ranked = rrf_fuse(
+                        [[h.id for h in dense[n]], lexical_ids],
+                        [self.settings.dense_weight, self.settings.bm25_weight],
+                        self.settings.rrf_k,
+                    )
             known = {h.id: h for h in dense[n]} if dense else {}
             found.append(self._hits(ranked[:k], vectors[n], known))
         return found
