@@ -95,6 +95,11 @@ class DecideChallengerFlow(FlowSpec):
             self.window_until,
             labels=self._labels(),
         )
+        if evidence.kind == "rag_request":  # each answer against its own release's index
+            from llmops.rag.shadow_grounding import add_groundedness
+
+            evidence, scored = add_groundedness(evidence, self.registry_name)
+            print(f"Groundedness: {scored}")
         self.online_evidence = evidence.model_dump()  # @gate hands it to the online: rules
         self.eval_scores = dict(challenger.metadata.get("metrics") or {})  # what its own gate measured
         print(f"Window {self.window_since or 'beginning'} .. {self.window_until}: {evidence.describe()}")

@@ -132,3 +132,28 @@ def test_the_monitor_names_every_failed_measure_and_rereleases_through_the_gate(
     released_now = Registry().get(name)
     assert released_now.version != champion.version, trigger["rerelease_outcome"].data
     assert released_now.read_json("release.json")["index"]["version"] != index
+
+
+def test_shadow_pairs_are_scored_for_groundedness_against_the_release_index(released):
+    from llmops.online_rules import OnlineRules, ShadowEvidence, judge_shadow
+    from llmops.rag.shadow_grounding import add_groundedness
+
+    name, _, chroma, _ = released
+    release = Registry().get(name)
+    index = release.read_json("release.json")["index"]["version"]
+    stored = open_index(chroma_client(chroma), index).get(limit=3, include=["documents", "metadatas"])
+    pairs = []
+    for i, (text, meta) in enumerate(zip(stored["documents"], stored["metadatas"], strict=True)):
+        row = {"kind": "rag_request", "request_id": f"s{i}", "timestamp": "2026-12-01T00:00:00+00:00",
+               "model_version": release.version, "route": "/query", "answer": text, "answer_sha256": str(i),
+               "sources": [{"source": meta["source"], "chunk": meta["position"], "score": 0.8}]}  # fmt: skip
+        off_topic = {"role": "shadow", "answer": "Pasta dough rests for an hour before rolling."}
+        pairs.append((row, row | off_topic))
+    version = release.version  # both sides: one release, one index
+    evidence = ShadowEvidence(model=name, champion_version=version, challenger_version=version,
+                              kind="rag_request", pairs=pairs)  # fmt: skip
+    scored, note = add_groundedness(evidence, name)
+    assert [(c["groundedness"], s["groundedness"]) for c, s in scored.pairs] == [(1.0, 0.0)] * 3
+    assert note == f"{release.version}: 3 of 3 answers scored; {release.version}: 3 of 3 answers scored"
+    drop = judge_shadow(scored, OnlineRules(min_requests=3)).measure("groundedness_drop")
+    assert (drop.status, drop.value, drop.limit) == ("failed", 1.0, 0.05)
