@@ -49,7 +49,7 @@ from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, BatchResults, protect, request_error, settings_from_env
 from llmops.supervision import die_with_supervisor
-from llmops.tracing import annotate, span
+from llmops.tracing import annotate, handed_context, span
 from llmops.tracing import setup as setup_tracing
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class RecordBase(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
     _request_id: str = PrivateAttr("")
     _row: int = PrivateAttr(0)
+    _trace: Any = PrivateAttr(None)  # the request's trace context (llmops.tracing), for its batch
 
 
 class AnyRecord(RecordBase):
@@ -197,9 +198,9 @@ def _out_of_range(served: Served, row: int, values: dict[str, Any]) -> Exception
 
 def _stamp_request(records: list[RecordBase]) -> list[RecordBase]:
     """Runs once per validated request, before batching: tag its rows for the inference log."""
-    request_id = uuid.uuid4().hex
+    request_id, context = uuid.uuid4().hex, handed_context()
     for row, record in enumerate(records):
-        record._request_id, record._row = request_id, row
+        record._request_id, record._row, record._trace = request_id, row, context
     annotate(request_id=request_id, records=len(records))  # the request's span (BentoML's)
     return records
 
@@ -256,8 +257,11 @@ class Classifier:
     def predict(self, records: Records) -> list[Prediction]:
         """Class and class probabilities per record; records of concurrent requests arrive batched."""
         served = self.follower.served.release  # read once: a reload during this batch must not mix two
-        with span("predict", release=served.version.name, alias=SETTINGS.classifier_version or CHAMPION,
-                  release_version=served.version.version, records=len(records)):  # fmt: skip
+        # a batch serves several requests: a child of the first one's trace, linked to the others'
+        requests = list({id(r._trace): r._trace for r in records}.values())
+        with span("predict", parent=requests[0], links=requests[1:], release=served.version.name,
+                  alias=SETTINGS.classifier_version or CHAMPION, release_version=served.version.version,
+                  records=len(records)):  # fmt: skip
             return self._predict(served, records)
 
     def _predict(self, served: Served, records: list[RecordBase]) -> list[Prediction]:

@@ -27,7 +27,7 @@ docs/monitoring.md (Tracing) shows Phoenix, Langfuse, Jaeger and a Collector as 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -234,15 +234,21 @@ def attributes(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def span(name: str, parent: Context | None = None, **values: Any) -> Iterator[trace.Span]:
+def span(
+    name: str, parent: Context | None = None, links: Sequence[Context | None] = (), **values: Any
+) -> Iterator[trace.Span]:
     """A child span of the current one (or of ``parent``, a :func:`handed_context` taken on
-    another thread), current while the block runs; an exception leaving the block is recorded on
-    it. Not traced: a non-recording span, and nothing is set."""
+    another thread), current while the block runs; ``links``: the contexts of other requests the
+    work serves too (a batch of several). An exception leaving the block is recorded on it. Not
+    traced: a non-recording span, and nothing is set."""
     active = tracer()
     if active is None:
         yield trace.INVALID_SPAN
         return
-    with active.start_as_current_span(name, context=parent, attributes=attributes(values)) as current:
+    linked = [trace.Link(trace.get_current_span(c).get_span_context()) for c in links if c is not None]
+    with active.start_as_current_span(
+        name, context=parent, links=linked, attributes=attributes(values)
+    ) as current:
         yield current
 
 

@@ -15,6 +15,7 @@ from llmops.tabular.classifier import load_model
 from llmops.tabular.data import infer_schema, load_table, normalize
 from tests.classifier_release import fit_classifier, register_passing_classifier
 from tests.conftest import serve_bento
+from tests.otlp_receiver import otlp_receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 HELD_OUT = 40  # rows never trained on; the requests use them
@@ -41,9 +42,15 @@ def log_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(champion, log_dir):
+def traces():
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def server(champion, log_dir, traces):
     version, _ = champion
-    with serve(version.name, log_dir) as client:
+    with serve(version.name, log_dir, **traces.env) as client:
         yield client
 
 
@@ -88,6 +95,25 @@ def test_predictions_equal_the_registered_model(server, champion):
     assert response.status_code == 200, response.text
     assert len(response.json()) == 20
     assert_matches(response.json(), version, rows)
+
+
+def test_a_prediction_is_a_trace_naming_its_release(server, champion, traces):
+    version, held_out = champion
+    answer = server.post("/predict", json={"records": records(held_out.iloc[:3])}).json()
+    request_id = answer[0]["request_id"]
+    mine = lambda s: s.attributes.get("llmops.request_id") == request_id  # noqa: E731
+    (request,) = [s for s in traces.wait_for(lambda spans: any(map(mine, spans))) if mine(s)]
+    spans = traces.wait_for(
+        lambda spans: {"predict", "log"} <= {s.name for s in spans if s.trace_id == request.trace_id}
+    )
+    trace = {s.name: s for s in spans if s.trace_id == request.trace_id}
+    assert request.service == "Classifier" and request.attributes["llmops.classifier.records"] == 3
+    assert trace["log"].parent_id == trace["predict"].span_id
+    assert trace["predict"].parent_id == request.span_id
+    assert trace["predict"].attributes == {
+        "llmops.release.name": version.name, "llmops.release.alias": "champion",
+        "llmops.release.version": version.version, "llmops.classifier.records": 3,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
