@@ -10,6 +10,7 @@ import uuid
 import pandas as pd
 import pytest
 from metaflow import Flow, namespace
+from metaflow.cards import get_cards
 
 from llmops.inference_log import InferenceLogger, utc_now
 from llmops.online_rules import CHALLENGER
@@ -17,6 +18,7 @@ from llmops.promotion import promote_challenger
 from llmops.registry import Registry
 from tests.classifier_release import fit_classifier, register_passing_classifier
 from tests.conftest import REPO, run_flow
+from tests.integration.test_train_flow import card_content
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 RECORDS = 30
@@ -98,6 +100,8 @@ def test_a_passing_challenger_becomes_the_champion_by_compare_and_set(tmp_path, 
     assert decision["passed"] and decision["champion_version"] == champion
     rules = {r["rule"]: r for r in decision["rules"]}
     assert rules["online.agreement"]["value"] == 1.0 and rules["online.accuracy_drop"]["value"] == 0.0
+    card = card_content(get_cards(run["start"].task, type="llmops_gate")[0])
+    assert "Gate PASSED" in card and "online.shadowed_requests" in card
 
 
 def test_the_promotion_refuses_a_champion_that_moved_since_the_gate(releases):
