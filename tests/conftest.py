@@ -129,6 +129,7 @@ SLOWEST_FIRST = (
     "test_s3_storage.py",
     "test_flow_errors.py",
     "test_durable_log.py",
+    "test_decide_challenger.py",
     "test_server_process.py",
     "test_compile.py",
 )
