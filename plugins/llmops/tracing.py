@@ -8,7 +8,8 @@ keyword a span takes to its attribute name, so every name is written here once. 
 text is an attribute only when ``LLMOPS_LOG_TEXT`` keeps text in the log (:func:`text_attributes`);
 its SHA-256 and length always are.
 
-Where spans go is decided once per process by :func:`setup` (each service calls it at import):
+Where spans go is decided once per process, at the first span or when BentoML builds its request
+middleware (each service calls :func:`setup` at import, which reads the OTEL_* variables):
 
 * BentoML's own ``tracing:`` configuration (``exporter_type`` set): its tracer provider, so the
   request span and these share one exporter and one sampler (``tracing.sample_rate``).
@@ -95,67 +96,72 @@ class TracingError(LlmopsError, ValueError):
 
 
 class _Tracing:
-    """This process's decision (:func:`setup`): where spans go, and the provider once built."""
+    """This process's decision: the OTEL_* exporters (:func:`setup`), then, at the first span or
+    when BentoML builds its middleware, where spans go and the provider (:func:`provider`)."""
 
+    exporters: list[Any] = []  # from the OTEL_* variables, read by setup()
+    decided = False
     source: str | None = None  # "bentoml": its configuration; "env": the OTEL_* variables; None: off
-    exporters: list[Any] = []
     provider: Any = None
     tracer: trace.Tracer | None = None
 
 
 class _DeferredProvider(trace.TracerProvider):
-    """What BentoML's request span comes from: the provider :func:`provider` builds on first use,
-    once BentoML's server knows its service's name."""
+    """What BentoML's request span comes from: the provider :func:`provider` decides on first use,
+    once BentoML has read its configuration and its server knows its service's name."""
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
         return provider().get_tracer(*args, **kwargs)
 
 
 def setup() -> bool:
-    """Decide, once per process, where spans go (module docstring); a bad ``OTEL_TRACES_EXPORTER``
-    or protocol fails here, when the service starts. True when spans are recorded."""
-    if _Tracing.source is not None:
-        return True
-    if _bentoml_configured():
-        _Tracing.source = "bentoml"
-        return True
-    exporters = _exporters()
-    if not exporters:
-        return False
-    _Tracing.source, _Tracing.exporters = "env", exporters
-    container = _bentoml_container()
-    if container is not None:  # BentoML's request span and the spans here: one provider, one trace
-        container.tracer_provider.set(_DeferredProvider())
-    return True
+    """Read the OTEL_* variables when a service is imported: a bad ``OTEL_TRACES_EXPORTER`` or
+    protocol fails the start, and BentoML's request span is given the provider these spans come
+    from. True when they name an exporter (BentoML's own ``tracing:`` configuration, read later,
+    still takes precedence)."""
+    if not _Tracing.exporters:
+        _Tracing.exporters = _exporters()
+        container = _bentoml_container()
+        if _Tracing.exporters and container is not None:
+            container.tracer_provider.set(_DeferredProvider())
+    return bool(_Tracing.exporters)
 
 
 def provider() -> Any:
-    """The tracer provider spans come from (None: not traced), built on first use."""
-    if _Tracing.provider is None and _Tracing.source == "bentoml":
-        _Tracing.provider = _bentoml_container().tracer_provider.get()
-    elif _Tracing.provider is None and _Tracing.source == "env":
-        from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        # the BentoML service's name, unless OTEL_SERVICE_NAME names it (the detector reads it)
-        resource = Resource.create({SERVICE_NAME: _service_name()}).merge(OTELResourceDetector().detect())
-        built = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based
-        for exporter in _Tracing.exporters:
-            built.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_* read by the SDK
-        _Tracing.provider = built
+    """The tracer provider spans come from (None: not traced), decided and built on first use."""
+    if not _Tracing.decided:
+        _Tracing.decided = True
+        container = _bentoml_container()
+        if container is not None and container.config.tracing.exporter_type.get():
+            container.tracer_provider.reset()  # BentoML's configuration decides, for its span too
+            _Tracing.source, _Tracing.provider = "bentoml", container.tracer_provider.get()
+        elif _Tracing.exporters:
+            _Tracing.source, _Tracing.provider = "env", _built_provider()
     return _Tracing.provider
+
+
+def _built_provider() -> Any:
+    from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # the BentoML service's name, unless OTEL_SERVICE_NAME names it (the detector reads it)
+    resource = Resource.create({SERVICE_NAME: _service_name()}).merge(OTELResourceDetector().detect())
+    built = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based
+    for exporter in _Tracing.exporters:
+        built.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_* read by the SDK
+    return built
 
 
 def shutdown() -> None:
     """Send the spans still queued and forget the decision (a service's shutdown; tests)."""
-    built = _Tracing.provider if _Tracing.source == "env" else None
-    if built is not None:
-        built.shutdown()
+    if _Tracing.source == "env":
+        _Tracing.provider.shutdown()
     container = _bentoml_container()
-    if _Tracing.source == "env" and container is not None:
+    if _Tracing.exporters and container is not None:
         container.tracer_provider.reset()
-    _Tracing.source, _Tracing.exporters, _Tracing.provider, _Tracing.tracer = None, [], None, None
+    _Tracing.exporters, _Tracing.decided, _Tracing.source = [], False, None
+    _Tracing.provider, _Tracing.tracer = None, None
 
 
 def _exporters() -> list[Any]:
@@ -201,11 +207,6 @@ def _bentoml_container() -> Any:
     return BentoMLContainer
 
 
-def _bentoml_configured() -> bool:
-    container = _bentoml_container()
-    return container is not None and bool(container.config.tracing.exporter_type.get())
-
-
 def _service_name() -> str:
     container = _bentoml_container()
     if container is not None:
@@ -217,8 +218,9 @@ def _service_name() -> str:
 
 def tracer() -> trace.Tracer | None:
     """The tracer spans come from; None when this process is not traced."""
-    if _Tracing.tracer is None and _Tracing.source is not None:
-        _Tracing.tracer = provider().get_tracer(TRACER_NAME)
+    if _Tracing.tracer is None and (not _Tracing.decided or _Tracing.provider is not None):
+        built = provider()  # decided here, or already when BentoML built its middleware
+        _Tracing.tracer = built.get_tracer(TRACER_NAME) if built is not None else None
     return _Tracing.tracer
 
 
