@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := True
 export METAFLOW_USER ?= llmops
 
-.PHONY: setup demo demo-loop demo-rag-loop test test-fast lint format bench clean
+.PHONY: setup demo demo-loop demo-rag-loop demo-shadow test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ demo-loop: setup
 # serve RAG -> traffic -> feedback -> monitor -> golden grows -> re-index, gate, promote -> hot reload
 demo-rag-loop: setup
 	$(PY) scripts/demo_rag_loop.py
+
+# two versions -> serve the champion, the challenger shadowing -> traffic -> llmops models decide -> champion moves
+demo-shadow: setup
+	$(PY) scripts/demo_shadow.py
 
 # TEST_WORKERS pytest-xdist workers, each taking one test module at a time (its module fixtures
 # are built once), the heaviest modules first (tests/conftest.py); a flow run or a server keeps

@@ -107,7 +107,8 @@ class ShadowEvidence(BaseModel):
         ]
         labelled = f", {len(self.labels)} labels" if self.labels else ""
         return (
-            f"{len(self.pairs)} shadowed requests ({self.kind}{labelled}): champion "
+            f"{len(self.pairs)} shadowed {'records' if self.kind == PREDICTION else 'requests'} "
+            f"({self.kind}{labelled}): champion "
             f"{self.champion_version}, challenger {self.challenger_version}"
             + "".join(f"; {e}" for e in extra if e)
         )
@@ -301,7 +302,7 @@ def measure_accuracy(evidence: ShadowEvidence, rules: OnlineRules) -> Measure:
     challenger = _mean([str(s) == label for label, _, s in truth])
     value = round(champion - challenger, 6)
     text = (
-        f"accuracy on {len(truth)} labelled requests: champion {champion:.3f}, challenger "
+        f"accuracy on {len(truth)} labelled records: champion {champion:.3f}, challenger "
         f"{challenger:.3f} ({value:+.3f}, max {limit:.3f})"
     )
     return judged(name, value, limit, value > limit, text, champion=champion, challenger=challenger)
@@ -310,7 +311,7 @@ def measure_accuracy(evidence: ShadowEvidence, rules: OnlineRules) -> Measure:
 def measure_shadow(evidence: ShadowEvidence, rules: OnlineRules) -> list[Measure]:
     """Every online measure of the evidence's kind, the traffic first."""
     count, least = len(evidence.pairs), rules.min_requests
-    text = f"{count} shadowed requests (min {least})"
+    text = f"{count} shadowed {'records' if evidence.kind == PREDICTION else 'requests'} (min {least})"
     measures = [judged(TRAFFIC, count, least, count < least, text), measure_agreement(evidence, rules)]
     if evidence.kind == PREDICTION:
         return [*measures, measure_accuracy(evidence, rules)]

@@ -72,7 +72,7 @@ def test_a_failing_challenger_leaves_the_champion_and_prints_every_rule(tmp_path
     assert "Online gate FAILED" in out and "not promoted: gate failed on online.agreement" in out
     for line in (
         "ok          metrics.accuracy.min",
-        "ok          online.shadowed_requests         value=30       limit=20",
+        "online.shadowed_requests         value=30       limit=20       30 shadowed records (min 20)",
         "FAIL        online.agreement                 value=0.6667   limit=0.9",
         "FAIL        online.accuracy_drop             value=0.35     limit=0.02",
     ):
