@@ -28,8 +28,9 @@ docs/monitoring.md (Tracing) shows Phoenix, Langfuse, Jaeger and a Collector as 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -106,6 +107,9 @@ class _Tracing:
     tracer: trace.Tracer | None = None
 
 
+_DECIDING = threading.Lock()
+
+
 class _DeferredProvider(trace.TracerProvider):
     """What BentoML's request span comes from: the provider :func:`provider` decides on first use,
     once BentoML has read its configuration and its server knows its service's name."""
@@ -129,14 +133,15 @@ def setup() -> bool:
 
 def provider() -> Any:
     """The tracer provider spans come from (None: not traced), decided and built on first use."""
-    if not _Tracing.decided:
-        _Tracing.decided = True
-        container = _bentoml_container()
-        if container is not None and container.config.tracing.exporter_type.get():
-            container.tracer_provider.reset()  # BentoML's configuration decides, for its span too
-            _Tracing.source, _Tracing.provider = "bentoml", container.tracer_provider.get()
-        elif _Tracing.exporters:
-            _Tracing.source, _Tracing.provider = "env", _built_provider()
+    with _DECIDING:  # the first requests may ask at once, from several threads
+        if not _Tracing.decided:
+            container = _bentoml_container()
+            if container is not None and container.config.tracing.exporter_type.get():
+                container.tracer_provider.reset()  # BentoML's configuration decides, for its span too
+                _Tracing.source, _Tracing.provider = "bentoml", container.tracer_provider.get()
+            elif _Tracing.exporters:
+                _Tracing.source, _Tracing.provider = "env", _built_provider()
+            _Tracing.decided = True
     return _Tracing.provider
 
 
@@ -235,23 +240,21 @@ def attributes(values: Mapping[str, Any]) -> dict[str, Any]:
     return named
 
 
-@contextmanager
+_UNTRACED = nullcontext(trace.INVALID_SPAN)  # what span() gives when nothing is traced: reused
+
+
 def span(
     name: str, parent: Context | None = None, links: Sequence[Context | None] = (), **values: Any
-) -> Iterator[trace.Span]:
+) -> AbstractContextManager[trace.Span]:
     """A child span of the current one (or of ``parent``, a :func:`handed_context` taken on
     another thread), current while the block runs; ``links``: the contexts of other requests the
     work serves too (a batch of several). An exception leaving the block is recorded on it. Not
     traced: a non-recording span, and nothing is set."""
     active = tracer()
     if active is None:
-        yield trace.INVALID_SPAN
-        return
+        return _UNTRACED
     linked = [trace.Link(trace.get_current_span(c).get_span_context()) for c in links if c is not None]
-    with active.start_as_current_span(
-        name, context=parent, links=linked, attributes=attributes(values)
-    ) as current:
-        yield current
+    return active.start_as_current_span(name, context=parent, links=linked, attributes=attributes(values))
 
 
 def handed_context() -> Context | None:
