@@ -116,3 +116,11 @@ def test_the_promotion_refuses_a_champion_that_moved_since_the_gate(releases):
         False,
         "not promoted: gate failed on online.agreement",
     )
+
+
+def test_decide_names_a_missing_policy_before_any_run(releases, capsys):
+    from llmops.cli import main
+
+    name = releases[0]
+    assert main(["models", "decide", name, "--policy", "evals/no-such-policy.yaml"]) == 2
+    assert "--policy: evals/no-such-policy.yaml not found" in capsys.readouterr().out
