@@ -40,6 +40,10 @@ CHALLENGER = "challenger"  # the registry alias of the version that shadows the 
 SHADOW = "shadow"
 PREDICTION = "prediction"  # the evidence's kind for the classifier's rows (they have no ``kind``)
 TRAFFIC = "shadowed_requests"
+# what the measures read of a row (the evidence is an artifact: no features, questions or prompts)
+PAIRED_FIELDS = frozenset({"kind", "request_id", "row", "timestamp", "model_version", "role", "route",
+                           "status", "prediction", "answer", "answer_sha256", "sources", "top_score",
+                           "low_confidence", "groundedness", "latency_ms"})  # fmt: skip
 
 
 class OnlineRules(PolicySection):
@@ -136,7 +140,8 @@ def pair_rows(
         if row.get("model_version") != wanted:
             other += 1
             continue
-        (shadows if shadow else champions).setdefault(key, dict(row))  # a retried write counts once
+        kept = {k: v for k, v in row.items() if k in PAIRED_FIELDS}
+        (shadows if shadow else champions).setdefault(key, kept)  # a retried write counts once
     pairs = [(champions[k], s) for k, s in shadows.items() if k in champions]
     kinds = [c.get("kind") or PREDICTION for c, _ in pairs]
     kind = max(set(kinds), key=kinds.count) if kinds else PREDICTION

@@ -63,6 +63,7 @@ def test_rows_pair_on_request_id_kind_and_versions():
     assert kind == "rag_request" and [c["request_id"] for c, _ in pairs] == ["q0", "q1", "q2"]
     assert all(c["model_version"] == "v1" and s["role"] == "shadow" for c, s in pairs)
     assert (unpaired, other) == (1, 1)
+    assert "question" not in pairs[0][0] and pairs[0][1]["answer"] == ANSWER  # only what is measured
 
 
 def test_every_rag_rule_passes_for_a_challenger_like_the_champion():
