@@ -238,3 +238,12 @@ def test_a_retired_backend_finishes_its_requests_then_its_engine_stops(backend, 
         time.sleep(0.02)
     late = old.complete(prompts[0], params)
     assert late.text == backend.complete(prompts[0], params).text and old.engine.active == 0
+
+
+def test_prompts_are_prefilled_in_buckets_of_similar_length():
+    from llmops.llm.batching import Request, length_buckets
+
+    group = [Request(ids=[1] * n, params=SamplingParams()) for n in (600, 900, 510, 880, 700, 760)]
+    buckets = length_buckets(group)
+    assert [[len(r.ids) for r in b] for b in buckets] == [[900, 880, 760], [700, 600], [510]]
+    assert sorted(map(id, group)) == sorted(id(r) for b in buckets for r in b)  # every request once
