@@ -170,6 +170,8 @@ def _callbacks(store: CheckpointStore | None, key: str | None, attempt: int) -> 
     import transformers."""
     from transformers import TrainerCallback
 
+    from llmops.progress import Progress
+
     class SyncCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -181,7 +183,20 @@ def _callbacks(store: CheckpointStore | None, key: str | None, attempt: int) -> 
         def on_step_end(self, args, state, control, **kwargs):
             fault_point(f"finetune.step.{state.global_step}", attempt=attempt)
 
-    callbacks: list[Any] = [FaultPoints()]
+    class StepProgress(TrainerCallback):
+        """``trained step n/N (elapsed, rate, ETA); loss x`` every few seconds (llmops.progress)."""
+
+        progress: Progress | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.progress = Progress("trained step", state.max_steps)
+            self.progress.done = state.global_step  # a resumed run counts on from its checkpoint
+
+        def on_step_end(self, args, state, control, **kwargs):
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            self.progress.update(state.global_step, f"loss {losses[-1]:.4f}" if losses else "")
+
+    callbacks: list[Any] = [FaultPoints(), StepProgress()]
     if store is not None and key is not None:
         callbacks.append(SyncCheckpoints())
     return callbacks

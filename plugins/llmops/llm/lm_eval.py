@@ -107,7 +107,10 @@ def generate_answers(
     """Greedy answers, one record at a time (no padding effects on a small model)."""
     import torch
 
+    from llmops.progress import Progress
+
     answers = []
+    progress = Progress("generated", len(records), "held-out answers")
     model.eval()
     for record in records:
         inputs = tokenizer(render_prompt(tokenizer, record), return_tensors="pt", add_special_tokens=False)
@@ -119,6 +122,7 @@ def generate_answers(
             )  # fmt: skip
         new = output[0, inputs["input_ids"].shape[1] :]
         answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        progress.update(len(answers))
     return answers
 
 
