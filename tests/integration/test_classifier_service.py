@@ -48,9 +48,9 @@ def traces():
 
 
 @pytest.fixture(scope="module")
-def server(champion, log_dir, traces):
+def server(champion, log_dir):
     version, _ = champion
-    with serve(version.name, log_dir, **traces.env) as client:
+    with serve(version.name, log_dir) as client:
         yield client
 
 
@@ -60,9 +60,10 @@ def secured_log_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def secured_server(champion, secured_log_dir):
+def secured_server(champion, secured_log_dir, traces):
+    """With a key, and traced (the load tests use the other server)."""
     version, _ = champion
-    with serve(version.name, secured_log_dir, LLMOPS_API_KEY=API_KEY) as client:
+    with serve(version.name, secured_log_dir, LLMOPS_API_KEY=API_KEY, **traces.env) as client:
         yield client
 
 
@@ -95,25 +96,6 @@ def test_predictions_equal_the_registered_model(server, champion):
     assert response.status_code == 200, response.text
     assert len(response.json()) == 20
     assert_matches(response.json(), version, rows)
-
-
-def test_a_prediction_is_a_trace_naming_its_release(server, champion, traces):
-    version, held_out = champion
-    answer = server.post("/predict", json={"records": records(held_out.iloc[:3])}).json()
-    request_id = answer[0]["request_id"]
-    mine = lambda s: s.attributes.get("llmops.request_id") == request_id  # noqa: E731
-    (request,) = [s for s in traces.wait_for(lambda spans: any(map(mine, spans))) if mine(s)]
-    spans = traces.wait_for(
-        lambda spans: {"predict", "log"} <= {s.name for s in spans if s.trace_id == request.trace_id}
-    )
-    trace = {s.name: s for s in spans if s.trace_id == request.trace_id}
-    assert request.service == "Classifier" and request.attributes["llmops.classifier.records"] == 3
-    assert trace["log"].parent_id == trace["predict"].span_id
-    assert trace["predict"].parent_id == request.span_id
-    assert trace["predict"].attributes == {
-        "llmops.release.name": version.name, "llmops.release.alias": "champion",
-        "llmops.release.version": version.version, "llmops.classifier.records": 3,
-    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -220,6 +202,26 @@ def test_api_key_guards_predict_and_reload_but_not_the_probes(secured_server, se
     server_log = "".join(path.read_text() for path in secured_log_dir.glob("server-*.log"))
     assert "Service Classifier initialized" in server_log
     assert API_KEY not in server_log
+
+
+def test_a_prediction_is_a_trace_naming_its_release(secured_server, champion, traces):
+    version, held_out = champion
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    answer = secured_server.post("/predict", json={"records": records(held_out.iloc[:3])}, headers=key).json()
+    request_id = answer[0]["request_id"]
+    mine = lambda s: s.attributes.get("llmops.request_id") == request_id  # noqa: E731
+    (request,) = [s for s in traces.wait_for(lambda spans: any(map(mine, spans))) if mine(s)]
+    spans = traces.wait_for(
+        lambda spans: {"predict", "log"} <= {s.name for s in spans if s.trace_id == request.trace_id}
+    )
+    trace = {s.name: s for s in spans if s.trace_id == request.trace_id}
+    assert request.service == "Classifier" and request.attributes["llmops.classifier.records"] == 3
+    assert trace["log"].parent_id == trace["predict"].span_id
+    assert trace["predict"].parent_id == request.span_id
+    assert trace["predict"].attributes == {
+        "llmops.release.name": version.name, "llmops.release.alias": "champion",
+        "llmops.release.version": version.version, "llmops.classifier.records": 3,
+    }  # fmt: skip
 
 
 def test_metrics_count_predictions(server):
