@@ -128,12 +128,23 @@ class BuildRagIndexFlow(FlowSpec):
         texts = [self.chunks[i]["text"] for i in positions]
         self.shard_positions = positions
         # (len(positions), dim) float32; nothing to embed (an unchanged corpus) loads no model
-        self.shard_embeddings = (
-            Embedder(self.embedding_model, batch_size=self.batch_size).embed(texts)
-            if texts
-            else np.zeros((0, 0), dtype=np.float32)
-        )
-        print(f"shard {self.index}: embedded {len(texts)} chunks")
+        self.shard_embeddings = np.zeros((0, 0), dtype=np.float32)
+        if texts:
+            from llmops.progress import Progress
+
+            progress = Progress(f"shard {self.index}: embedded", len(texts), "chunks", every_s=10)
+            with progress.ticking():  # a line every 10 s while the model loads and a slice runs
+                embedder = Embedder(self.embedding_model, batch_size=self.batch_size)
+                self.shard_embeddings = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+                # longest first, a few batches at a time: the batches pad as little as in one call
+                order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+                step = 4 * self.batch_size
+                for start in range(0, len(order), step):
+                    part = order[start : start + step]
+                    self.shard_embeddings[part] = embedder.embed([texts[i] for i in part])
+                    progress.update(start + len(part))
+        else:
+            print(f"shard {self.index}: nothing to embed")
         self.next(self.write)
 
     @card(type="llmops_corpus")
