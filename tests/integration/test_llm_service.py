@@ -132,12 +132,13 @@ def test_a_streamed_chat_completion_is_one_trace_with_its_tokens_and_time_to_fir
     chunks = list(stream)
     ident, usage = chunks[0].id, chunks[-1].usage
     mine = lambda s: s.attributes.get("llmops.request_id") == ident  # noqa: E731
+    served = lambda s: mine(s) and not s.parent_id and s.name.startswith("POST ")  # noqa: E731
     spans = traces.wait_for(lambda spans: any(mine(s) and s.name == "log" for s in spans)
-                            and any(mine(s) and not s.parent_id for s in spans))  # fmt: skip
-    (request,) = [s for s in spans if mine(s) and not s.parent_id]  # BentoML's span of the request
-    trace = {s.name: s for s in spans if s.trace_id == request.trace_id}
-    generate, log = trace["generate"], trace["log"]
-    assert generate.parent_id == log.parent_id == request.span_id and request.service == "LLM"
+                            and any(map(served, spans)))  # fmt: skip
+    (request,) = filter(served, spans)  # BentoML's span of the request
+    stages = {s.name: s for s in spans if s.parent_id == request.span_id}  # the request's own
+    generate, log = stages["generate"], stages["log"]
+    assert generate.trace_id == log.trace_id == request.trace_id and request.service == "LLM"
     assert request.attributes["gen_ai.response.model"] == "tiny-gpt2"  # a folder model: its name
     assert generate.attributes | {
         "gen_ai.operation.name": "chat", "gen_ai.request.model": "llm", "gen_ai.response.id": ident,
@@ -149,7 +150,8 @@ def test_a_streamed_chat_completion_is_one_trace_with_its_tokens_and_time_to_fir
         generate.events == ["gen_ai.first_token"]
         and generate.attributes["gen_ai.server.time_to_first_token"] > 0
     )
-    assert "Trace me" not in str([s.attributes for s in trace.values()])  # a prompt is never an attribute
+    trace = [s for s in spans if s.trace_id == request.trace_id]
+    assert "Trace me" not in str([s.attributes for s in trace])  # a prompt is never an attribute
 
 
 def test_feedback_on_a_completion_is_logged_and_replaces_the_last(client, llm, llm_log):
@@ -315,6 +317,36 @@ def test_rag_openai_generator_uses_the_service(llm):
     assert isinstance(generator.generate(request), str)
     found = make_generator(f"openai:{llm.base_url}/v1")  # no model: the server's first one
     assert found.model == "llm"
+
+
+def test_a_traced_caller_of_the_openai_generator_gets_the_services_spans_in_its_trace(
+    llm, traces, monkeypatch
+):
+    from llmops import tracing
+    from llmops.rag.generators import GenerationRequest
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", traces.url)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "rag-caller")
+    tracing.shutdown()
+    tracing.setup()
+    try:
+        generator = make_generator(f"openai:{llm.base_url}/v1#llm")
+        request = GenerationRequest(messages=[{"role": "user", "content": "Q?"}], question="Q?",
+                                    contexts=["c"], max_tokens=3)  # fmt: skip
+        with tracing.span("generate") as caller:
+            generator.generate(request)
+        caller_id = format(caller.get_span_context().span_id, "016x")
+    finally:
+        tracing.shutdown()  # sends the caller's span
+    spans = traces.wait_for(lambda spans: any(s.span_id == caller_id for s in spans)
+                            and any(s.parent_id == caller_id for s in spans))  # fmt: skip
+    (mine,) = [s for s in spans if s.span_id == caller_id]
+    (served,) = [s for s in spans if s.parent_id == caller_id]  # the LLM service's request span
+    assert (served.service, served.trace_id, mine.service) == ("LLM", mine.trace_id, "rag-caller")
+    assert (
+        mine.attributes["gen_ai.usage.output_tokens"] <= 3
+        and mine.attributes["gen_ai.response.model"] == "llm"
+    )
 
 
 def test_api_key(tiny_model, tmp_path):
