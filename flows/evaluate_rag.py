@@ -5,13 +5,16 @@
     python flows/evaluate_rag.py run --generators extractive,base,champion   # the default
     python flows/evaluate_rag.py run --generators extractive,openai:http://127.0.0.1:3001/v1#llm
     python flows/evaluate_rag.py run --judge-url http://127.0.0.1:3001/v1 --judge-model llm
+    python flows/evaluate_rag.py run --rounds none          # every candidate answers every question
     python flows/evaluate_rag.py --config policy my_rag_policy.yaml run
 
-start (check golden set, prompt, index, generators; retrieve every question's context once) →
-answer (foreach generator candidate: generate from those same contexts, in batches; hit@k, MRR, context
-coverage and precision, answer key facts, ragas metrics) → evaluate (choose the best candidate
-under the policy, extractive as the floor; @gate on it) → promote (register the release: index +
-retrieval settings + embedding model + prompt + generator, move `champion`) → end.
+start (check golden set, prompt, index, generators; retrieve every question's context once; the
+extractive floor answers them all) → answer (foreach generator candidate: generate from those same
+contexts, in batches; an LLM candidate answers in rounds (--rounds 6,12, then all) and stops once a
+bound at --confidence says it cannot reach the floor's answer_key or a policy min; hit@k, MRR,
+context coverage and precision, answer key facts, ragas metrics) → evaluate (choose the best
+candidate under the policy, extractive as the floor; @gate on it) → promote (register the release:
+index + retrieval settings + embedding model + prompt + generator, move `champion`) → end.
 Cards: python flows/evaluate_rag.py card view evaluate [--id gate]
 """
 
@@ -30,6 +33,7 @@ from metaflow import (
 )
 
 from llmops.packaging import CODE_PACKAGE_SUFFIXES, code_package_sources
+from llmops.rag.candidates import DEFAULT_CONFIDENCE, DEFAULT_ROUNDS
 from llmops.rag.retriever import DEFAULT_BM25_WEIGHT, DEFAULT_DENSE_WEIGHT, DEFAULT_MODE
 
 
@@ -50,6 +54,18 @@ class EvaluateRagFlow(FlowSpec):
         default="extractive,base,champion",
         help="Generator candidates, comma-separated: extractive (always), base (SmolLM2 when installed), "
         "champion (the --llm-release champion), transformers:/model/folder, openai:http://host:port/v1#model.",
+    )
+    rounds = Parameter(
+        "rounds",
+        default=",".join(map(str, DEFAULT_ROUNDS)),
+        help="Questions an LLM candidate answers before each early-stop check, growing (the last "
+        "round is the whole set); none: every candidate answers every question.",
+    )
+    confidence = Parameter(
+        "confidence",
+        default=DEFAULT_CONFIDENCE,
+        type=float,
+        help="Confidence of the bound that stops a candidate early (0.5 to below 1).",
     )
     llm_release = Parameter("llm-release", default="llm", help="Registry name of the fine-tuned LLM.")
     retrieval = Parameter("retrieval", default=DEFAULT_MODE, help="Retrieval mode: dense, bm25 or hybrid.")
@@ -72,9 +88,10 @@ class EvaluateRagFlow(FlowSpec):
         from pydantic import ValidationError
 
         from llmops.errors import ParameterError
+        from llmops.progress import Progress
         from llmops.prompts import load_prompt
-        from llmops.rag.candidates import resolve_candidates
-        from llmops.rag.evaluation import load_golden
+        from llmops.rag.candidates import check_confidence, parse_rounds, resolve_candidates
+        from llmops.rag.evaluation import answer_key_score, load_golden
         from llmops.rag.index import IndexNotFound, chroma_client, chroma_location, list_indexes, open_index
         from llmops.rag.release import open_pipeline
         from llmops.rag.retriever import MAX_K, RetrievalError, RetrievalSettings
@@ -85,6 +102,8 @@ class EvaluateRagFlow(FlowSpec):
             raise ParameterError(f"--k: must be between 1 and {MAX_K}, got {self.k}")
         if self.judge_url and not self.judge_model:
             raise ParameterError("--judge-model: required with --judge-url")
+        parse_rounds(self.rounds)
+        check_confidence(self.confidence)
         try:
             settings = RetrievalSettings(
                 mode=self.retrieval, dense_weight=self.dense_weight, bm25_weight=self.bm25_weight
@@ -115,9 +134,8 @@ class EvaluateRagFlow(FlowSpec):
         )
         self.embedding_model_path = str(pipeline.retriever.embedder.path)
         questions = [item.question for item in golden.questions]
-        self.contexts = [
-            [h.model_dump() for h in hits] for hits in pipeline.retriever.retrieve_many(questions, self.k)
-        ]
+        retrieved = pipeline.retriever.retrieve_many(questions, self.k)
+        self.contexts = [[h.model_dump() for h in hits] for hits in retrieved]
         for note in self.candidate_notes:
             print(note)
         print(
@@ -125,12 +143,23 @@ class EvaluateRagFlow(FlowSpec):
             f"{len(questions)} questions ({self.golden_version}); generators: "
             + ", ".join(c["name"] for c in self.candidates)
         )
+        # the floor first (seconds): an LLM candidate stops early once it cannot beat it
+        progress = Progress("extractive: answered", len(questions), "questions")
+        with progress.ticking():
+            answers = pipeline.answer_many(questions, retrieved, progress=progress.callback())
+        self.floor_answers = [a.model_dump() for a in answers]
+        keys = [answer_key_score(a.answer, item) for a, item in zip(answers, golden.questions, strict=True)]
+        self.floor_answer_key = sum(keys) / len(keys)
         self.next(self.answer, foreach="candidates")
 
     @step
     def answer(self):
+        from llmops.gates import policy_from_config
+        from llmops.progress import Progress
         from llmops.prompts import PromptStore
-        from llmops.rag.evaluation import Judge, answer_progress, evaluate_pipeline, load_golden
+        from llmops.rag.candidates import answer_in_rounds, answer_order, limits, parse_rounds
+        from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden, mean_scores
+        from llmops.rag.pipeline import RagAnswer
         from llmops.rag.release import open_pipeline
         from llmops.rag.retriever import Hit
 
@@ -143,15 +172,46 @@ class EvaluateRagFlow(FlowSpec):
             else None
         )
         hits = [[Hit(**h) for h in question] for question in self.contexts]
-        print(f"{self.input['name']}: answering {len(hits)} questions in batches")
-        result = evaluate_pipeline(pipeline, golden, self.k, judge, hits=hits, progress=answer_progress())
+        name, total = self.input["name"], len(hits)
+        notes: list[str] = []
+        progress = Progress(f"{name}: answered", total, "questions", every_s=10)
+
+        def answer(indices: list[int]) -> list[dict]:
+            part = golden.model_copy(update={"questions": [golden.questions[i] for i in indices]})
+            given = None
+            if name == "extractive":  # start answered every question already
+                given = [RagAnswer(**self.floor_answers[i]) for i in indices]
+            before = progress.done
+            result = evaluate_pipeline(pipeline, part, self.k, judge, hits=[hits[i] for i in indices],
+                                       progress=lambda done, _: progress.update(before + done),
+                                       answers=given)  # fmt: skip
+            progress.update(before + len(indices))
+            notes.extend(result.notes)
+            return result.rows
+
+        if name == "extractive":
+            answered, stop = list(enumerate(answer(list(range(total))))), None
+        else:
+            checks = limits({"answer_key": self.floor_answer_key}, policy_from_config(self.policy))
+            below = ", ".join(f"{against} {metric} {limit:.3f}" for metric, limit, against in checks)
+            print(f"{name}: {total} questions in rounds ({self.rounds or 'all'}); stops below {below}")
+            order = answer_order(total, self.golden_version)
+            with progress.ticking():  # a round is one batch: the line again every 10 s while it runs
+                answered, stop = answer_in_rounds(answer, total, order, checks, parse_rounds(self.rounds),
+                                                  self.confidence)  # fmt: skip
+        rows = [row for _, row in answered]
         self.candidate = {
             **self.input,
             "position": self.index,
             "settings": pipeline.generator.settings,
-            **result.model_dump(),
+            "scores": mean_scores([row["scores"] for row in rows]),
+            "rows": rows,
+            "notes": notes,
+            "answered": len(rows),
+            "stopped": stop.sentence(name) if stop else None,
+            "stop": stop.model_dump() if stop else None,
         }
-        print(f"{self.input['name']}: {result.scores}")
+        print(self.candidate["stopped"] or f"{name}: {self.candidate['scores']}")
         self.next(self.evaluate)
 
     @card(type="llmops_rag_eval", id="eval")
@@ -163,18 +223,22 @@ class EvaluateRagFlow(FlowSpec):
         from llmops.rag.candidates import choose_generator
         from llmops.rag.release import score_champion
 
-        self.merge_artifacts(inputs, exclude=["candidate"])
+        self.merge_artifacts(inputs, exclude=["candidate", "floor_answers"])
         candidates = sorted((i.candidate for i in inputs), key=lambda c: c["position"])
         chosen, self.generator_choice = choose_generator(candidates, policy_from_config(self.policy))
         winner = candidates[chosen]
         self.generator_candidates = [
-            {"name": c["name"], "settings": c["settings"], "scores": c["scores"], "chosen": i == chosen}
+            {"name": c["name"], "settings": c["settings"], "scores": c["scores"], "chosen": i == chosen,
+             "answered": c["answered"], "stopped": c["stopped"], "stop": c["stop"]}
             for i, c in enumerate(candidates)
-        ]
+        ]  # fmt: skip
         self.generator_settings = winner["settings"]
         self.eval_scores, self.eval_rows = winner["scores"], winner["rows"]
         self.eval_notes = winner["notes"] + self.candidate_notes
         self.champion_scored = score_champion(self.registry_name, self.golden_version)
+        for c in candidates:
+            if c["stopped"]:
+                print(c["stopped"])
         print(self.generator_choice)
         print(f"Scores: {self.eval_scores}")
         self.next(self.promote)

@@ -31,3 +31,69 @@ def test_generator_candidates_name_what_is_missing(monkeypatch, tmp_path):
     assert notes == ["champion: not evaluated (no champion of 'llm-none' yet)"]
     with pytest.raises(CandidateError, match=r"--generators: 'gpt' is not a generator"):
         resolve_candidates("extractive,gpt")
+
+
+def test_the_upper_bound_holds_exactly_and_tightens_with_more_questions():
+    from llmops.rag.candidates import mean_upper_bound
+
+    assert mean_upper_bound([], 24, 0.05) == 1.0
+    assert mean_upper_bound([0.5] * 24, 24, 0.05) == 0.5  # all answered: the mean itself
+    # the exact bound: the 18 questions left count 1.0 each
+    assert mean_upper_bound([0.0] * 6, 24, 1e-300) == pytest.approx(18 / 24)
+    six, twelve = mean_upper_bound([0.1] * 6, 24, 0.01), mean_upper_bound([0.1] * 12, 24, 0.01)
+    assert 0.1 < twelve < six < 18 / 24 + 0.1
+    assert mean_upper_bound([0.1] * 6, 24, 0.001) > six  # more confidence, a looser bound
+
+
+def test_a_hopeless_candidate_stops_at_the_first_look_and_a_close_one_survives():
+    from llmops.gates import parse_policy
+    from llmops.rag.candidates import answer_in_rounds, answer_order, limits, round_schedule
+
+    policy = parse_policy("model: rag\nmetrics:\n  hit_rate: {min: 0.8}\n  rouge_l: {min: 0.15}\n")
+    checks = limits({"answer_key": 0.6}, policy)
+    assert checks == [("answer_key", 0.6, "extractive floor"), ("rouge_l", 0.15, "policy min")]
+    assert round_schedule(24) == [6, 12, 24] and round_schedule(8) == [6, 8] and round_schedule(4) == [4]
+    order = answer_order(24, "golden-abc")
+    assert sorted(order) == list(range(24)) and order == answer_order(24, "golden-abc") != list(range(24))
+    asked: list[list[int]] = []
+
+    def answering(key: float):
+        def answer(indices):
+            asked.append(indices)
+            return [{"scores": {"answer_key": key, "rouge_l": 0.3}, "index": i} for i in indices]
+
+        return answer
+
+    answered, stop = answer_in_rounds(answering(0.05), 24, order, checks)
+    assert asked == [order[:6]] and [i for i, _ in answered] == sorted(order[:6])
+    assert stop.round == 1 and stop.answered == 6 and stop.metric == "answer_key"
+    assert stop.bound < 0.6 and stop.limit == 0.6
+    assert "stopped after round 1 (6/24 answered): answer_key at most" in stop.sentence("base")
+    asked.clear()
+    answered, stop = answer_in_rounds(answering(0.55), 24, order, checks)  # could still reach 0.6
+    assert stop is None and [len(a) for a in asked] == [6, 6, 12]
+    assert [i for i, _ in answered] == list(range(24))
+    answered, stop = answer_in_rounds(answering(0.05), 24, order, checks, rounds=())  # --rounds none
+    assert stop is None and len(answered) == 24
+
+
+def test_rounds_and_confidence_are_checked():
+    from llmops.rag.candidates import CandidateError, check_confidence, parse_rounds
+
+    assert parse_rounds("6,12") == (6, 12) and parse_rounds("none") == () and parse_rounds("") == ()
+    for bad in ("12,6", "0,4", "six"):
+        with pytest.raises(CandidateError, match="--rounds: "):
+            parse_rounds(bad)
+    with pytest.raises(CandidateError, match=r"--confidence: must be at least 0\.5 and below 1"):
+        check_confidence(1.0)
+
+
+def test_a_stopped_candidate_is_never_chosen():
+    from llmops.gates import parse_policy
+    from llmops.rag.candidates import choose_generator
+
+    policy = parse_policy("model: rag\nmetrics:\n  rouge_l: {min: 0.15}\n")
+    extractive = {"name": "extractive", "scores": {"answer_key": 0.6, "rouge_l": 0.3}}
+    lucky = {"name": "base", "scores": {"answer_key": 0.9, "rouge_l": 0.3}, "stopped": "base stopped"}
+    assert choose_generator([extractive, lucky], policy)[0] == 0
+

@@ -13,17 +13,44 @@ A candidate that fails an absolute metric rule of the policy is out. Among the r
 ``(answer_key, rouge_l)`` wins: key facts stated first, then overlap with the reference answer.
 An LLM candidate wins only when it scores strictly above the extractive one, because the
 extractive answer costs nothing to serve and never invents a sentence.
+
+Early elimination. The extractive candidate answers every question first (it costs seconds); an
+LLM candidate then answers in rounds on growing subsets of the golden set (``rounds``: 6, then 12,
+then all), taken in a random order seeded by the golden set's version. After each round but the
+last, :func:`stopping` bounds from above the candidate's full-set mean of each metric that decides
+it, from the questions answered so far:
+
+    exact     (sum so far + one per question left) / N: the left ones count at best 1.0
+    sampled   mean so far + sqrt((1 - (n - 1) / N) * ln(1 / delta) / (2 n)), Hoeffding's bound
+              with Serfling's correction for drawing n of N without replacement
+
+and keeps the smaller. ``delta`` is ``1 - confidence`` shared out over the looks and the metrics
+(a union bound), so at ``confidence`` 0.95 a candidate whose full-set mean would reach the limit
+is stopped with probability at most 5 % over the draw of the order. A candidate stops when the
+bound of its ``answer_key`` is below the extractive candidate's full-set ``answer_key`` (it cannot
+rank above the floor) or the bound of a metric the policy gives a ``min`` is below that ``min``
+(it cannot pass). Survivors answer the whole set; stopped ones are never chosen.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from pydantic import BaseModel
 
 from llmops.errors import LlmopsError
 from llmops.gates import GatePolicy, evaluate_gate
 
 BASE_MODEL = "smollm2-135m-instruct"
 RANKED_BY = ("answer_key", "rouge_l")
+DEFAULT_ROUNDS = (6, 12)  # questions answered before each look; the last round is the whole set
+DEFAULT_CONFIDENCE = 0.95
+# the answer metrics a candidate changes (the retrieved contexts are the same for all), each in [0, 1]
+BOUNDED_METRICS = ("answer_key", "string_similarity", "rouge_l", "faithfulness", "answer_relevancy")
 
 
 class CandidateError(LlmopsError, ValueError):
@@ -97,6 +124,8 @@ def choose_generator(candidates: list[dict[str, Any]], policy: GatePolicy) -> tu
 
     best = 0
     for i, candidate in enumerate(candidates[1:], 1):
+        if candidate.get("stopped"):  # stopped early: scores of a part of the set, it cannot win
+            continue
         if passes(candidate["scores"]) and rank(candidate["scores"]) > rank(candidates[best]["scores"]):
             best = i
     floor = candidates[0]
@@ -110,3 +139,134 @@ def choose_generator(candidates: list[dict[str, Any]], policy: GatePolicy) -> tu
         f"{m} {winner['scores'].get(m, 0):.3f} vs {floor['scores'].get(m, 0):.3f}" for m in RANKED_BY
     )
     return best, f"{winner['name']} chosen over {floor['name']}: {gains}"
+
+
+def parse_rounds(text: str, field: str = "--rounds") -> tuple[int, ...]:
+    """Round sizes from ``"6,12"`` (growing, each at least 1); ``""`` or ``"none"``: no early
+    stop, every candidate answers the whole set at once."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CandidateError(
+            f"{field}: expected growing question counts such as 6,12, got {text!r}"
+        ) from None
+    if any(n < 1 for n in sizes) or any(b <= a for a, b in itertools.pairwise(sizes)):
+        raise CandidateError(f"{field}: counts must be 1 or more and growing, got {text!r}")
+    return sizes
+
+
+def check_confidence(confidence: float, field: str = "--confidence") -> float:
+    if not 0.5 <= confidence < 1.0:
+        raise CandidateError(f"{field}: must be at least 0.5 and below 1, got {confidence}")
+    return confidence
+
+
+def round_schedule(total: int, rounds: Sequence[int] = DEFAULT_ROUNDS) -> list[int]:
+    """Questions answered by the end of each round: the sizes below ``total``, then ``total``."""
+    return [n for n in rounds if n < total] + [total]
+
+
+def answer_order(total: int, seed: str) -> list[int]:
+    """The question indices in the order rounds take them: a permutation seeded by ``seed`` (the
+    golden set's version), so a subset is a random sample and a rerun takes the same one."""
+    order = list(range(total))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def mean_upper_bound(values: Sequence[float], total: int, delta: float) -> float:
+    """An upper bound on the mean of ``total`` values in [0, 1] from the first ``len(values)`` of a
+    random order: the smaller of the exact bound (the rest at 1.0) and Hoeffding-Serfling's, which
+    holds with probability at least ``1 - delta``."""
+    n = len(values)
+    if n == 0:
+        return 1.0
+    left = max(total - n, 0)
+    exact = (sum(values) + left) / (n + left)
+    if left == 0:
+        return exact
+    spread = math.sqrt((1 - (n - 1) / total) * math.log(1 / delta) / (2 * n))
+    return min(exact, sum(values) / n + spread)
+
+
+class Stop(BaseModel):
+    """Why a candidate stopped early: after which round, on which metric, its bound and the limit."""
+
+    round: int
+    answered: int
+    total: int
+    metric: str
+    bound: float
+    limit: float
+    against: str  # "extractive floor" or "policy min"
+    confidence: float
+
+    def sentence(self, name: str) -> str:
+        return (
+            f"{name} stopped after round {self.round} ({self.answered}/{self.total} answered): "
+            f"{self.metric} at most {self.bound:.3f} at {self.confidence:.0%} confidence, "
+            f"below the {self.against} {self.limit:.3f}"
+        )
+
+
+def limits(floor_scores: dict[str, float], policy: GatePolicy) -> list[tuple[str, float, str]]:
+    """(metric, limit, against) a candidate must be able to reach: the extractive floor's
+    ``answer_key`` (ranked first) and each ``min`` the policy sets on a bounded answer metric."""
+    found = []
+    if "answer_key" in floor_scores:
+        found.append(("answer_key", float(floor_scores["answer_key"]), "extractive floor"))
+    for metric, threshold in policy.metrics.items():
+        if metric in BOUNDED_METRICS and threshold.min is not None and metric not in policy.lower_is_better:
+            found.append((metric, float(threshold.min), "policy min"))
+    return found
+
+
+def stopping(
+    rows: Sequence[dict[str, float | None]],
+    total: int,
+    checks: Sequence[tuple[str, float, str]],
+    round_number: int,
+    looks: int,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> Stop | None:
+    """The reason to stop a candidate whose per-question scores so far are ``rows`` (a random
+    subset of ``total``), or None. ``looks``: the rounds that may stop one (all but the last);
+    ``checks``: :func:`limits`. A candidate is stopped only on a bound strictly below a limit."""
+    if not checks or len(rows) >= total:
+        return None
+    delta = (1 - confidence) / (max(looks, 1) * len(checks))
+    for metric, limit, against in checks:
+        values = [float(v) for row in rows if (v := row.get(metric)) is not None]
+        if not values:
+            continue
+        bound = mean_upper_bound(values, total - (len(rows) - len(values)), delta)
+        if bound < limit:
+            return Stop(round=round_number, answered=len(rows), total=total, metric=metric,
+                        bound=round(bound, 4), limit=limit, against=against,
+                        confidence=confidence)  # fmt: skip
+    return None
+
+
+def answer_in_rounds(
+    answer: Callable[[list[int]], list[dict[str, Any]]],
+    total: int,
+    order: Sequence[int],
+    checks: Sequence[tuple[str, float, str]],
+    rounds: Sequence[int] = DEFAULT_ROUNDS,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[list[tuple[int, dict[str, Any]]], Stop | None]:
+    """Answer in rounds: ``answer(indices)`` answers those questions and returns one row per index
+    (with ``"scores"``). Returns the (index, row) pairs answered, in question order, and the
+    :class:`Stop` that ended it early, or None when it answered them all."""
+    schedule = round_schedule(total, rounds)
+    answered: list[tuple[int, dict[str, Any]]] = []
+    for number, upto in enumerate(schedule, 1):
+        todo = list(order[len(answered) : upto])
+        answered += list(zip(todo, answer(todo), strict=True))
+        stop = stopping([row["scores"] for _, row in answered], total, checks, number, len(schedule) - 1,
+                        confidence)  # fmt: skip
+        if stop is not None:
+            return sorted(answered, key=lambda pair: pair[0]), stop
+    return sorted(answered, key=lambda pair: pair[0]), None

@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import json
 import re
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -270,19 +269,6 @@ class EvalResult(BaseModel):
     notes: list[str]  # what could not be scored, and why
 
 
-def answer_progress() -> Callable[[int, int], None]:
-    """A ``progress(answered, total)`` for :meth:`RagPipeline.answer_many` that prints
-    ``answered n/N (x.x questions/s, ETA s)``, the rate since it was made."""
-    began = time.monotonic()
-
-    def report(answered: int, total: int) -> None:
-        rate = answered / max(time.monotonic() - began, 1e-9)
-        eta = (total - answered) / rate if rate else 0.0
-        print(f"answered {answered}/{total} ({rate:.1f} questions/s, ETA {eta:.0f} s)", flush=True)
-
-    return report
-
-
 def evaluate_pipeline(
     pipeline: Any,
     golden: GoldenSet,
@@ -290,17 +276,20 @@ def evaluate_pipeline(
     judge: Judge | None = None,
     hits: list[list[Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    answers: list[RagAnswer] | None = None,
 ) -> EvalResult:
     """Answer every golden question with ``pipeline`` (a RagPipeline), in batches, and score the
     answers.
 
     ``hits`` (one list of retrieved ``Hit`` per question) lets several generators be compared on
     exactly the same contexts; by default the pipeline retrieves ``k`` chunks itself.
-    ``progress(answered, total)`` is called after each batch (:func:`answer_progress` prints)."""
+    ``progress(answered, total)`` is called after each batch (``llmops.progress.Progress.callback``
+    prints); ``answers`` already given (one per question, from ``hits``) are scored, not asked again."""
     questions = [item.question for item in golden.questions]
     if hits is None:
         hits = pipeline.retriever.retrieve_many(questions, k)  # one embedding batch for all questions
-    answers = pipeline.answer_many(questions, hits, progress=progress)
+    if answers is None:
+        answers = pipeline.answer_many(questions, hits, progress=progress)
     retrieval = retrieval_scores([[hit.text for hit in h] for h in hits], golden)
     judged, notes = ragas_scores(golden, answers, judge)
     rows = [

@@ -82,10 +82,14 @@ class RagEvalCard(ArtifactCard):
             metrics = list(candidates[0]["scores"])
             table = []
             for c in candidates:
-                name = c["name"] + (" (chosen)" if c["chosen"] else "")
-                table.append([name, *(fmt(c["scores"].get(m)) for m in metrics)])
-            out.append(Markdown("### Generator candidates\n" + self.artifact(task, "generator_choice", "")))
-            out.append(Table(table, headers=["generator", *metrics]))
+                mark = " (chosen)" if c["chosen"] else " (stopped early)" if c.get("stopped") else ""
+                name = c["name"] + mark
+                table.append([name, c.get("answered", "?"), *(fmt(c["scores"].get(m)) for m in metrics)])
+            stopped = "".join(f"\n- {c['stopped']}" for c in candidates if c.get("stopped"))
+            out.append(
+                Markdown("### Generator candidates\n" + self.artifact(task, "generator_choice", "") + stopped)
+            )
+            out.append(Table(table, headers=["generator", "answered", *metrics]))
         notes = self.artifact(task, "eval_notes") or []
         if notes:
             out.append(Markdown("### Not scored\n" + "\n".join(f"- {n}" for n in notes[:20])))
