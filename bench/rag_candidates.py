@@ -9,7 +9,18 @@ The full mode indexes docs/ (as flows/build_rag_index.py does, all-MiniLM-L6-v2)
 question's top 4 chunks once; both paths answer from them with the rag_answer prompt, greedy. It also
 counts the questions whose batched answer equals the sequential one (greedy decoding: all, unless two
 logits tie to within float32 rounding). Target: batched / sequential >= 4x. The final line reads
-``candidate answering: batched / sequential = X.XXx``.
+``candidate answering: batched / sequential = X.XXx``. Before it, the prompts' shape: tokens each,
+the prefix they share (the engine computes its KV once) and the padding a single prefill of the
+batch adds (what sorting prompts into length buckets could save).
+
+    python bench/rag_candidates.py --record tests/data/rag_candidate_scores.json --name docs
+    python bench/rag_candidates.py --docs tests/data/readmes --golden tests/data/readmes_golden.yaml \
+        --record tests/data/rag_candidate_scores.json --name readmes
+
+``--record`` also scores the extractive generator and the batched LLM answers on the golden set
+(full evaluations, as flows/evaluate_rag.py scores them) and writes each candidate's means and
+per-question ``answer_key``, ``rouge_l`` and ``string_similarity`` under ``--name``: the data
+tests/unit/test_rag_candidates.py replays early elimination on.
 """
 
 from __future__ import annotations
@@ -38,7 +49,12 @@ def parse_args(argv=None):
     parser.add_argument("--golden", default=str(REPO / "evals/rag_golden.yaml"), help="Golden set YAML.")
     parser.add_argument("--docs", default=str(REPO / "docs"), help="Corpus folder (full mode).")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1).")
-    return parser.parse_args(argv)
+    parser.add_argument("--record", default="", help="JSON file to add full-evaluation scores to.")
+    parser.add_argument("--name", default="docs", help="The corpus's key in the --record file.")
+    args = parser.parse_args(argv)
+    if args.quick and args.record:
+        parser.error("--record: needs the full mode (an index to score the extractive generator on)")
+    return args
 
 
 def retrieved(docs: str, questions: list[str], store: Path):
@@ -121,9 +137,64 @@ def main(argv=None) -> None:
         batched = pipeline.answer_many(questions, hits)
         together = time.perf_counter() - began
         print(f"batched:    {together:.1f} s ({len(questions) / together:.2f} questions/s)", flush=True)
+        shape(
+            generator,
+            [pipeline.request(q, pipeline.fitted(q, h)) for q, h in zip(questions, hits, strict=True)],
+        )
+        if args.record:
+            record(args, golden, retriever, hits, batched)
     same = sum(a.answer == b.answer for a, b in zip(alone, batched, strict=True))
     print(f"answers equal to the sequential ones: {same}/{len(questions)}")
     print(f"candidate answering: batched / sequential = {sequential / together:.2f}x (target >= 4x)")
+
+
+def shape(generator, requests) -> None:
+    """Prompt tokens, the prefix every prompt shares, and the padding of one prefill of them all."""
+    backend = generator.backend
+    ids = [
+        backend.tokenizer(backend.render(r.messages), add_special_tokens=False)["input_ids"] for r in requests
+    ]
+    shared = min(len(i) for i in ids)
+    for other in ids[1:]:
+        same = (n for n, (a, b) in enumerate(zip(ids[0], other, strict=False)) if a != b)
+        shared = min(shared, next(same, len(other)))
+    rests = [len(i) - shared for i in ids]
+    padded = max(rests) * len(rests)
+    lengths = [len(i) for i in ids]
+    print(f"prompts: {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(ids):.0f}), "
+          f"{shared} shared by all; one prefill of the rest pads {padded - sum(rests)} of {padded} tokens "
+          f"({1 - sum(rests) / padded:.0%})", flush=True)  # fmt: skip
+
+
+def record(args, golden, retriever, hits, answers) -> None:
+    """Full evaluations of the extractive generator and the LLM's ``answers``, per question."""
+    import json
+
+    from llmops.prompts import load_prompt
+    from llmops.rag.evaluation import evaluate_pipeline
+    from llmops.rag.generators import ExtractiveGenerator
+    from llmops.rag.pipeline import RagPipeline
+
+    extractive = RagPipeline(retriever, load_prompt("rag_answer"), ExtractiveGenerator(retriever.embedder))
+    found = {}
+    for name, given in (
+        ("extractive", None),
+        ("base", answers),
+    ):  # the LLM's answers: scored, not asked again
+        result = evaluate_pipeline(extractive, golden, K, hits=hits, answers=given)
+        metrics = ("answer_key", "rouge_l", "string_similarity")
+        rows = [{m: row["scores"].get(m) for m in metrics} for row in result.rows]
+        found[name] = {"scores": result.scores, "rows": rows}
+        print(f"{name}: {result.scores}", flush=True)
+    path = Path(args.record)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[args.name] = {
+        "golden": golden.content_version,
+        "questions": len(golden.questions),
+        "candidates": found,
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"recorded {args.name} in {path}")
 
 
 if __name__ == "__main__":
