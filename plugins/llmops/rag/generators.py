@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 from types import FunctionType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -32,7 +32,12 @@ from llmops.errors import LlmopsError
 from llmops.settings import first_value, settings_from_env
 from llmops.tracing import annotate, trace_headers
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])|\n+")
+# a sentence ends at . ! or ? before a capital, a quote, a code mark or a parenthesis, except after
+# an abbreviation ("e.g. The", "vs. Django")
+_SENTENCE_END = re.compile(
+    r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\betc\.)(?<!\bvs\.)(?<!\bcf\.)(?<!\bNo\.)"
+    r"(?<=[.!?])\s+(?=[A-Z`(\"'*\[])|\n+"
+)
 
 
 class GeneratorError(LlmopsError, ValueError):
@@ -103,11 +108,16 @@ class ExtractiveGenerator:
     """Answers with the ``max_sentences`` context sentences or list lines that best answer the
     question, each followed by the number of the context it came from (``[2]``). Needs no LLM.
 
+    The candidates come from :func:`answer_units`: a context is read as Markdown or
+    reStructuredText (``llmops.rag.markup``), so a sentence wrapped over several lines is one
+    candidate, and markup (badges, images, HTML, link-only lines, directives) is never quoted.
+
     A candidate's score adds up four signals, because each alone fails on its own questions:
     meaning (cosine similarity to the question), the question's rarer words it contains (IDF over
-    the candidates, so "missing values" outweighs "data"), the question's form (a "which
-    tools/types…" question wants a list line, "how many/when" one with a number) and the rank of
-    its context (the retriever's judgement, as a small prior).
+    the candidates, so "missing values" outweighs "data"), the question's form (a "which…" or
+    "what are…" question wants a list item, not the line that introduces the list; "how
+    many/when" one with a number) and the rank of its context (the retriever's judgement, as a
+    small prior).
 
     The same chunks come back for many questions, so each sentence is embedded once and its
     vector kept (the ``cache_size`` most recently used): an evaluation embeds about a quarter
@@ -122,20 +132,24 @@ class ExtractiveGenerator:
         self.settings = {
             "backend": "extractive",
             "max_sentences": max_sentences,
-            "scorer": "terms-form-rank-v2",
+            "scorer": "terms-form-rank-v3",
         }
 
     def generate(self, request: GenerationRequest) -> str:
-        units = [
-            (number, unit, is_list)
-            for number, context in enumerate(request.contexts, start=1)
-            for unit, is_list in answer_units(context)
-        ]
-        if not units:
+        units: list[tuple[int, str, str, int]] = []
+        for number, context in enumerate(request.contexts, start=1):
+            first = len(units)
+            units += [
+                (number, unit.text, unit.kind, first + unit.intro if unit.intro >= 0 else -1)
+                for unit in answer_units(context)
+            ]
+        scores = self.score(request.question, units) if units else np.zeros(0)
+        if not np.isfinite(scores).any():
             return "I do not know: nothing relevant was retrieved."
-        scores = self.score(request.question, units)
         chosen: list[int] = []
         for i in np.argsort(-scores, kind="stable"):
+            if not np.isfinite(scores[i]):
+                break
             if all(units[i][1] not in units[j][1] and units[j][1] not in units[i][1] for j in chosen):
                 chosen.append(int(i))
             if len(chosen) == self.max_sentences:
@@ -145,12 +159,20 @@ class ExtractiveGenerator:
     def generate_many(self, requests: list[GenerationRequest]) -> list[str]:
         return [self.generate(request) for request in requests]
 
-    def score(self, question: str, units: list[tuple[int, str, bool]]) -> np.ndarray:
+    def score(self, question: str, units: list[tuple[int, str, str, int]]) -> np.ndarray:
+        """Each unit's score, ``-inf`` for one that cannot answer this question; a unit is
+        (context number, text, :class:`AnswerUnit` kind, index of its list's intro or -1).
+
+        A "which…"/"what are…" question takes the list item, never the intro: the intro
+        restates the question, its items answer it, so each item scores at least what its
+        intro scores (plus a tenth of its own score, so the item that fits best comes first).
+        A command (short code block) answers only a "how do I…" question and takes its intro's
+        score the same way; the intro stays a candidate (it says what the command does)."""
         from llmops.rag.lexical import terms
 
-        vectors = self.vectors([question] + [u for _, u, _ in units])
+        vectors = self.vectors([question] + [u for _, u, _, _ in units])
         meaning = vectors[1:] @ vectors[0]  # unit vectors: cosine similarity
-        unit_terms = [set(terms(u)) for _, u, _ in units]
+        unit_terms = [set(terms(u)) for _, u, _, _ in units]
         asked = set(terms(question))
         idf = {t: np.log(1 + len(units) / (1 + sum(t in ts for ts in unit_terms))) for t in asked}
         total = sum(idf.values()) or 1.0
@@ -158,13 +180,25 @@ class ExtractiveGenerator:
         form = _question_form(question)
         bonus = np.array(
             [
-                (0.3 if form == "list" and is_list else 0.0)
+                (0.3 if form == "list" and kind == ITEM else 0.0)
                 + (0.2 if form == "number" and _NUMBER.search(u) else 0.0)
-                for _, u, is_list in units
+                + (0.2 if form == "how" and kind == COMMAND else 0.0)
+                for _, u, kind, _ in units
             ]
         )
-        rank = np.array([0.2 / number for number, _, _ in units])
-        return meaning + 0.5 * overlap + bonus + rank  # weights measured on bench/rag_quality.py
+        rank = np.array([0.2 / number for number, _, _, _ in units])
+        own = meaning + 0.5 * overlap + bonus + rank  # weights measured on bench/rag_quality.py
+        score = own.copy()
+        answered: set[int] = set()  # intros whose list items answer instead
+        for i, (_, _, kind, intro) in enumerate(units):
+            if intro >= 0 and (form, kind) in (("list", ITEM), ("how", COMMAND)):
+                score[i] = max(own[i], own[intro]) + 0.1 * own[i]
+                if kind == ITEM:
+                    answered.add(intro)
+            if form != "how" and kind == COMMAND:
+                score[i] = -np.inf
+        score[list(answered)] = -np.inf
+        return score
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         """The embedder's unit vectors of ``texts``, each text embedded at most once while it
@@ -184,15 +218,20 @@ class ExtractiveGenerator:
 
 
 _NUMBER = re.compile(r"\d")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _LIST_QUESTION = re.compile(
-    r"^\s*(which|what)\b.*\b(tools?|types?|kinds?|species|instruments?|options?|steps?|parts?|"
-    r"libraries|frameworks?|metrics?|list|names?|ones)\b|^\s*(list|name)\b",
+    r"^\s*which\s+(\S+\s+){0,2}?\w+s\s+(do|does|did|is|are|can|could|should|will|would|has|have)\b"
+    r"|^\s*what are\b|^\s*(what|which)\b.*\b(tools?|types?|kinds?|species|instruments?|options?|"
+    r"steps?|parts?|libraries|frameworks?|metrics?|list|names?|ones)\b|^\s*(list|name)\b",
     re.I,
 )
 _NUMBER_QUESTION = re.compile(
     r"^\s*(how (many|much|long|old|far|big|often)|when|what (year|date|time))\b", re.I
 )
+_FENCE_LINE = re.compile(r"^\s{0,3}(?:```|~~~).*$", re.M)
+_TABLE_RULE = re.compile(r"^[\s|:+=-]+$")
+_HOW_QUESTION = re.compile(r"^\s*how (do|can|should|would) (i|you|we)\b|^\s*how to\b", re.I)
+ITEM, INTRO, SENTENCE, COMMAND, ROW = "item", "intro", "sentence", "command", "row"  # AnswerUnit.kind
+MAX_COMMAND = 160  # a code block this short (at most 3 lines) may answer "how do I…"
 
 
 def _question_form(question: str) -> str:
@@ -200,31 +239,70 @@ def _question_form(question: str) -> str:
         return "number"
     if _LIST_QUESTION.search(question):
         return "list"
+    if _HOW_QUESTION.search(question):
+        return "how"
     return "other"
 
 
-def answer_units(text: str) -> list[tuple[str, bool]]:
-    """What an extractive answer may quote from a chunk: list lines whole (a "Feature Store: Feast,
-    Tecton" line answers "which tools…"), prose split into sentences; (text, is a list line)."""
-    units: list[tuple[str, bool]] = []
-    in_code = False
-    for line in text.splitlines():
-        if line.strip().startswith("```"):
-            in_code = not in_code
-            continue
-        if in_code:
-            continue
-        if _LIST_ITEM.match(line):
-            item = " ".join(_LIST_ITEM.sub("", line).split()).strip("*_ ")
+class AnswerUnit(NamedTuple):
+    text: str
+    kind: str  # ITEM: a list item; INTRO: a sentence introducing a list; SENTENCE: other prose;
+    # COMMAND: a short code block (a command line); ROW: a table row (its cells joined by " | ")
+    intro: int = -1  # an item's: the index of its list's intro among the chunk's units, or -1
+
+
+def answer_units(text: str, kind: str = "auto") -> list[AnswerUnit]:
+    """What an extractive answer may quote from a chunk: list items whole (a "Feature Store:
+    Feast, Tecton" item answers "which tools…"), prose paragraphs (soft-wrapped lines joined)
+    split into sentences, table rows (not the header), and short code blocks (a command answers
+    "how do I…"). Headings, longer code and markup are never quoted; ``kind`` is the chunk's
+    markup (``llmops.rag.markup``; "auto" guesses it). A chunk that starts inside a fenced code
+    block (its first fence is a bare closing one and the fences do not pair up) is read as such."""
+    from llmops.rag import markup
+
+    fences = _FENCE_LINE.findall(text)
+    if len(fences) % 2 and fences[0].strip() in ("```", "~~~"):
+        text = fences[0].strip() + "\n" + text
+    units: list[AnswerUnit] = []
+    intro = -1  # the sentence introducing the list or command being read
+    found_blocks = [b for b in markup.blocks(text, kind) if b.kind != markup.MARKUP]
+    for n, block in enumerate(found_blocks):
+        if block.kind != markup.ITEM:
+            intro = -1 if block.kind != markup.CODE else intro
+        if block.kind == markup.ITEM:
+            item = block.text.strip("*_ ")
             if len(item) >= 8:
-                units.append((item, True))
-            continue
-        units += [(sentence, False) for sentence in split_sentences(line)]
+                units.append(AnswerUnit(item, ITEM, intro))
+        elif block.kind == markup.PROSE:
+            found = split_sentences(block.text)
+            after = found_blocks[n + 1].kind if n + 1 < len(found_blocks) else None
+            leads = block.text.endswith(":") and after in (markup.ITEM, markup.CODE)
+            units += [
+                AnswerUnit(s, INTRO if leads and i == len(found) - 1 else SENTENCE)
+                for i, s in enumerate(found)
+            ]
+            if leads and found and units[-1].kind == INTRO:
+                intro = len(units) - 1
+        elif block.kind == markup.CODE:
+            lines = [line.strip() for line in block.text.splitlines() if line.strip()]
+            command = " ".join(lines)
+            if len(lines) <= 3 and 8 <= len(command) <= MAX_COMMAND:
+                units.append(AnswerUnit(command, COMMAND, intro))
+            intro = -1
+        elif block.kind == markup.TABLE:
+            rows = block.text.splitlines()
+            header = 1 if len(rows) > 1 and _TABLE_RULE.match(rows[1]) else 0
+            for row in rows[header:]:
+                cells = [c.strip() for c in row.strip().strip("|").split("|")]
+                line = " | ".join(c for c in cells if c)
+                if not _TABLE_RULE.match(row) and len(line) >= 25:
+                    units.append(AnswerUnit(line, ROW))
     return units
 
 
 def split_sentences(text: str) -> list[str]:
-    """Prose sentences of a chunk: headings, code fences, table rows and fragments dropped."""
+    """Prose sentences of a reflowed paragraph: headings, code fences, table rows and fragments
+    dropped."""
     keep = []
     for piece in _SENTENCE_END.split(text):
         piece = piece.strip().lstrip("-*> ").strip()
