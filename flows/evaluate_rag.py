@@ -114,6 +114,7 @@ class EvaluateRagFlow(FlowSpec):
         self.retrieval_settings = settings.model_dump()
         golden = load_golden(self.golden)
         self.golden_version = golden.content_version
+        print(f"Golden set {self.golden}: {len(golden.questions)} questions ({self.golden_version})")
         prompt = load_prompt(self.prompt)
         self.prompt_ref = f"{prompt.name}@{prompt.version}"
         self.chroma_location = chroma_location(self.chroma or None)
@@ -174,7 +175,9 @@ class EvaluateRagFlow(FlowSpec):
         hits = [[Hit(**h) for h in question] for question in self.contexts]
         name, total = self.input["name"], len(hits)
         notes: list[str] = []
-        progress = Progress(f"{name}: answered", total, "questions", every_s=10)
+        # the extractive floor's answers came from start: its task scores them
+        progress = Progress(f"{name}: {'scored' if name == 'extractive' else 'answered'}", total, "questions",
+                            every_s=10)  # fmt: skip
 
         def answer(indices: list[int]) -> list[dict]:
             part = golden.model_copy(update={"questions": [golden.questions[i] for i in indices]})
@@ -190,7 +193,8 @@ class EvaluateRagFlow(FlowSpec):
             return result.rows
 
         if name == "extractive":
-            answered, stop = list(enumerate(answer(list(range(total))))), None
+            with progress.ticking():
+                answered, stop = list(enumerate(answer(list(range(total))))), None
         else:
             checks = limits({"answer_key": self.floor_answer_key}, policy_from_config(self.policy))
             below = ", ".join(f"{against} {metric} {limit:.3f}" for metric, limit, against in checks)
