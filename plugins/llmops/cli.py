@@ -411,9 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     gcmds = golden.add_subparsers(dest="golden_command", required=True)
     p = gcmds.add_parser(
         "init",
-        help="draft a golden set from a corpus: questions from headings and term lists",
-        description="Each question's reference context is a verbatim excerpt of its file (the first "
-        "sentence under a heading, or a 'Term: description' list line). Edit the draft before gating.",
+        help="draft a golden set from a corpus: questions users ask, one per section or list",
+        description="Markdown, reStructuredText and text files are read by section (rST underlined "
+        "titles too). Each question names its document's subject (the title, or the file name when the "
+        "title does not name it) and takes a form users ask ('How do I install X?', 'Which features does "
+        "X offer?', 'What is the default ... in X?'); its reference context is a verbatim sentence or list "
+        "item of the file, never markup. Edit the draft before gating.",
     )
     p.add_argument("--docs", required=True, metavar="DIR", help="the corpus folder the index is built from")
     p.add_argument("--out", default="evals/my_golden.yaml", help="YAML file to write (default: %(default)s)")
