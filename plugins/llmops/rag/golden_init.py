@@ -100,8 +100,8 @@ def _gerund_base(word: str) -> str:
         return base[:-1]  # running -> run
     if re.search(r"(?:^|[^aeiou])[aeiou][bcdgkmnprstvz]$", base) and base not in ("open", "listen"):
         return base + "e"  # using -> use, making -> make
-    if base.endswith(("at", "iz", "ur", "ov", "dl")):
-        return base + "e"  # creating -> create, configuring -> configure
+    if base.endswith(("at", "iz", "ur", "ov", "dl", "lv", "rv", "rs", "uc", "nc", "ng", "ac")):
+        return base + "e"  # creating -> create, resolving -> resolve, tracing -> trace
     return base
 
 
@@ -178,7 +178,7 @@ def questions_for(path: str, text: str) -> list[GoldenItem]:
             if excerpt:
                 drafted[form].append(_item(question, excerpt, path))
 
-        gerund = _GERUND.match(heading)
+        gerund = _GERUND.match(heading.split(":")[0])
         if gerund:
             rest = gerund.group(2).split()
             if heading.lower().startswith(("getting", "string", "thing")) or (
