@@ -498,50 +498,61 @@ def _inline_block(kind: str, lines: list[_Line]) -> Block:
     chars: list[str] = []
     offsets: list[int] = []
     for t, at in lines:
-        kept = _remove(t, at, _NOISE)
+        kept, where = _remove(t, at, _NOISE)
         if chars and kept:
             chars.append(" ")
             offsets.append(at - 1)  # the line break
-        for c, o in kept:
-            chars.append(c)
-            offsets.append(o)
+        chars.append(kept)
+        offsets.extend(where)
     text, offsets = _squeeze("".join(chars), offsets)
     start = lines[0][1] if lines else 0
     end = lines[-1][1] + len(lines[-1][0]) if lines else 0
     return Block(kind, text, start, end, offsets)
 
 
-def _remove(text: str, at: int, pattern: re.Pattern) -> list[tuple[str, int]]:
-    kept: list[tuple[str, int]] = []
+def _remove(text: str, at: int, pattern: re.Pattern) -> tuple[str, list[int]]:
+    """``text`` without the matches of ``pattern``, and each kept character's offset (``at`` + its
+    index in ``text``)."""
+    pieces: list[str] = []
+    where: list[int] = []
     last = 0
     for m in pattern.finditer(text):
-        kept.extend((text[k], at + k) for k in range(last, m.start()))
+        pieces.append(text[last : m.start()])
+        where.extend(range(at + last, at + m.start()))
         last = m.end()
-    kept.extend((text[k], at + k) for k in range(last, len(text)))
-    return kept
+    pieces.append(text[last:])
+    where.extend(range(at + last, at + len(text)))
+    return "".join(pieces), where
+
+
+_SPACE_RUN = re.compile(r"\s{2,}|[^\S ]")  # what is not already one plain space
 
 
 def _squeeze(text: str, offsets: list[int]) -> tuple[str, list[int]]:
     """Whitespace runs become one space, none at either end."""
-    out_chars: list[str] = []
-    out_offsets: list[int] = []
-    for m in re.finditer(r"\S+|\s+", text):
-        if m.group().isspace():
-            if out_chars and m.end() < len(text):
-                out_chars.append(" ")
-                out_offsets.append(offsets[m.start()])
-        else:
-            out_chars.append(m.group())
-            out_offsets.extend(offsets[m.start() : m.end()])
-    return "".join(out_chars), out_offsets
+    pieces: list[str] = []
+    where: list[int] = []
+    last = 0
+    for m in _SPACE_RUN.finditer(text):
+        pieces.append(text[last : m.start()])
+        where.extend(offsets[last : m.start()])
+        pieces.append(" ")
+        where.append(offsets[m.start()])
+        last = m.end()
+    pieces.append(text[last:])
+    where.extend(offsets[last:])
+    out = "".join(pieces)
+    start = 1 if out.startswith(" ") else 0
+    end = len(out) - 1 if out.endswith(" ") and len(out) > start else len(out)
+    return out[start:end], where[start:end]
 
 
 def _unwrap(text: str, offsets: list[int]) -> tuple[str, list[int]]:
     """Links keep their text, roles their target, emphasis and code marks go (clean_text)."""
     for pattern in (_RST_LINK, _RST_ROLE, _MD_LINK, _AUTOLINK):
         text, offsets = _keep_groups(text, offsets, pattern)
-    kept = _remove(text, 0, _EMPHASIS)
-    return _squeeze("".join(c for c, _ in kept), [offsets[k] for _, k in kept])
+    kept, where = _remove(text, 0, _EMPHASIS)
+    return _squeeze(kept, [offsets[k] for k in where])
 
 
 def _keep_groups(text: str, offsets: list[int], pattern: re.Pattern) -> tuple[str, list[int]]:
