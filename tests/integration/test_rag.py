@@ -126,7 +126,7 @@ def test_evaluation_passes_the_gate_and_registers_a_release(release, built):
     assert released["generator"] == {
         "backend": "extractive",
         "max_sentences": 2,
-        "scorer": "terms-form-rank-v2",
+        "scorer": "terms-form-rank-v3",
     }
     assert released["retrieval"]["mode"] == "hybrid" and released["retrieval"]["tokenizer"]
     assert champion.metadata["prompt"] == evaluate["prompt_ref"].data
