@@ -122,10 +122,14 @@ class BuildRagIndexFlow(FlowSpec):
     def embed(self):
         import numpy as np
 
-        from llmops.rag.embeddings import Embedder
+        from llmops.rag.chunking import index_text
+        from llmops.rag.embeddings import Embedder, EmbeddingSettings
+        from llmops.settings import settings_from_env
 
         positions = self.input
-        texts = [self.chunks[i]["text"] for i in positions]
+        # the embedded text: the chunk without markup (llmops.rag.chunking.index_text)
+        chunks = [self.chunks[i] for i in positions]
+        texts = [index_text(c["text"], c["heading"], c["source"]) for c in chunks]
         self.shard_positions = positions
         # (len(positions), dim) float32; nothing to embed (an unchanged corpus) loads no model
         self.shard_embeddings = np.zeros((0, 0), dtype=np.float32)
@@ -134,7 +138,9 @@ class BuildRagIndexFlow(FlowSpec):
 
             progress = Progress(f"shard {self.index}: embedded", len(texts), "chunks", every_s=10)
             with progress.ticking():  # a line every 10 s while the model loads and a slice runs
-                embedder = Embedder(self.embedding_model, batch_size=self.batch_size)
+                # bfloat16 products where the CPU has them (LLMOPS_EMBED_PRECISION, llmops.rag.embeddings)
+                precision = settings_from_env(EmbeddingSettings).embed_precision
+                embedder = Embedder(self.embedding_model, batch_size=self.batch_size, precision=precision)
                 self.shard_embeddings = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
                 # longest first, a few batches at a time: the batches pad as little as in one call
                 order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

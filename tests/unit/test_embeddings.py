@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from llmops.rag import bert
-from llmops.rag.embeddings import DEFAULT_MODEL, Embedder, EmbeddingError, resolve_model_path
+from llmops.rag.embeddings import (
+    DEFAULT_MODEL,
+    MAX_BATCH_FACTOR,
+    Embedder,
+    EmbeddingError,
+    length_batches,
+    resolve_model_path,
+)
 from tests.fresh_process import imported_by
 
 TEXTS = [
@@ -124,3 +131,31 @@ def test_embedding_imports_neither_transformers_nor_sentence_transformers():
     """The point of llmops.rag.bert: a process that embeds pays for torch, not for transformers."""
     code = "from llmops.rag.embeddings import Embedder; e = Embedder(); e.embed(['a']); e.count_tokens(['a'])"
     assert imported_by(code, ("transformers", "sentence_transformers")) == []
+
+
+def test_texts_are_batched_by_length_within_one_token_budget():
+    lengths = [200, 12, 180, 30, 7, 150, *([10] * 40), 64, 199]
+    batches = length_batches(lengths, batch_size=4)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))  # each once
+    widths = [lengths[batch[0]] for batch in batches]
+    assert widths == sorted(widths, reverse=True)  # longest first
+    for batch in batches:
+        assert lengths[batch[0]] == max(lengths[i] for i in batch)  # as wide as its first text
+        assert len(batch) * lengths[batch[0]] <= 4 * 200  # the longest batch's padded tokens
+        assert len(batch) <= MAX_BATCH_FACTOR * 4
+    assert batches[0] == [0, 47, 2, 5]  # the four longest
+    assert max(len(b) for b in batches) == MAX_BATCH_FACTOR * 4  # short texts, many to a batch
+    assert length_batches([], 4) == []
+
+
+def test_bfloat16_vectors_match_float32_and_a_bad_precision_is_named():
+    texts = [TEXTS[0], TEXTS[3], TEXTS[-1]]
+    exact = Embedder().embed(texts)
+    half = Embedder(precision="bfloat16").embed(texts)
+    assert half.dtype == np.float32
+    assert (exact * half).sum(axis=1).min() >= 0.999
+    assert str(Embedder(precision="float32").compute_dtype) == "torch.float32"
+    with pytest.raises(
+        EmbeddingError, match="LLMOPS_EMBED_PRECISION: 'int8' is not auto, float32 or bfloat16"
+    ):
+        Embedder(precision="int8")

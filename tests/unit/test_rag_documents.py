@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmops.errors import LlmopsError
-from llmops.rag.chunking import ChunkingConfig, split_documents
+from llmops.rag.chunking import ChunkingConfig, headings, index_text, split_documents
 from llmops.rag.documents import CorpusError, load_corpus, text_hash
 
 PDF_TEXT = "Some text here"
@@ -343,8 +343,10 @@ def test_chunks_point_back_into_their_documents(long_corpus):
             assert chunk.kind == document.kind
     for chunk in chunks:
         assert 0 < len(chunk.text) <= config.chunk_size
-        assert chunk.content_hash == text_hash(chunk.text)
-        assert chunk.content_hash == hashlib.sha256(chunk.text.encode("utf-8")).hexdigest()
+        # the key for reusing embeddings: the hash of what is embedded
+        assert chunk.heading == ""  # no heading path unless asked for
+        assert chunk.content_hash == text_hash(chunk.index_text)
+        assert chunk.content_hash == hashlib.sha256(chunk.index_text.encode("utf-8")).hexdigest()
         meta = chunk.metadata()
         assert meta["source"] == chunk.source and meta["position"] == chunk.position
         assert meta["content_hash"] == chunk.content_hash
@@ -382,3 +384,98 @@ def test_smaller_chunks_give_more_of_them(long_corpus):
     large = split_documents(documents, ChunkingConfig(chunk_size=1000, chunk_overlap=0))
     assert len(small) > len(large) >= len(documents)
     assert max(len(c.text) for c in small) <= 150
+
+
+README_MD = """# Quux
+
+[![build](https://img.shields.io/badge/build-passing-green.svg)](https://ci.example.org)
+
+A quux library.
+
+## Installation
+
+Run `pip install quux` to install it.
+
+## Usage
+
+### Command line
+
+Call **quux** from a shell, see [the guide](https://quux.example.org/guide).
+"""
+README_RST = """=====
+Blorp
+=====
+
+Blorp parses things.
+
+Installing
+----------
+
+.. image:: https://img.shields.io/pypi/v/blorp.svg
+
+Use pip to install blorp.
+
+Details
+~~~~~~~
+
+Nothing more.
+
+Contributing
+------------
+
+Send patches.
+"""
+
+
+def test_chunks_are_indexed_with_their_heading_path_and_without_markup(tmp_path):
+    (tmp_path / "quux.md").write_text(README_MD)
+    (tmp_path / "blorp.rst").write_text(README_RST)
+    documents = {d.path: d for d in load_corpus(tmp_path).documents}
+    config = ChunkingConfig(chunk_size=100, chunk_overlap=0, heading_prefix=True)
+    chunks = split_documents(list(documents.values()), config)
+    assert config.key() != ChunkingConfig(chunk_size=100, chunk_overlap=0).key()
+
+    def chunk_with(words):
+        return next(c for c in chunks if words in c.text)
+
+    # the file's name, then the titles above the chunk's start (a title equal to the name once)
+    assert chunk_with("pip install quux").heading == "quux > Installation"
+    assert chunk_with("Call **quux**").heading == "quux > Usage > Command line"
+    assert chunk_with("Use pip to install blorp.").heading == "blorp > Installing"
+    assert chunk_with("Nothing more.").heading == "blorp > Installing > Details"
+    # reStructuredText levels follow the adornments in the order they first appear
+    levels = [(level, title) for _, level, title in headings(README_RST, "rst")]
+    assert levels == [(1, "Blorp"), (2, "Installing"), (3, "Details"), (2, "Contributing")]
+    # what is stored and shown is the source text at its offset; the embedder reads the heading
+    # path and the text without markup
+    for chunk in chunks:
+        assert documents[chunk.source].text[chunk.start : chunk.start + len(chunk.text)] == chunk.text
+        assert chunk.metadata()["heading"] == chunk.heading
+        assert chunk.index_text.split("\n", 1)[0] == chunk.heading
+    assert chunk_with("Call **quux**").index_text == (
+        "quux > Usage > Command line\nCommand line\nCall quux from a shell, see the guide."
+    )
+    assert chunk_with("img.shields.io/badge").index_text == "quux\nQuux"  # the badge is noise
+    plain = split_documents(list(documents.values()), ChunkingConfig(chunk_size=100, chunk_overlap=0))
+    assert {c.heading for c in plain} == {""}
+    assert (
+        next(c for c in plain if "Call **quux**" in c.text).index_text
+        == "Command line\nCall quux from a shell, see the guide."
+    )
+    assert "image::" not in chunk_with("Use pip to install blorp.").index_text
+    assert index_text("plain words") == "plain words"
+
+
+def test_the_chunk_size_can_differ_by_document_kind(long_corpus):
+    documents = load_corpus(long_corpus).documents
+    config = ChunkingConfig(chunk_size=200, chunk_overlap=0, kind_sizes={"text": 900})
+    chunks = split_documents(documents, config)
+    text = [c for c in chunks if c.kind == "text"]
+    markdown = [c for c in chunks if c.kind == "markdown"]
+    assert max(len(c.text) for c in markdown) <= 200 < max(len(c.text) for c in text) <= 900
+    assert config.size("text") == 900 and config.size("markdown") == 200
+    assert config.key() != ChunkingConfig(chunk_size=200, chunk_overlap=0).key()
+    with pytest.raises(ValidationError, match="kind_sizes: unknown kind 'rst'"):
+        ChunkingConfig(kind_sizes={"rst": 900})
+    with pytest.raises(ValidationError, match=r"must be smaller than kind_sizes.text \(100\)"):
+        ChunkingConfig(chunk_overlap=120, kind_sizes={"text": 100})

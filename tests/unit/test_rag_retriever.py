@@ -128,6 +128,36 @@ def test_rrf_fuse_by_hand():
     assert rrf_fuse([["a"], []], [1.0, 1.0]) == ["a"]
 
 
+def test_the_default_fusion_depth_keeps_a_chunk_one_ranking_puts_first():
+    from llmops.rag.retriever import DEFAULT_CANDIDATES, RetrievalSettings, rrf_fuse
+
+    settings = RetrievalSettings()
+    assert (settings.candidates, settings.dense_weight, settings.bm25_weight) == (
+        DEFAULT_CANDIDATES,
+        1.0,
+        2.0,
+    )
+    both = [f"m{i}" for i in range(10)]  # ranked 4th to 13th by each
+    dense = ["d1", "d2", "d3", *both, *(f"x{i}" for i in range(11)), "top"]  # "top" 25th by dense
+    bm25 = ["top", "b1", "b2", *both]  # and first by BM25
+
+    def fused(depth):
+        weights = [settings.dense_weight, settings.bm25_weight]
+        return rrf_fuse([dense[:depth], bm25[:depth]], weights, settings.rrf_k)
+
+    assert fused(settings.candidates).index("top") == 4  # in the top 5
+    assert fused(20).index("top") == 10  # cut from the dense list: behind every chunk both ranked
+
+
+def test_bm25_reads_the_heading_path_of_an_index_built_with_one():
+    from llmops.rag.lexical import Bm25Index
+
+    texts = ["Run pip to get it.", "Call it from a shell."]
+    with_path = Bm25Index(["a", "b"], texts, [{"heading": "quux > Installation"}, {"heading": ""}])
+    assert [position for position, _ in with_path.search("install quux", 2)] == [0]
+    assert Bm25Index(["a", "b"], texts, [{}, {}]).search("install quux", 2) == []
+
+
 @pytest.mark.parametrize("mode", ["bm25", "hybrid"])
 def test_lexical_modes_rank_the_right_document_first(store, embedder, mode):
     from llmops.rag.retriever import RetrievalSettings

@@ -8,6 +8,15 @@ read here and BERT encoders run in ``llmops.rag.bert``.
 
 The model's identity (``model_id``) is its name plus a hash of its configuration and weights:
 an index records it, and an index is reused only by the same model.
+
+Texts are embedded in length buckets: sorted by token count, each batch as wide as its longest
+text and holding as many texts as fit the token budget of the first (longest) batch, so short
+texts go many to a batch and almost no padding is computed. An index build embeds with
+``precision="auto"`` (``LLMOPS_EMBED_PRECISION``): bfloat16 matrix products where the CPU runs
+them natively (AVX512-BF16 or AMX; on this project's 2-core machine 1.6-1.9x the float32 rate,
+vectors at cosine 0.9999 to float32's), float32 elsewhere. Questions are embedded in float32.
+int8 dynamic quantization of the linear layers was measured and left out: 1.9-2.2x, but vectors
+only at cosine 0.96-0.98 to float32's.
 """
 
 from __future__ import annotations
@@ -18,14 +27,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 from llmops.errors import LlmopsError
 from llmops.settings import set_library_default
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+Precision = Literal["auto", "float32", "bfloat16"]
+# a batch of short texts holds at most this many times batch_size texts
+MAX_BATCH_FACTOR = 8
+
+
+class EmbeddingSettings(BaseModel):
+    """How an index build runs the embedder, from ``LLMOPS_EMBED_PRECISION``."""
+
+    # auto: bfloat16 where the CPU (or GPU) computes it natively, else float32
+    embed_precision: Precision = "auto"
+
+
 _ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 
 
@@ -197,13 +219,37 @@ class Embedder:
     other architecture through transformers' ``AutoModel``. Vectors match
     ``SentenceTransformer.encode(..., normalize_embeddings=True)`` (tests/unit/test_embeddings.py)."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 16, device: str | None = None):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        batch_size: int = 16,
+        device: str | None = None,
+        precision: Precision = "float32",
+    ):
         if batch_size < 1:
             raise EmbeddingError(f"--batch-size: must be at least 1, got {batch_size}")
+        if precision not in ("auto", "float32", "bfloat16"):
+            raise EmbeddingError(f"LLMOPS_EMBED_PRECISION: {precision!r} is not auto, float32 or bfloat16")
         self.name = model
         self.path = resolve_model_path(model)
         self.batch_size = batch_size
         self.device = device or "cpu"
+        self.precision = precision
+
+    @cached_property
+    def compute_dtype(self):
+        """The dtype of the encoder's matrix products: ``precision``, "auto" resolved here."""
+        import torch
+
+        if self.precision == "auto":
+            native = (
+                torch.cuda.is_bf16_supported()
+                if self.device.startswith("cuda")
+                else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            )
+            return torch.bfloat16 if native else torch.float32
+        return torch.bfloat16 if self.precision == "bfloat16" else torch.float32
 
     @cached_property
     def model_id(self) -> str:
@@ -223,10 +269,10 @@ class Embedder:
 
     @cached_property
     def _tokenizer(self):
-        """The fast tokenizer, set to truncate at ``max_tokens`` and pad each batch to its longest."""
+        """The fast tokenizer, set to truncate at ``max_tokens`` (batches are padded here)."""
         tokenizer = _fast_tokenizer(self.layout.transformer)
         tokenizer.enable_truncation(self.layout.max_tokens)
-        tokenizer.enable_padding(pad_id=self.layout.pad_id)
+        tokenizer.no_padding()
         return tokenizer
 
     @cached_property
@@ -266,14 +312,22 @@ class Embedder:
         # the prompt goes first and is lower-cased with the text, as sentence-transformers does
         prepared = [layout.prefix + text for text in texts]
         prepared = [text.lower() for text in prepared] if layout.lower_case else prepared
-        order = sorted(range(len(texts)), key=lambda i: -len(prepared[i]))  # little padding per batch
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                encodings = self._tokenizer.encode_batch([prepared[i] for i in batch])
-                ids = torch.tensor([e.ids for e in encodings], device=self.device)
-                mask = torch.tensor([e.attention_mask for e in encodings], device=self.device)
-                pooled = pool(self._encoder(ids, mask), mask, layout.pooling)
+        encodings = self._tokenizer.encode_batch(prepared)
+        dtype = self.compute_dtype
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32),
+        ):
+            for batch in length_batches([len(e.ids) for e in encodings], self.batch_size):
+                width = len(encodings[batch[0]].ids)  # the longest of the batch
+                ids = torch.full((len(batch), width), layout.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    n = len(encodings[i].ids)
+                    ids[row, :n] = torch.tensor(encodings[i].ids)
+                    mask[row, :n] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                pooled = pool(self._encoder(ids, mask).float(), mask, layout.pooling)
                 vectors[batch] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
         return vectors
 
@@ -304,3 +358,22 @@ class Embedder:
                 return embedder.embed_query(text).tolist()
 
         return LlmopsEmbeddings()
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Positions of ``lengths`` (token counts) in batches, longest first: each batch as wide as its
+    first text, holding at most ``batch_size`` texts of the longest width's worth of tokens
+    (``batch_size * max(lengths)``, padding included) and at most ``MAX_BATCH_FACTOR * batch_size``
+    texts. Short texts thus go many to a batch, and a batch pads only to its own longest."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    budget = batch_size * max(lengths, default=1)
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            last = batches[-1]
+            width = max(1, lengths[last[0]])
+            if (len(last) + 1) * width <= budget and len(last) < MAX_BATCH_FACTOR * batch_size:
+                last.append(i)
+                continue
+        batches.append([i])
+    return batches

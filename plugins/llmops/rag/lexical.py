@@ -4,8 +4,9 @@ Dense embeddings find paraphrases; BM25 finds the rare exact words a question sh
 chunk (a flag name, a product, a number). They miss different questions, so the retriever fuses
 both by reciprocal rank (see :mod:`llmops.rag.retriever`).
 
-The BM25 index is a pure function of the chunk texts stored in the Chroma collection and of
-``TOKENIZER`` (recorded in each release's retrieval settings): it is versioned by the index
+The BM25 index is a pure function of the chunks stored in the Chroma collection (each one's text,
+after its heading path where the index was built with one) and of ``TOKENIZER`` (recorded in each
+release's retrieval settings): it is versioned by the index
 version, travels with an index export (the export holds every chunk text) and is rebuilt in
 memory when an index is opened, so an incremental build needs nothing more than the chunks it
 already writes. Tokenizing and indexing 5,000 chunks of ~120 words took 6-9 s on the shared
@@ -69,7 +70,13 @@ class Bm25Index:
         self.bm25 = bm25s.BM25()
         if self.ids:
             # an empty token list breaks bm25s' vocabulary; such a chunk simply never matches
-            self.bm25.index([terms(t) or ["\0"] for t in self.texts], show_progress=False)
+            # the stored text as written: BM25 found fewer answers first on text without markup
+            # (words of link targets and rST code directives go); the heading path when indexed
+            indexed = [
+                f"{meta['heading']}\n{text}" if meta.get("heading") else text
+                for text, meta in zip(self.texts, self.metadatas, strict=True)
+            ]
+            self.bm25.index([terms(t) or ["\0"] for t in indexed], show_progress=False)
 
     @classmethod
     def from_collection(cls, collection: Any, page: int = 5000) -> Bm25Index:
