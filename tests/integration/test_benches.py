@@ -69,7 +69,10 @@ def bench_args(script: str, tmp_path: Path) -> tuple[list[str], list[str]]:
         for name, text in TINY_DOCS.items():
             (docs / name).write_text(text)
         (tmp_path / "golden.yaml").write_text(TINY_GOLDEN)
-        line = rf"rag quality: hybrid hit@1 {NUMBER} hit@5 {NUMBER} vs best baseline hit@1 {NUMBER} hit@5 "
+        line = (
+            rf"rag quality: hybrid hit@1 {NUMBER} hit@5 {NUMBER} answer {NUMBER} "
+            rf"vs best baseline hit@1 {NUMBER} hit@5 {NUMBER} answer {NUMBER}"
+        )
         return ["--docs", str(docs), "--golden", str(tmp_path / "golden.yaml")], [line]
     if script == "serve_classifier.py":
         return ["--quick"], [rf"service / bare throughput: {RATIO} \(target >= 0\.7x\)"]
