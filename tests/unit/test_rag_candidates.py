@@ -1,6 +1,9 @@
 """Generator candidates (llmops.rag.candidates): what cannot be evaluated is named, and the best
 candidate under the policy wins, with extractive as the floor."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 
@@ -97,3 +100,35 @@ def test_a_stopped_candidate_is_never_chosen():
     lucky = {"name": "base", "scores": {"answer_key": 0.9, "rouge_l": 0.3}, "stopped": "base stopped"}
     assert choose_generator([extractive, lucky], policy)[0] == 0
 
+
+SCORES = Path(__file__).resolve().parents[1] / "data" / "rag_candidate_scores.json"
+
+
+@pytest.mark.parametrize("corpus", ["docs", "readmes"])
+def test_early_elimination_picks_the_winner_of_a_full_evaluation(corpus):
+    """Full evaluations of the extractive generator and SmolLM2-135M-Instruct, per question, on the
+    shipped golden set over docs/ and on tests/data/readmes_golden.yaml over tests/data/readmes/
+    (in the form ``bench/rag_candidates.py --record`` writes: its index, the rag_answer prompt,
+    greedy decoding): the rounds pick the same winner, and the candidate that wins is never
+    stopped (the roles swapped: extractive challenging SmolLM2)."""
+    from llmops.gates import parse_policy
+    from llmops.rag.candidates import answer_in_rounds, answer_order, choose_generator, limits
+
+    recorded = json.loads(SCORES.read_text())[corpus]
+    policy = parse_policy((Path(__file__).resolve().parents[2] / "evals" / "rag.yaml").read_text())
+    total, seed = recorded["questions"], recorded["golden"]
+    found = recorded["candidates"]
+    full = [{"name": name, "scores": found[name]["scores"]} for name in ("extractive", "base")]
+
+    def rounds(challenger: str, floor: str):
+        rows = found[challenger]["rows"]
+        checks = limits(found[floor]["scores"], policy)
+        return answer_in_rounds(lambda todo: [{"scores": rows[i]} for i in todo], total,
+                                answer_order(total, seed), checks)  # fmt: skip
+
+    answered, stop = rounds("base", "extractive")
+    early = [full[0], {**full[1], "stopped": stop.sentence("base") if stop else None}]
+    assert choose_generator(early, policy)[0] == choose_generator(full, policy)[0] == 0
+    assert stop is not None and len(answered) < total  # it lost, and answered fewer questions
+    answered, stop = rounds("extractive", "base")  # the winner as the challenger: never stopped
+    assert stop is None and len(answered) == total
