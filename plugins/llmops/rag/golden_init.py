@@ -37,7 +37,7 @@ from llmops.rag.documents import Corpus, load_corpus
 from llmops.rag.evaluation import GoldenItem, GoldenSet
 
 _LIST_TERM = re.compile(
-    r"^(?:\*\*|__|`)?(?!(?:in|on|for|to|of|a|an|the|with)\b)([A-Za-z][^:*_`\[\]]{1,59}?)(?:\*\*|__|`)?\s*[:\u2014]\s+(.{8,})$"
+    r"^(?:\*\*|__|`)?(?!(?:in|on|for|to|of|a|an|the|with|does|do|is|are|can)\b)([A-Za-z][^:*_`\[\]]{1,59}?)(?:\*\*|__|`)?\s*[:\u2014]\s+(.{8,})$"
 )
 _INSTALL = re.compile(r"\b(install|installation|installing|setup|getting started)\b", re.I)
 _DEFAULT = re.compile(
@@ -47,6 +47,9 @@ _QUESTION_HEADING = re.compile(r"^(what|how|why|when|which|where|who|can|does|do
 _NOT_A_THING = {"is", "are", "to", "the", "a", "an", "value", "of", "in", "on", "for", "and", "or", "it"}
 _PLURAL_HEADING = re.compile(r"^(?:(?:key|main|supported|optional|core)\s+)?([a-z]+(?:[ -][a-z]+)?s)$", re.I)
 _INTRO_PLURAL = re.compile(r"\bthe following ([a-z][a-z -]*?s)\b|\b([a-z]+s) (?:include|are):$", re.I)
+_CHANGELOG = re.compile(
+    r"^(?:changelog|changes|release notes|release history|history|news)$|^\[?v?\d+\.\d+", re.I
+)
 # sections users do not ask about: a changelog, credits, links, the license
 _SKIPPED = re.compile(
     r"\b(changes|changelog|release|history|news|sponsors?|thanks|credits|contributors|acknowledg\w*|"
@@ -89,7 +92,7 @@ def subject_of(path: str, found: list[markup.Block]) -> str:
             return named.group(0)
     spelled = re.findall(re.escape(stem).replace(r"\-", "[-_ ]"), " ".join(b.text for b in readable), re.I)
     if spelled:
-        return max(set(spelled), key=spelled.count)
+        return max(sorted(set(spelled)), key=spelled.count)  # a tie: the same one every time
     return title if title and len(title.split()) <= 6 else stem
 
 
@@ -142,15 +145,15 @@ def _excerpts(section: _Section, source: str) -> list[tuple[str, markup.Block]]:
 
 def _best(excerpts: list[tuple[str, markup.Block]], question: str, kind: str | None = None) -> str | None:
     """The excerpt that shares the most content words with the question (what retrieval and a
-    reader look for); then a plain one (no link or URL, not an intro ending with ":", whose
-    answer follows it); then the first."""
+    reader look for); then a plain one (no link or URL); then the first. An intro ending with
+    ":" is never one: its answer follows it."""
     from llmops.text import terms
 
     asked = set(terms(question))
     ranked = [
-        (-len(asked & set(terms(e))), "](" in e or "://" in e or e.endswith(":"), n, e)
+        (-len(asked & set(terms(e))), "](" in e or "://" in e, n, e)
         for n, (e, b) in enumerate(excerpts)
-        if kind is None or b.kind == kind
+        if (kind is None or b.kind == kind) and not e.endswith(":")  # an intro: its answer follows
     ]
     return min(ranked)[3] if ranked else None
 
@@ -169,6 +172,8 @@ def questions_for(path: str, text: str) -> list[GoldenItem]:
     sections = _sections(found)
     for n, section in enumerate(sections):
         excerpts = _excerpts(section, source)
+        if _CHANGELOG.search(section.heading):
+            break  # a changelog runs to the end of a README
         if not excerpts or _SKIPPED.search(section.heading):
             continue
         heading = section.heading
