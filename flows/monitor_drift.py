@@ -78,7 +78,7 @@ class MonitorDriftFlow(FlowSpec):
     def start(self):
         from datetime import datetime, timezone
 
-        from llmops.inference_log import read_log
+        from llmops.inference_log import CHAMPION_ROLE, read_log
         from llmops.registry import Registry, check_name
         from llmops.tabular.monitoring import parse_instant
         from metaflow_extensions.llmops.plugins.run_tags import tag_current_run
@@ -89,7 +89,9 @@ class MonitorDriftFlow(FlowSpec):
         self.champion_version = champion.version
         self.window_until = parse_instant(self.until, "--until") or datetime.now(timezone.utc).isoformat()
         self.window_since = parse_instant(self.since, "--since") or self._last_window_end()
-        window = read_log(self.log_dir or None, self.monitored_model, self.window_since, self.window_until)
+        # the champion's rows: a shadow challenger's answers to the same requests are not traffic
+        window = read_log(self.log_dir or None, self.monitored_model, self.window_since, self.window_until,
+                          roles=[CHAMPION_ROLE])  # fmt: skip
         self.window = window
         print(
             f"Window {self.window_since or 'beginning'} .. {self.window_until}: {len(window)} rows logged "

@@ -33,21 +33,32 @@ that: each answer and inference-log row names the version that produced it, and 
 that version's ranges is a 400 for its request alone. The request model is the schema the service
 started with (BentoML fixes an API's input type when the class is defined), so a version whose
 features or classes differ is refused with 409 and the reason: serving it takes a restart.
+
+A shadow challenger (llmops.shadow; docs/serving.md): with LLMOPS_CLASSIFIER_SHADOW=<version or
+alias> (e.g. ``challenger``), that version also scores a sample of the requests (LLMOPS_SHADOW_SAMPLE,
+default 0.1), on a worker thread once the batch is answered, and its predictions are logged beside
+the champion's with ``role: "shadow"``, the same request_id and row. It may use fewer features than
+the requests carry, not others. The client only ever gets the champion's prediction.
 """
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import bentoml
 import pydantic
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, create_model
 
+from llmops.inference_log import CHAMPION_ROLE
 from llmops.registry import CHAMPION, ModelVersion, Registry, RegistryError
 from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
+from llmops.release_follower import Served as ReleaseServed
+from llmops.request_log import elapsed_ms
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, BatchResults, protect, request_error, settings_from_env
+from llmops.shadow import Shadow
 from llmops.supervision import die_with_supervisor
 from llmops.tracing import annotate, handed_context, span
 from llmops.tracing import setup as setup_tracing
@@ -75,6 +86,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
     timeout_s: float = Field(30.0, gt=0)
     reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload
+    classifier_shadow: str | None = None  # a version or alias that also scores a sample (llmops.shadow)
 
     @pydantic.field_validator("max_batch_size")
     @classmethod
@@ -182,6 +194,24 @@ def _schema_change(old: Served, new: Served) -> str | None:
     )
 
 
+def _not_a_shadow(_served: Served | None, challenger: Served) -> str | None:
+    """Why a version cannot shadow this service: it takes a column the requests do not carry as it
+    takes it (they are validated against the schema the service started with)."""
+    served = SCHEMA.features if SCHEMA is not None else {}
+    other = [c for c, kind in challenger.schema.features.items() if served.get(c) != kind]
+    if not other:
+        return None
+    return (f"{challenger.version.tag} cannot shadow this service: the requests do not carry {other} "
+            f"as it takes them (it may use fewer of the served schema's features, not others)")  # fmt: skip
+
+
+class ShadowBatch(NamedTuple):
+    """The sampled requests of a batch, for the shadow challenger to score again."""
+
+    columns: list[str]  # the served schema's features, the order of each row's values
+    rows: list[tuple[str, int, tuple[Any, ...]]]  # (request id, row, values)
+
+
 def _out_of_range(served: Served, row: int, values: dict[str, Any]) -> Exception | None:
     """A 400 for the first value outside what ``served``'s estimator can take (see
     ``classifier.input_limits``), else None."""
@@ -237,6 +267,10 @@ class Classifier:
                 f"restart it so requests are validated against that version's schema"
             )
         self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, served.version.name)
+        self.shadow = Shadow(SETTINGS.classifier_release, SETTINGS.classifier_shadow, _load,
+                             self._shadow_answer, self._shadow_failed, poll_s=SETTINGS.reload_poll_s,
+                             refuse=_not_a_shadow, log=logger)  # fmt: skip
+        self.shadow.start()  # no challenger (an unset or unresolvable ref): no shadow, said once
         logger.info(
             "serving %s (%d features, classes %s; reload poll %s)",
             served.version.tag,
@@ -329,28 +363,110 @@ class Classifier:
                     "features": dict(zip(columns, row_values, strict=True)),
                     "prediction": label,
                     "probability": probs[k],
+                    "role": CHAMPION_ROLE,
                 }
             )
         with span("log", records=len(log_rows)):
             self.inference_log.log(log_rows)
+        self._offer_shadow(columns, records, values, failed)
         return results
+
+    def _offer_shadow(self, columns: list[str], records: list[RecordBase], values: list[tuple[Any, ...]],
+                      failed: dict[str, Exception]) -> None:  # fmt: skip
+        """Hand the batch's sampled requests (a draw per answered request) to the shadow challenger
+        as one job: a queue put, never a wait."""
+        if self.shadow.challenger is None:  # no shadow: not even a draw
+            return
+        drawn: dict[str, bool] = {}
+        rows = []
+        for record, row_values in zip(records, values, strict=True):
+            if record._request_id in failed:
+                continue
+            if record._request_id not in drawn:
+                drawn[record._request_id] = self.shadow.wants()
+            if drawn[record._request_id]:
+                rows.append((record._request_id, record._row, row_values))
+        if rows:
+            self.shadow.submit(ShadowBatch(columns, rows), requests=sum(drawn.values()))
+
+    def _shadow_answer(self, served: "ReleaseServed[Served]", batch: ShadowBatch) -> None:
+        """The challenger scores a batch's sampled requests on a shadow worker thread (their
+        clients have the champion's answers) and logs a row per record (``role: "shadow"``, the
+        same request id and row; no features: they are in the champion's row)."""
+        import numpy as np
+        import pandas as pd
+
+        from llmops.tabular.classifier import predict_proba_rows
+        from llmops.tabular.data import normalize
+
+        started, challenger = time.perf_counter(), served.release
+        why: dict[int, str] = {}  # record -> why the challenger could not score it
+        for i, (_, row, row_values) in enumerate(batch.rows):
+            if problem := _out_of_range(challenger, row, dict(zip(batch.columns, row_values, strict=True))):
+                why[i] = problem.errors()[0]["msg"]
+        scored = [i for i in range(len(batch.rows)) if i not in why]
+        table = pd.DataFrame([batch.rows[i][2] for i in scored], columns=batch.columns)
+        frame = normalize(table[list(challenger.schema.features)], challenger.schema)
+        proba, failures = (predict_proba_rows(challenger.model, frame) if scored
+                           else (np.empty((0, len(challenger.classes))), {}))  # fmt: skip
+        for i, reason in failures.items():
+            why[scored[i]] = f"the model could not score this record: {reason}"
+        answers = dict(zip(scored, proba.tolist(), strict=True))
+        latency = elapsed_ms(started)
+        self.inference_log.log([
+            _shadow_row(served, request_id, row, {"total": latency}, probs=answers.get(i), error=why.get(i))
+            for i, (request_id, row, _) in enumerate(batch.rows)
+        ])  # fmt: skip
+
+    def _shadow_failed(self, served: "ReleaseServed[Served]", batch: ShadowBatch, error: Exception,
+                       latency_ms: float) -> None:  # fmt: skip
+        """The shadow rows of a batch the challenger failed on (status 500, the error)."""
+        from llmops.request_log import one_line
+
+        self.inference_log.log([
+            _shadow_row(served, request_id, row, {"total": latency_ms}, error=one_line(error), status=500)
+            for request_id, row, _ in batch.rows
+        ])  # fmt: skip
 
     @bentoml.api(route="/reload")
     async def reload(self, ctx: bentoml.Context) -> Reload:
-        """Serve the version the alias points at now, if it moved and has the same schema."""
-        return await reload_route(self.follower, ctx)
+        """Serve the version the alias points at now, if it moved and has the same schema (and the
+        shadow's, LLMOPS_CLASSIFIER_SHADOW)."""
+        return await reload_route(self.follower, ctx, also=self.shadow.reload)
 
     @bentoml.api(route="/info")
     def info(self) -> dict[str, Any]:
-        """The served version and where it comes from."""
+        """The served version and where it comes from, and the shadow challenger (null: none)."""
         version = self.follower.served.version
         return {"model": version.name, "version": version.version, "ref": self.follower.ref,
-                "reload_poll_s": SETTINGS.reload_poll_s}  # fmt: skip
+                "reload_poll_s": SETTINGS.reload_poll_s, "shadow": self.shadow.info()}  # fmt: skip
 
     @bentoml.on_shutdown
     def shut_down(self) -> None:
+        self.shadow.close()  # first: a challenger's answer in progress still reaches the log
         self.follower.close()
         self.inference_log.close()
+
+
+def _shadow_row(
+    served: "ReleaseServed[Served]",
+    request_id: str,
+    row: int,
+    latency_ms: dict[str, float],
+    probs: list[float] | None = None,
+    error: str | None = None,
+    status: int | None = None,
+) -> dict[str, Any]:
+    """A challenger's row for one record: its prediction, or the error that left it unscored."""
+    from llmops.inference_log import SHADOW_ROLE, utc_now
+
+    challenger = served.release
+    k = max(range(len(probs)), key=probs.__getitem__) if probs is not None else None
+    return {"request_id": request_id, "row": row, "timestamp": utc_now(), "model": served.version.name,
+            "model_version": served.version.version, "role": SHADOW_ROLE,
+            "prediction": challenger.classes[k] if k is not None else None,
+            "probability": probs[k] if k is not None else None, "latency_ms": latency_ms,
+            "status": status or (200 if error is None else 400), "error": error}  # fmt: skip
 
 
 def _served_limits() -> dict[str, tuple[float, float]]:

@@ -35,12 +35,20 @@ LLMOPS_TORCH_THREADS (torch's CPU threads; default: the service's declared cpu, 
 LLMOPS_LLM_GPU_MEMORY_UTILIZATION (vLLM, 0.9), LLMOPS_LLM_MAX_MODEL_LEN (vLLM; default the
 model's), LLMOPS_API_KEY (bearer key for everything but the probes), LLMOPS_TIMEOUT_S,
 LLMOPS_RELOAD_POLL_S (0: off), LLMOPS_INFERENCE_LOG_DIR, LLMOPS_LOG_TEXT, LLMOPS_FEEDBACK_WINDOW_DAYS.
+
+A shadow challenger (llmops.shadow; docs/serving.md): LLMOPS_LLM_SHADOW=<version or alias> of
+LLMOPS_LLM_RELEASE (e.g. ``challenger``) loads that release beside the served model; it answers a
+sample of the requests (LLMOPS_SHADOW_SAMPLE, default 0.1) again, on a worker thread once the
+client's answer is sent, from the same messages and sampling settings, and its answer is logged
+with ``role: "shadow"`` and the completion's id. The client only ever gets the served model's answer.
 """
 
+import asyncio
+import time
 import weakref
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import bentoml
 from pydantic import BaseModel, Field, SecretStr
@@ -51,14 +59,15 @@ from llmops.llm.openai_api import ApiLimits, openai_app, shown_model
 from llmops.llm.openai_schemas import OpenAPIRoutes
 from llmops.llm.release import ServedModel
 from llmops.registry import ModelVersion
-from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
+from llmops.release_follower import ReleaseFollower, Reload, Served, document_reload, reload_route
 from llmops.serving import protect, settings_from_env
+from llmops.shadow import Shadow
 from llmops.supervision import die_with_supervisor
 from llmops.tracing import setup as setup_tracing
 
 if TYPE_CHECKING:
     from llmops.llm.answered import AnsweredRequest
-    from llmops.llm.types import Backend
+    from llmops.llm.types import Backend, SamplingParams
 
 die_with_supervisor()  # a worker ends with the bentoml serve process that started it
 setup_tracing()  # before BentoML builds its request span's middleware (llmops.tracing)
@@ -81,6 +90,7 @@ class Settings(BaseModel):
     inference_log_dir: str | None = None  # a folder or s3://bucket/prefix
     timeout_s: float = Field(300.0, gt=0)
     reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload (a registry release)
+    llm_shadow: str | None = None  # a version or alias of llm_release that also answers a sample
 
 
 # A bento's arguments are defaults under the LLMOPS_* variables (llmops.serving.settings_from_env):
@@ -120,6 +130,21 @@ def _log_answered(answered: "AnsweredRequest") -> None:
         latency_ms={"first_token": first, "total": elapsed_ms(answered.started)}, keep_text=log.keep_text,
         status=answered.status, error=answered.error,
     ))  # fmt: skip
+    shadow = bentoml.get_current_service().shadow
+    if answered.params is not None and shadow.wants():  # after the answer is sent: never waited for
+        shadow.submit(ShadowRequest(answered.request_id, answered.route, answered.stream, answered.messages,
+                                    answered.prompt, answered.params))  # fmt: skip
+
+
+class ShadowRequest(NamedTuple):
+    """A sampled request as the client sent it, for the shadow challenger to answer again."""
+
+    request_id: str
+    route: str
+    stream: bool
+    messages: list[dict[str, str]] | None  # chat: rendered by the challenger's own template
+    prompt: str  # a text completion's prompt
+    params: "SamplingParams"
 
 
 def _traced(backend: "Backend") -> dict[str, Any]:
@@ -192,6 +217,9 @@ class LLM:
         # the release's log (a folder model's: its served name); answered ids are read back from it
         logged_as = SERVED_NAME if SETTINGS.llm_model else SETTINGS.llm_release
         self.request_log = RequestLog(InferenceLogger(SETTINGS.inference_log_dir, logged_as), logged_as)
+        self.shadow = Shadow(SETTINGS.llm_release, SETTINGS.llm_shadow, _load_release, self._shadow_answer,
+                             self._shadow_failed, poll_s=SETTINGS.reload_poll_s, retire=_retire)  # fmt: skip
+        self.shadow.start()  # no challenger (an unset or unresolvable ref): no shadow, said once
 
     def __is_ready__(self) -> bool:
         return self.request_log.logger.alive
@@ -222,6 +250,7 @@ class LLM:
             "active_requests": getattr(getattr(backend, "engine", None), "active", None),
             "torch_threads": self.threads,
             "reload_poll_s": SETTINGS.reload_poll_s if self.follower else None,
+            "shadow": self.shadow.info(),  # the challenger answering a sample (null: none)
         }
 
     @bentoml.api(route="/reload")
@@ -231,8 +260,9 @@ class LLM:
             ctx.response.status_code = HTTPStatus.CONFLICT
             error = "LLMOPS_LLM_MODEL names a model folder, not a registry release: nothing to follow"
             shown = Path(self.backend.model_path).name  # never a path on the server
+            await asyncio.to_thread(self.shadow.reload)  # a registry challenger follows its ref all the same
             return Reload(model=self.served_name, previous=shown, current=shown, reloaded=False, error=error)
-        return await reload_route(self.follower, ctx)
+        return await reload_route(self.follower, ctx, also=self.shadow.reload)
 
     @bentoml.api(route="/feedback", input_spec=Feedback)
     def feedback(self, request_id: str, rating: int, correction: str | None = None,
@@ -243,8 +273,55 @@ class LLM:
         body = Feedback(request_id=request_id, rating=rating, correction=correction, comment=comment)
         return self.request_log.feedback(body)
 
+    def _shadow_answer(self, served: Served["Backend"], request: ShadowRequest) -> None:
+        """The challenger answers a sampled request on a shadow worker thread (the client has the
+        served model's answer) and logs its row (``role: "shadow"``, the same completion id)."""
+        from llmops.llm.openai_api import ApiError
+        from llmops.llm.types import Completion
+        from llmops.request_log import SHADOW_ROLE, elapsed_ms, llm_request_row
+
+        backend, started, first, done = served.release, time.perf_counter(), None, None
+        prompt = backend.render(request.messages) if request.messages is not None else request.prompt
+        used = backend.count_tokens(prompt)
+        if used + request.params.max_tokens > backend.max_context:  # as the API would refuse it
+            raise ApiError(400, f"the challenger's context is {backend.max_context} tokens; the prompt has "
+                           f"{used} and max_tokens asks for {request.params.max_tokens}", None,
+                           "context_length_exceeded")  # fmt: skip
+        for item in backend.stream(prompt, request.params):
+            if isinstance(item, Completion):
+                done = item
+            elif first is None:
+                first = time.perf_counter()
+        if done is None:
+            raise RuntimeError("the challenger's stream ended without a completion")
+        self.request_log.shadow(llm_request_row(
+            request_id=request.request_id, model=served.version.name, model_version=served.version.version,
+            route=request.route, stream=request.stream, prompt=prompt, answer=done.text,
+            prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+            finish_reason=done.finish_reason, keep_text=self.request_log.keep_text, role=SHADOW_ROLE,
+            latency_ms={"first_token": elapsed_ms(started, first) if first else None,
+                        "total": elapsed_ms(started)},
+        ))  # fmt: skip
+
+    def _shadow_failed(self, served: Served["Backend"], request: ShadowRequest, error: Exception,
+                       latency_ms: float) -> None:  # fmt: skip
+        """The shadow row of a request the challenger failed on: 400 for a prompt over its context,
+        else 500."""
+        from llmops.llm.openai_api import ApiError
+        from llmops.request_log import SHADOW_ROLE, llm_request_row, one_line
+
+        status = error.status if isinstance(error, ApiError) else 500
+        self.request_log.shadow(llm_request_row(
+            request_id=request.request_id, model=served.version.name, model_version=served.version.version,
+            route=request.route, stream=request.stream, prompt=request.prompt, answer=None,
+            prompt_tokens=None, completion_tokens=None, finish_reason=None,
+            latency_ms={"first_token": None, "total": latency_ms},
+            keep_text=self.request_log.keep_text, status=status, error=one_line(error), role=SHADOW_ROLE,
+        ))  # fmt: skip
+
     @bentoml.on_shutdown
     def shut_down(self) -> None:
+        self.shadow.close()  # first: a challenger's answer in progress still reaches the log
         if self.follower is not None:
             self.follower.close()
         self.request_log.logger.close()

@@ -30,23 +30,32 @@ resolves LLMOPS_RAG_VERSION again, and a new release (another index, prompt, gen
 retrieval mode) is opened and warmed up in full before it replaces the served one. Each request
 reads the served release once and uses only that: its answer, versions and log row name it.
 ``/info`` shows the served release.
+
+A shadow challenger (llmops.shadow; docs/serving.md): with LLMOPS_RAG_SHADOW=<version or alias>
+(e.g. ``challenger``), that release also answers a sample of the requests (LLMOPS_SHADOW_SAMPLE,
+default 0.1) on a worker thread after the champion's answer is computed, and its answer is logged
+beside the champion's with ``role: "shadow"`` and the same request_id. The client only ever gets
+the champion's answer; a full queue (LLMOPS_SHADOW_QUEUE) drops the sample; the shadow follows its
+ref as the champion follows its own (/reload, LLMOPS_RELOAD_POLL_S).
 """
 
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import bentoml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, create_model
 from starlette.responses import JSONResponse
 
 from llmops.feedback import Feedback, FeedbackReceipt, document_feedback
+from llmops.inference_log import CHAMPION_ROLE
 from llmops.rag.retriever import FILTER_KEYS, MAX_FILTER_CHARS, MAX_FILTER_VALUES
 from llmops.registry import CHAMPION, ModelVersion
-from llmops.release_follower import ReleaseFollower, Reload, document_reload, reload_route
+from llmops.release_follower import ReleaseFollower, Reload, Served, document_reload, reload_route
 from llmops.serving import DEFAULT_MAX_BODY_BYTES, protect, settings_from_env
+from llmops.shadow import Shadow
 from llmops.supervision import die_with_supervisor
 from llmops.tracing import annotate, text_attributes, tracer
 from llmops.tracing import setup as setup_tracing
@@ -74,6 +83,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)  # larger request bodies: 413
     torch_threads: int | None = Field(None, ge=1)  # None: the declared cpu (llmops.threads)
     reload_poll_s: float = Field(0.0, ge=0)  # 0: reload only on POST /reload
+    rag_shadow: str | None = None  # a version or alias that also answers a sample (llmops.shadow)
 
 
 SETTINGS = settings_from_env(Settings)
@@ -153,6 +163,16 @@ class LiveRag:
     pipeline: "RagPipeline"
 
 
+class ShadowRequest(NamedTuple):
+    """A sampled request as the client sent it, for the shadow challenger to answer again."""
+
+    route: str
+    request_id: str
+    question: str
+    k: int | None  # None: the challenger's own k
+    filters: dict[str, Any] | None
+
+
 RESOURCES = {"cpu": "2", "memory": "2Gi"}
 
 
@@ -178,6 +198,10 @@ class Rag:
         served = self.follower.start()
         self.inference_log = InferenceLogger(SETTINGS.inference_log_dir, served.version.name)
         self.request_log = RequestLog(self.inference_log, served.version.name)  # rows, answered ids
+        self.shadow = Shadow(SETTINGS.rag_release, SETTINGS.rag_shadow, self._open, self._shadow_answer,
+                             self._shadow_failed, poll_s=SETTINGS.reload_poll_s, retire=self._retire,
+                             log=logger)  # fmt: skip
+        self.shadow.start()  # no challenger (an unset or unresolvable ref): no shadow, said once
 
     def _open(self, version: ModelVersion) -> LiveRag:
         """The whole pipeline of a release (index, embedder, prompt, generator, retrieval mode),
@@ -230,6 +254,7 @@ class Rag:
         from llmops.rag.generators import GeneratorEndpointError
 
         started = time.perf_counter()
+        asked = k  # as sent: a shadow challenger answers with its own k when there is none
         served = self.follower.served  # read once: a reload during this request must not mix two
         live, k = served.release, k or served.release.release.k
         request_id = uuid.uuid4().hex
@@ -243,16 +268,19 @@ class Rag:
             ranked = [{"source": h.source, "chunk": h.position, "score": h.score} for h in hits]
             self._log(served, "/query", request_id, question, ranked, None, (started, retrieved),
                       status=exc.http_status, error=str(exc))  # fmt: skip
+            self._offer_shadow(ShadowRequest("/query", request_id, question, asked, filters))
             return JSONResponse({"error": str(exc)}, status_code=exc.http_status)  # BentoML passes it on
         sources = [SourceOut(**s.model_dump()) for s in result.sources]
         ranked = [{"source": s.path, "chunk": s.chunk, "score": s.score} for s in sources]
         self._log(served, "/query", request_id, question, ranked, result.answer, (started, retrieved))
+        self._offer_shadow(ShadowRequest("/query", request_id, question, asked, filters))
         return Answer(answer=result.answer, sources=sources, versions=result.versions, request_id=request_id)
 
     @bentoml.api
     def retrieve(self, question: Question, k: K | None = None, filters: Filters = None) -> Retrieved:
         """The ``k`` most similar chunks, without generating an answer."""
         started = time.perf_counter()
+        asked = k
         served = self.follower.served
         live, k = served.release, k or served.release.release.k
         request_id = uuid.uuid4().hex
@@ -264,20 +292,21 @@ class Rag:
         ]
         ranked = [{"source": s.path, "chunk": s.chunk, "score": s.score} for s in sources]
         self._log(served, "/retrieve", request_id, question, ranked, None, (started, time.perf_counter()))
+        self._offer_shadow(ShadowRequest("/retrieve", request_id, question, asked, filters))
         return Retrieved(sources=sources, versions=live.pipeline.versions, request_id=request_id)
 
     @bentoml.api(route="/reload")
     async def reload(self, ctx: bentoml.Context) -> Reload:
-        """Serve the release the alias points at now, if it moved."""
-        return await reload_route(self.follower, ctx)
+        """Serve the release the alias points at now, if it moved (and the shadow's, LLMOPS_RAG_SHADOW)."""
+        return await reload_route(self.follower, ctx, also=self.shadow.reload)
 
     @bentoml.api(route="/info")
     def info(self) -> dict[str, Any]:
-        """The served release and what it is made of."""
+        """The served release and what it is made of, and the shadow challenger (null: none)."""
         served = self.follower.served
         return {"release": served.version.name, "version": served.version.version, "ref": self.follower.ref,
                 "versions": served.release.pipeline.versions, "k": served.release.release.k,
-                "reload_poll_s": SETTINGS.reload_poll_s}  # fmt: skip
+                "reload_poll_s": SETTINGS.reload_poll_s, "shadow": self.shadow.info()}  # fmt: skip
 
     @bentoml.api(route="/feedback", input_spec=Feedback)
     def feedback(self, request_id: str, rating: int, correction: str | None = None,
@@ -299,24 +328,64 @@ class Rag:
                  generator=versions.get("generator"), retrieval_mode=versions["retrieval"],
                  **text_attributes(question, self.request_log.keep_text))  # fmt: skip
 
-    def _log(
-        self, served, route, request_id, question, ranked, answer, times, status=200, error=None
-    ) -> None:
-        """One ``rag_request`` row; ``times``: perf_counter at the start and once retrieval was done."""
-        from llmops.request_log import elapsed_ms, one_line, rag_request_row
+    def _offer_shadow(self, request: ShadowRequest) -> None:
+        """Hand a sampled request to the shadow challenger: a draw and a queue put, never a wait."""
+        if self.shadow.wants():
+            self.shadow.submit(request)
+
+    def _shadow_answer(self, served: Served[LiveRag], request: ShadowRequest) -> None:
+        """The challenger answers a sampled request, on a shadow worker thread once the client has
+        the champion's answer, and logs its row (``role: "shadow"``, the same request_id)."""
+        from llmops.request_log import SHADOW_ROLE
+
+        started = time.perf_counter()
+        live, k = served.release, request.k or served.release.release.k
+        hits = live.pipeline.retriever.retrieve(request.question, k, request.filters)
+        retrieved = time.perf_counter()
+        ranked = [{"source": h.source, "chunk": h.position, "score": h.score} for h in hits]
+        answer = None
+        if request.route == "/query":
+            result = live.pipeline.answer_from(request.question, hits)  # raises as the champion's would
+            ranked = [{"source": s.path, "chunk": s.chunk, "score": s.score} for s in result.sources]
+            answer = result.answer
+        self._log(served, request.route, request.request_id, request.question, ranked, answer,
+                  (started, retrieved), role=SHADOW_ROLE)  # fmt: skip
+
+    def _shadow_failed(self, served: Served[LiveRag], request: ShadowRequest, error: Exception,
+                       latency_ms: float) -> None:  # fmt: skip
+        """The shadow row of a request the challenger failed on: 502/504 from an LLM endpoint, else 500."""
+        from llmops.rag.generators import GeneratorEndpointError
+        from llmops.request_log import SHADOW_ROLE, one_line, rag_request_row
+
+        status = error.http_status if isinstance(error, GeneratorEndpointError) else 500
+        self.request_log.shadow(rag_request_row(
+            request_id=request.request_id, model=served.version.name, model_version=served.version.version,
+            route=request.route, versions=served.release.pipeline.logged_versions(),
+            question=request.question, sources=[], answer=None,
+            latency_ms={"retrieve": None, "generate": None, "total": latency_ms},
+            keep_text=self.request_log.keep_text, status=status, error=one_line(error), role=SHADOW_ROLE,
+        ))  # fmt: skip
+
+    def _log(self, served, route, request_id, question, ranked, answer, times, status=200, error=None,
+             role=CHAMPION_ROLE) -> None:  # fmt: skip
+        """One ``rag_request`` row; ``times``: perf_counter at the start and once retrieval was done;
+        ``role``: "shadow" for the challenger's (never rated), else the champion's."""
+        from llmops.request_log import SHADOW_ROLE, elapsed_ms, one_line, rag_request_row
 
         started, retrieved = times
         latency = {"retrieve": elapsed_ms(started, retrieved), "total": elapsed_ms(started),
                    "generate": elapsed_ms(retrieved) if route == "/query" else None}  # fmt: skip
-        self.request_log.request(rag_request_row(
+        write = self.request_log.shadow if role == SHADOW_ROLE else self.request_log.request
+        write(rag_request_row(
             request_id=request_id, model=served.version.name, model_version=served.version.version,
             route=route, versions=served.release.pipeline.logged_versions(), question=question,
             sources=ranked, answer=answer, latency_ms=latency, keep_text=self.request_log.keep_text,
-            status=status, error=one_line(error),
+            status=status, error=one_line(error), role=role,
         ))  # fmt: skip
 
     @bentoml.on_shutdown
     def shut_down(self) -> None:
+        self.shadow.close()  # first: a challenger's answer in progress still reaches the log
         self.follower.close()
         self.inference_log.close()
 

@@ -6,7 +6,8 @@ a bounded index (:class:`AnsweredIndex`, the newest 100,000 of the last
 ``$LLMOPS_FEEDBACK_WINDOW_DAYS`` days), rebuilt at start from the log's rows of that window, so a
 restart loses none; an id it does not hold is a 404 naming it. Feedback rows are appended beside
 the request rows, and a second feedback on one request replaces the first for every reader
-(:func:`llmops.request_log.latest_feedback`).
+(:func:`llmops.request_log.latest_feedback`). A shadow challenger's rows (:mod:`llmops.shadow`)
+share the champion's request ids but are never rated: feedback rates the answer the client got.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from llmops.inference_log import CHAMPION_ROLE, is_champion
 from llmops.request_log import REQUEST_KINDS, RequestLogSettings, feedback_row, row_time, store_rows
 from llmops.tracing import span
 
@@ -97,6 +99,8 @@ class AnsweredIndex:
             moment = row_time(row)
             if row.get("kind") not in REQUEST_KINDS or row.get("status", 200) != 200 or moment is None:
                 continue
+            if not is_champion(row):  # a challenger's answer to the same request: not what was rated
+                continue
             self.add(str(row["request_id"]), row.get("model_version"), moment.timestamp())
             added += 1
         return added
@@ -130,7 +134,7 @@ class RequestLog:
         self.settings = settings or request_log_settings()
         self.index = AnsweredIndex(self.settings.feedback_window_days, capacity)
         since = datetime.now(timezone.utc) - timedelta(days=self.settings.feedback_window_days)
-        self.index.rebuild(store_rows(logger.store, since, kinds=REQUEST_KINDS))
+        self.index.rebuild(store_rows(logger.store, since, kinds=REQUEST_KINDS, roles=[CHAMPION_ROLE]))
 
     @property
     def keep_text(self) -> bool:
@@ -142,6 +146,10 @@ class RequestLog:
             self.logger.log([row])
         if row.get("status", 200) == 200:
             self.index.add(row["request_id"], row.get("model_version"))
+
+    def shadow(self, row: dict[str, Any]) -> None:
+        """Log a shadow challenger's row (``role: "shadow"``); it is never rated."""
+        self.logger.log([row])
 
     def feedback(self, body: Feedback) -> FeedbackReceipt | JSONResponse:
         """Log ``body`` beside the request it rates; a 404 naming the id when this service did

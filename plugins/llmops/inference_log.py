@@ -21,6 +21,11 @@ guarantee: :meth:`InferenceLogger.log` appends the rows to the same hourly file 
 per call and hour, and returns only once the operating system holds them, so an answer sent after
 it is never lost to a killed worker (a crash of the machine still can: there is no fsync). A write
 that fails raises, and the request fails with it instead of being answered unlogged.
+
+A service with a shadow challenger (:mod:`llmops.shadow`) logs the challenger's answers beside the
+champion's, under the same ``request_id``: each row says its ``role``, ``"champion"`` or
+``"shadow"`` (a row without one, written before roles existed, is the champion's). A shadow row is
+never traffic: :func:`read_log` returns the champion's rows unless asked for others.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from llmops.settings import InferenceLogSettings, SettingsError, settings_from_e
 from llmops.storage import StorageError, Store, as_location, open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     import pandas as pd
 
@@ -60,6 +65,7 @@ ROW_FIELDS = (
     "prediction",
     "probability",
 )
+CHAMPION_ROLE, SHADOW_ROLE = "champion", "shadow"  # a row's ``role``: who answered it
 _MODEL_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 logger = logging.getLogger(__name__)
@@ -68,6 +74,16 @@ logger = logging.getLogger(__name__)
 def default_log_root() -> Path | str:
     """``$LLMOPS_INFERENCE_LOG_DIR`` (a folder or an ``s3://`` URL), else ``$LLMOPS_HOME/inference-log``."""
     return paths.inference_log_root()
+
+
+def row_role(row: Mapping[str, Any]) -> str:
+    """Who answered a row: its ``role``, the champion for a row without one."""
+    return row.get("role") or CHAMPION_ROLE
+
+
+def is_champion(row: Mapping[str, Any]) -> bool:
+    """The row is the served release's answer (not a shadow challenger's): what monitors count."""
+    return row_role(row) == CHAMPION_ROLE
 
 
 def utc_now() -> str:
@@ -315,9 +331,12 @@ def read_log(
     model_name: str,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    roles: Iterable[str] = (CHAMPION_ROLE,),
 ) -> pd.DataFrame:
     """Rows logged for ``model_name`` with ``since <= timestamp < until``, oldest first; ``root``
-    is a folder or an ``s3://`` URL (default: :func:`default_log_root`).
+    is a folder or an ``s3://`` URL (default: :func:`default_log_root`). Only the rows of
+    ``roles`` (default: the champion's; a shadow challenger's rows share its request ids, and
+    the frame has no column to tell them apart).
 
     Columns: the ``ROW_FIELDS`` except ``features``, whose keys become columns of their own
     (a feature named like one of those fields is kept as ``features.<name>``). ``timestamp``
@@ -332,7 +351,9 @@ def read_log(
     def outside(day: str) -> bool:  # whole days outside the window are never opened
         return bool((start and day < start.strftime("%Y-%m-%d")) or (end and day > end.strftime("%Y-%m-%d")))
 
+    wanted = set(roles)
     rows = _read_objects(store, [d for d in store.folders() if _DAY.match(d) and not outside(d)])
+    rows = [row for row in rows if row_role(row) in wanted]
 
     meta_columns = [f for f in ROW_FIELDS if f != "features"]
     if not rows:

@@ -14,6 +14,10 @@ classifier's other schema) is remembered as refused; a load that fails is retrie
 reload. Either way the old release keeps serving, and a lasting problem is logged once, not at
 every poll. Each worker process follows on its own: ``/reload`` reaches only the worker that takes
 the call, so with more than one worker rely on the poll.
+
+A follower that is not ``required`` (a shadow challenger, :mod:`llmops.shadow`) may serve nothing:
+``start`` does not raise when its ref does not resolve or its first version cannot be loaded (it
+logs why, once), ``current`` is None until a reload finds a version it can load.
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ class ReloadOutcome:
     """What a reload did: moved from ``previous`` to ``current``, or not, and why not."""
 
     name: str
-    previous: str  # the version served when the reload began
-    current: str  # the version served now
+    previous: str | None  # the version served when the reload began (None: nothing, an optional follower)
+    current: str | None  # the version served now
     reloaded: bool  # whether the served version changed
     error: str | None = None  # why not; the previous version keeps serving
     status: HTTPStatus = HTTPStatus.OK  # 404: the ref no longer resolves; 409: refused; 500: load failed
@@ -80,9 +84,12 @@ class ReleaseFollower(Generic[T]):
     poll_s
         Reload every that many seconds in a background thread (0: only when :meth:`reload` is called).
     refuse
-        ``refuse(served, loaded)``: why ``loaded`` cannot replace ``served`` without a restart, or None.
+        ``refuse(served, loaded)``: why ``loaded`` cannot replace ``served`` without a restart, or None
+        (``served`` is None when an optional follower serves nothing yet).
     retire
         Called with a release once it is no longer served (after a swap, a refusal, or :meth:`close`).
+    required
+        False: the follower may serve nothing (a ref that does not resolve is logged, not raised).
     """
 
     def __init__(
@@ -92,12 +99,13 @@ class ReleaseFollower(Generic[T]):
         load: Callable[[ModelVersion], T],
         *,
         poll_s: float = 0.0,
-        refuse: Callable[[T, T], str | None] | None = None,
+        refuse: Callable[[T | None, T], str | None] | None = None,
         retire: Callable[[T], None] | None = None,
-        log: logging.Logger | None = None,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        required: bool = True,
     ) -> None:
         self.name, self.ref = name, ref or CHAMPION
-        self.poll_s = poll_s
+        self.poll_s, self.required = poll_s, required
         self._load, self._refuse, self._retire = load, refuse, retire
         self._log = log or logger
         self._served: Served[T] | None = None
@@ -111,12 +119,19 @@ class ReleaseFollower(Generic[T]):
         """The version the ref points at now (raises :class:`RegistryError`)."""
         return Registry().get(self.name, self.ref)
 
-    def start(self) -> Served[T]:
-        """Load the version the ref points at now and start the poll; errors propagate (the
-        service cannot start without a release)."""
+    def start(self) -> Served[T] | None:
+        """Load the version the ref points at now and start the poll. A required follower's errors
+        propagate (the service cannot start without a release); an optional one logs why it
+        serves nothing and returns None."""
         with self._lock:
-            version = self.resolve()
-            self._served = Served(version, self._load(version))
+            if self.required:
+                version = self.resolve()
+                self._served = Served(version, self._load(version))
+            else:
+                try:
+                    self._note(self._reload(None).error)
+                except Exception as exc:  # e.g. a refuse() that raised: serve nothing, say why
+                    self._note(f"{self.name}@{self.ref} could not be loaded: {exc!r}")
         if self.poll_s > 0:
             self._poller = threading.Thread(target=self._poll, name="release-poll", daemon=True)
             self._poller.start()
@@ -129,46 +144,60 @@ class ReleaseFollower(Generic[T]):
             raise RuntimeError(f"{self.name}: start() the follower before serving")
         return self._served
 
+    @property
+    def current(self) -> Served[T] | None:
+        """The release served now, or None (an optional follower with nothing it could load)."""
+        return self._served
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last reload did not serve what the ref names (logged once), or None."""
+        return self._last_problem
+
     def reload(self) -> ReloadOutcome:
         """Resolve the ref again; if it moved, load the new version and swap it in."""
         with self._lock:
-            old = self.served
-            outcome = self._reload(old)
+            outcome = self._reload(self._served if not self.required else self.served)
             self._note(outcome.error)
             return outcome
 
-    def _reload(self, old: Served[T]) -> ReloadOutcome:
+    def _reload(self, old: Served[T] | None) -> ReloadOutcome:
+        was = old.version.version if old else None
+
         def unchanged(error: str | None = None, status: HTTPStatus = HTTPStatus.OK) -> ReloadOutcome:
-            return ReloadOutcome(self.name, old.version.version, old.version.version, False, error, status)
+            return ReloadOutcome(self.name, was, was, False, error, status)
 
         try:
             version = self.resolve()
         except RegistryError as exc:
             return unchanged(str(exc), HTTPStatus.NOT_FOUND)
-        if version.version == old.version.version:
+        if version.version == was:
             return unchanged()
         if version.version in self._refused:
             return unchanged(self._refused[version.version], HTTPStatus.CONFLICT)
+        still = f"still serving {old.version.tag}" if old else "serving nothing"
         try:
             new = self._load(version)  # completely, before any request can see it
         except Exception as exc:  # e.g. an unloadable version or no memory for it: keep serving
-            error = f"{version.tag} could not be loaded, still serving {old.version.tag}: {exc!r}"
+            error = f"{version.tag} could not be loaded, {still}: {exc!r}"
             return unchanged(error, HTTPStatus.INTERNAL_SERVER_ERROR)
-        problem = self._refuse(old.release, new) if self._refuse else None
+        problem = self._refuse(old.release if old else None, new) if self._refuse else None
         if problem is not None:
             self._refused[version.version] = problem
             self._retire_quietly(new)
             return unchanged(problem, HTTPStatus.CONFLICT)
         self._served = Served(version, new)  # one reference store: the swap is atomic
-        self._log.info("reloaded: serving %s (was %s)", version.tag, old.version.tag)
-        self._retire_quietly(old.release)
-        return ReloadOutcome(self.name, old.version.version, version.version, True)
+        self._log.info("%s: serving %s (was %s)", "reloaded" if old else "loaded", version.tag,
+                       old.version.tag if old else "nothing")  # fmt: skip
+        if old is not None:
+            self._retire_quietly(old.release)
+        return ReloadOutcome(self.name, was, version.version, True)
 
     def _note(self, problem: str | None) -> None:
         """Log a problem when it is new: a lasting one (a refused version, a ref that no longer
         resolves) is logged once, not at every poll."""
         if problem is not None and problem != self._last_problem:
-            self._log.warning("not reloaded: %s", problem)
+            self._log.warning("%s: %s", "not reloaded" if self._served else "nothing to serve", problem)
         self._last_problem = problem
 
     def _retire_quietly(self, release: T) -> None:
@@ -185,7 +214,8 @@ class ReleaseFollower(Generic[T]):
                 self.reload()
             except Exception as exc:  # e.g. a refuse() that raised: keep serving and polling
                 with self._lock:
-                    self._note(f"reload failed, still serving {self.served.version.tag}: {exc!r}")
+                    served = self._served.version.tag if self._served else "nothing"
+                    self._note(f"reload failed, still serving {served}: {exc!r}")
 
     def close(self) -> None:
         """Stop the poll and retire the served release (the service is shutting down)."""
@@ -197,10 +227,16 @@ class ReleaseFollower(Generic[T]):
                 self._retire_quietly(self._served.release)
 
 
-async def reload_route(follower: ReleaseFollower[Any], ctx: Any) -> Reload:
+async def reload_route(
+    follower: ReleaseFollower[Any], ctx: Any, also: Callable[[], object] | None = None
+) -> Reload:
     """A service's ``POST /reload``: the load runs on a thread of its own, not on the event loop
-    nor on the thread BentoML runs sync APIs on (a classifier's batches need it meanwhile)."""
+    nor on the thread BentoML runs sync APIs on (a classifier's batches need it meanwhile).
+    ``also`` follows another ref on that thread afterwards (the shadow challenger's,
+    :meth:`llmops.shadow.Shadow.reload`); the answer is the served release's alone."""
     outcome = await asyncio.to_thread(follower.reload)
+    if also is not None:
+        await asyncio.to_thread(also)
     ctx.response.status_code = outcome.status
     return outcome.answer()
 

@@ -6,6 +6,13 @@ One row per request, beside the classifier's rows (which have no ``kind``) and i
 row keeps what the tabular monitor reads (``request_id``, ``row``, ``timestamp``, ``model``,
 ``model_version``); docs/serving.md lists the rest, field by field.
 
+A request row says who answered it: ``role`` is ``"champion"`` (the answer the client got; a row
+without a role reads as the champion's) or ``"shadow"`` (a challenger's answer to the same request,
+:mod:`llmops.shadow`: the same ``kind`` and ``request_id``, the challenger's ``model`` and
+``model_version`` and, for RAG, its ``versions``; its own latency, status and error). Shadow rows
+are never traffic: the monitors count champion rows only (:func:`champion_rows`), and feedback
+rates the champion's answer.
+
 Text (a question, a prompt, an answer) is logged as itself and as its SHA-256 and length; with
 ``LLMOPS_LOG_TEXT=false`` only the hash and the length are, so a log that must not hold what
 users typed can still tell repeated questions apart and measure their drift in length. The
@@ -24,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from llmops.inference_log import utc_now
+from llmops.inference_log import CHAMPION_ROLE, SHADOW_ROLE, is_champion, row_role, utc_now
 from llmops.settings import settings_from_env
 
 if TYPE_CHECKING:
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 
 RAG_REQUEST, LLM_REQUEST, FEEDBACK = "rag_request", "llm_request", "feedback"
 REQUEST_KINDS = frozenset({RAG_REQUEST, LLM_REQUEST})
+Role = Literal["champion", "shadow"]
+ROLES = (CHAMPION_ROLE, SHADOW_ROLE)
 
 
 class RequestLogSettings(BaseModel):
@@ -89,6 +98,7 @@ class _Row(BaseModel):
 class _Answered(_Row):
     """What a request row holds besides its kind's own fields."""
 
+    role: Role = CHAMPION_ROLE  # "shadow": a challenger's answer to the same request (llmops.shadow)
     route: str
     answer: str | None
     answer_sha256: str | None
@@ -142,6 +152,7 @@ def rag_request_row(
     status: int = 200,
     error: str | None = None,
     low_confidence_below: float | None = None,
+    role: Role = CHAMPION_ROLE,
 ) -> dict[str, Any]:
     """A ``rag_request`` row; ``sources`` in rank order. ``low_confidence`` is set only for a release
     with a threshold (``low_confidence_below``)."""
@@ -151,7 +162,7 @@ def rag_request_row(
     row = RagRequestRow(
         request_id=request_id, model=model, model_version=model_version, route=route, versions=dict(versions),
         sources=ranked, top_score=top, low_confidence=low, latency_ms=latency_ms, status=status, error=error,
-        **text_fields("question", question, keep_text), **text_fields("answer", answer, keep_text),
+        role=role, **text_fields("question", question, keep_text), **text_fields("answer", answer, keep_text),
     )  # fmt: skip
     return row.model_dump()
 
@@ -172,12 +183,13 @@ def llm_request_row(
     keep_text: bool,
     status: int = 200,
     error: str | None = None,
+    role: Role = CHAMPION_ROLE,
 ) -> dict[str, Any]:
     """An ``llm_request`` row: ``prompt`` is the text the model was given (chat messages rendered)."""
     row = LlmRequestRow(
         request_id=request_id, model=model, model_version=model_version, route=route, stream=stream,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=finish_reason,
-        latency_ms=latency_ms, status=status, error=error,
+        latency_ms=latency_ms, status=status, error=error, role=role,
         **text_fields("prompt", prompt, keep_text), **text_fields("answer", answer, keep_text),
     )  # fmt: skip
     return row.model_dump()
@@ -206,14 +218,16 @@ def read_rows(
     since: datetime | str | None = None,
     until: datetime | str | None = None,
     kinds: Iterable[str | None] | None = None,
+    roles: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every row of ``model_name``'s log (``root``: a folder or ``s3://``; default the log root)
     with ``since <= timestamp < until``, as written (nested fields whole, unlike
     :func:`llmops.inference_log.read_log`'s frame), oldest first; only ``kinds`` when given
-    (``None`` in ``kinds``: the rows without a kind, the classifier's)."""
+    (``None`` in ``kinds``: the rows without a kind, the classifier's), only the rows of ``roles``
+    when given (``"champion"``, ``"shadow"``; a feedback row counts as the champion's)."""
     from llmops.inference_log import _model_store
 
-    return store_rows(_model_store(root, model_name), since, until, kinds)
+    return store_rows(_model_store(root, model_name), since, until, kinds, roles)
 
 
 def store_rows(
@@ -221,6 +235,7 @@ def store_rows(
     since: datetime | str | None = None,
     until: datetime | str | None = None,
     kinds: Iterable[str | None] | None = None,
+    roles: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`read_rows` of one model's log store (an ``InferenceLogger``'s ``store``)."""
     from llmops.inference_log import _DAY, _as_utc, _read_objects
@@ -230,10 +245,13 @@ def store_rows(
     last_day = end.strftime("%Y-%m-%d") if end else "9999-12-31"
     days = [d for d in store.folders() if _DAY.match(d) and first_day <= d <= last_day]
     wanted = set(kinds) if kinds is not None else None
+    cast = set(roles) if roles is not None else None
     rows = []
     for row in _read_objects(store, days):
         moment = row_time(row)
         if (wanted is not None and row.get("kind") not in wanted) or moment is None:
+            continue
+        if cast is not None and row_role(row) not in cast:
             continue
         if (start is None or moment >= start) and (end is None or moment < end):
             rows.append((moment, row))
@@ -247,6 +265,12 @@ def row_time(row: Mapping[str, Any]) -> datetime | None:
         return datetime.fromisoformat(str(row.get("timestamp"))).astimezone(timezone.utc)
     except ValueError:
         return None
+
+
+def champion_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows that are not a shadow challenger's: the traffic the service answered (requests
+    and feedback). Every monitor counts these only."""
+    return [row for row in rows if is_champion(row)]
 
 
 def latest_feedback(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

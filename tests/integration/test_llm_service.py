@@ -39,7 +39,17 @@ def traces():
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_model, llm_log, traces):
+def challenger(tiny_model):
+    """(release name, version): the same weights registered as a release, the shadow challenger
+    of the module's server."""
+    name = "llm-shadow-" + uuid.uuid4().hex[:8]
+    return name, _register_llm(name, tiny_model, "TestFlow/shadow", None)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model, llm_log, traces, challenger):
+    """The tiny model from its folder, served as "llm"; every request is answered again by the
+    same weights from the registry (LLMOPS_LLM_SHADOW), off the request path."""
     log_dir = llm_log
     env = {
         "LLMOPS_LLM_MODEL": str(tiny_model),
@@ -47,6 +57,11 @@ def llm(tiny_model, llm_log, traces):
         "LLMOPS_LLM_BACKEND": "transformers",
         "LLMOPS_TORCH_THREADS": "1",  # the machine is shared: two threads would fight over its cores
         **traces.env,
+        "LLMOPS_LLM_SERVED_NAME": "llm",
+        "LLMOPS_LLM_RELEASE": challenger[0],
+        "LLMOPS_LLM_SHADOW": challenger[1],
+        "LLMOPS_SHADOW_SAMPLE": "1",
+        "LLMOPS_SHADOW_QUEUE": "4",
     }
     with serve_bento("services.llm:LLM", log_dir, **env) as client:
         yield client
@@ -92,14 +107,47 @@ def test_openai_client_streaming_matches_the_final_usage(client):
     assert isinstance(text, str)
 
 
-def logged(log_dir, request_id, kind="llm_request", model="llm", count=1):
-    """The rows of ``kind`` logged for ``request_id`` once ``count`` are there (flushed every 0.1 s)."""
+def logged(log_dir, request_id, kind="llm_request", model="llm", count=1, role="champion"):
+    """The rows of ``kind`` (and ``role``: a shadow challenger's rows share the request id) logged
+    for ``request_id`` once ``count`` are there (flushed every 0.1 s)."""
     deadline, rows = time.monotonic() + 10, []
     while len(rows) < count:
         assert time.monotonic() < deadline, f"no {kind} row for {request_id} in {log_dir}"
         time.sleep(0.1)
-        rows = [r for r in read_rows(log_dir, model, kinds=[kind]) if r["request_id"] == request_id]
+        found = read_rows(log_dir, model, kinds=[kind], roles=[role])
+        rows = [r for r in found if r["request_id"] == request_id]
     return rows
+
+
+GREEDY = {"model": "llm", "prompt": "The registry keeps", "max_tokens": 6, "temperature": 0}
+
+
+def test_a_shadow_challenger_answers_each_request_again_off_the_request_path(llm, llm_log, challenger):
+    """The client gets the served model's answer; the challenger (the same weights, from the
+    registry) answers the same request once it was sent, streamed or not, and its row carries the
+    completion's id, its own release and latency. Feedback rates the served model's answer."""
+    name, version = challenger
+    reply = llm.post("/v1/completions", json=GREEDY).json()
+    chat = {"model": "llm", "messages": [{"role": "user", "content": "Shadow me"}], "max_tokens": 5,
+            "temperature": 0, "stream": True}  # fmt: skip
+    with llm.stream("POST", "/v1/chat/completions", json=chat) as response:
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: {")]
+    for request_id, stream in ((reply["id"], False), (json.loads(lines[0])["id"], True)):
+        (champion,) = logged(llm_log, request_id)
+        (shadow,) = logged(llm_log, request_id, role="shadow")
+        assert (champion["model"], champion["model_version"]) == ("llm", None)  # a folder model
+        assert (shadow["model"], shadow["model_version"], shadow["kind"]) == (name, version, "llm_request")
+        assert (shadow["route"], shadow["stream"], shadow["status"]) == (champion["route"], stream, 200)
+        assert shadow["answer"] == champion["answer"] and shadow["prompt"] == champion["prompt"]  # greedy
+        assert shadow["latency_ms"]["total"] >= shadow["latency_ms"]["first_token"] > 0
+    choices = [json.loads(line)["choices"] for line in lines]
+    streamed = "".join(c[0]["delta"].get("content") or "" for c in choices if c)
+    assert champion["answer"] == streamed  # what the client got is the champion's answer
+    info = llm.post("/info", json={}).json()["shadow"]
+    assert (info["ref"], info["model"], info["version"], info["sample"]) == (version, name, version, 1.0)
+    assert info["answered"] >= 2 and info["failed"] == 0
+    rated = llm.post("/feedback", json={"request_id": reply["id"], "rating": 1}).json()
+    assert rated["model_version"] is None  # the served folder model's answer, not the challenger's
 
 
 def test_a_streamed_chat_completion_is_logged_with_its_tokens_and_finish_reason(client, llm_log):
@@ -349,9 +397,14 @@ def test_a_traced_caller_of_the_openai_generator_gets_the_services_spans_in_its_
     )
 
 
-def test_api_key(tiny_model, tmp_path):
+def test_api_key(tiny_model, tmp_path, llm):
     with serve_bento("services.llm:LLM", tmp_path, LLMOPS_LLM_MODEL=str(tiny_model),
                      LLMOPS_API_KEY=API_KEY) as server:  # fmt: skip
+        # the same model without a shadow answers as the module's server, which has one
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        alone = server.post("/v1/completions", json=GREEDY, headers=auth).json()["choices"][0]["text"]
+        assert alone == llm.post("/v1/completions", json=GREEDY).json()["choices"][0]["text"]
+        assert server.post("/info", json={}, headers=auth).json()["shadow"] is None
         assert server.get("/v1/models").status_code == 401
         keyed = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0)
         assert keyed.models.list().data[0].id == "llm"

@@ -1,20 +1,24 @@
-"""Hot reload run for real: a new champion is served while requests keep coming, none failing."""
+"""Hot reload run for real: a new champion is served while requests keep coming, none failing; and
+a shadow challenger follows its own alias beside it, never touching the champion's answers."""
 
 import contextlib
 import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
+from llmops.cli import main as llmops
 from llmops.inference_log import read_log
 from llmops.registry import ModelVersion, Registry
+from llmops.request_log import read_rows
 from llmops.tabular.classifier import build_pipeline, candidates, load_model
 from llmops.tabular.data import TableSchema, infer_schema, load_table, normalize
 from tests.classifier_release import register_passing_classifier
@@ -78,12 +82,25 @@ def reloading(trained, tmp_path_factory):
         yield client, versions, log_dir
 
 
+SLOW_S = 4.0  # how long the slow challenger takes per shadowed batch
+
+
 @pytest.fixture(scope="module")
 def polling(trained, tmp_path_factory):
-    """A server of v1 that polls its alias every 0.2 s."""
+    """A server of v1 that polls its alias every 0.2 s, and its shadow slot, the ``challenger``
+    alias (unset at start), every request sampled into a queue of two jobs. Two versions fail on
+    purpose as challengers (llmops.faults): v3 raises, "slow" (v1's model again) takes SLOW_S."""
     versions = register("poll", trained[0])
+    model, schema = trained[0]["v1"]
+    name = versions["v1"].name
+    versions["slow"] = register_passing_classifier(
+        name, model, schema, promote=False, run_pathspec="TestFlow/slow", candidate="slow"
+    )
+    faults = f"shadow.answer.{versions['v3'].version},shadow.answer.{versions['slow'].version}:sleep={SLOW_S}"
+    shadow = {"LLMOPS_CLASSIFIER_SHADOW": "challenger", "LLMOPS_SHADOW_SAMPLE": "1",
+              "LLMOPS_SHADOW_QUEUE": "2", "LLMOPS_FAULTS": faults}  # fmt: skip
     log_dir = tmp_path_factory.mktemp("poll-log")
-    with serve(versions["v1"].name, log_dir, LLMOPS_RELOAD_POLL_S="0.2") as client:
+    with serve(versions["v1"].name, log_dir, LLMOPS_RELOAD_POLL_S="0.2", **shadow) as client:
         yield client, versions, log_dir
 
 
@@ -228,6 +245,100 @@ def test_the_poll_reloads_when_the_alias_moves(polling, trained, expected_proba)
     assert server_log.count(f"{versions['v3'].tag} has another schema") == 1
 
 
+def shadow_of(client: httpx.Client) -> dict:
+    return client.post("/info", json={}).json()["shadow"]
+
+
+def challenge(client: httpx.Client, version: ModelVersion) -> None:
+    """Put ``version`` in the shadow slot, as an operator does, and wait for the poll to serve it."""
+    assert llmops(["models", "promote", version.tag, "--to", "challenger"]) == 0
+    wait_until(lambda: shadow_of(client)["version"] == version.version, f"the shadow to serve {version.tag}")
+
+
+def shadow_rows(log_dir: Path, name: str, ids: Iterable[str], count: int) -> list[dict]:
+    """The shadow rows of the requests ``ids`` once ``count`` of them are in the log (flushed every 0.1 s)."""
+    ids, rows = set(ids), []
+
+    def found() -> bool:
+        rows[:] = [r for r in read_rows(log_dir, name, roles=["shadow"]) if r["request_id"] in ids]
+        return len(rows) >= count
+
+    wait_until(found, f"{count} shadow rows in the log")
+    return rows
+
+
+def predict(client: httpx.Client, held_out: pd.DataFrame, first: int) -> tuple[httpx.Response, float]:
+    """POST two held-out rows from ``first``; the response and its seconds."""
+    began = time.monotonic()
+    response = client.post("/predict", json={"records": records(held_out.iloc[first : first + 2])})
+    return response, time.monotonic() - began
+
+
+def test_the_shadow_follows_the_challenger_alias_and_answers_requests_again(polling, trained, expected_proba):
+    """No challenger yet: no shadow. After `llmops models promote --to challenger` the poll serves it
+    in the shadow slot: the champion's answers are its own (identical to its model's), and each
+    request is answered again by the challenger, logged under the same request id and rows with
+    the challenger's version and its own latency."""
+    client, versions, log_dir = polling
+    champion, challenger = versions["v2"], versions["v1"]  # the poll test left v2 the champion
+    before = shadow_of(client)
+    assert (before["ref"], before["version"], before["sampled"]) == ("challenger", None, 0)
+    assert "challenger not found" in before["problem"]
+    challenge(client, challenger)
+
+    sent = [(first, predict(client, trained[1], first)[0]) for first in range(0, 12, 2)]
+    assert [r.status_code for _, r in sent] == [200] * 6
+    assert {answered_version(r) for _, r in sent} == {champion.version}
+    assert_each_answer_matches_its_version([(0, 0, f, r) for f, r in sent], versions, expected_proba)
+    wait_until(lambda: shadow_of(client)["answered"] == 6, "the challenger to answer the six requests")
+    info = shadow_of(client)
+    counts = (info["sampled"], info["failed"], info["dropped"], info["sample"], info["queue_cap"])
+    assert counts == (6, 0, 0, 1.0, 2)
+
+    classes, proba = expected_proba(challenger)
+    ids = {r.json()[0]["request_id"]: first for first, r in sent}
+    rows = shadow_rows(log_dir, champion.name, ids, 12)
+    assert sorted((r["request_id"], r["row"]) for r in rows) == sorted((i, n) for i in ids for n in (0, 1))
+    for row in rows:
+        assert (row["model"], row["model_version"], row["status"], row["error"]) == (
+            champion.name, challenger.version, 200, None
+        )  # fmt: skip
+        assert row["prediction"] == classes[int(np.argmax(proba[ids[row["request_id"]] + row["row"]]))]
+        assert row["latency_ms"]["total"] > 0 and "features" not in row
+    champions = read_log(log_dir, champion.name)  # the traffic: champion rows only, by default
+    assert set(champions[champions["request_id"].isin(ids)]["model_version"]) == {champion.version}
+
+
+def test_a_raising_or_a_slow_challenger_never_fails_nor_delays_the_champion(polling, trained):
+    """A challenger that raises on every request, then one that takes SLOW_S per request, with a
+    queue of two jobs: every champion answer is a 200 in far less than SLOW_S; the failures are
+    logged as the shadow's rows, and what the full queue could not take is dropped and counted."""
+    client, versions, log_dir = polling
+    raising, slow = versions["v3"], versions["slow"]  # v3 lacks a column: a shadow may use fewer
+    challenge(client, raising)
+    answers = [predict(client, trained[1], first) for first in range(0, 10, 2)]
+    assert [r.status_code for r, _ in answers] == [200] * 5 and max(s for _, s in answers) < SLOW_S / 2
+    wait_until(lambda: shadow_of(client)["failed"] >= 5, "the raising challenger's five failures")
+    ids = {r.json()[0]["request_id"] for r, _ in answers}
+    failed = shadow_rows(log_dir, raising.name, ids, 10)  # two rows a request
+    assert {(r["model_version"], r["status"]) for r in failed} == {(raising.version, 500)}
+    assert all("failure injected at shadow.answer." in r["error"] for r in failed)
+
+    challenge(client, slow)
+    before = shadow_of(client)
+    began = time.monotonic()
+    answers = [predict(client, trained[1], first) for first in range(0, 16, 2)]
+    took = time.monotonic() - began
+    assert [r.status_code for r, _ in answers] == [200] * 8
+    assert took < SLOW_S, f"8 answers took {took:.1f} s: the champion waited for its shadow"
+    info = shadow_of(client)
+    dropped = info["dropped"] - before["dropped"]
+    assert info["sampled"] - before["sampled"] == 8 and dropped >= 8 - 3  # one in flight, two queued
+    assert info["queued"] <= info["queue_cap"] == 2
+    assert info["sampled"] == sum(info[k] for k in ("answered", "failed", "dropped", "queued", "in_flight"))
+    challenge(client, versions["v1"])  # the queued jobs go to a quick challenger
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -255,3 +366,24 @@ def test_only_the_very_same_schema_hot_reloads(trained, change, reason):
     else:
         assert reason in problem
         assert problem.startswith("m:b has another schema than the served m:a")
+
+
+def test_a_shadow_may_take_fewer_features_than_the_requests_carry_not_others(trained, monkeypatch):
+    from services import classifier
+    from services.classifier import Served, _not_a_shadow
+
+    schema = trained[0]["v1"][1]
+    monkeypatch.setattr(classifier, "SCHEMA", schema)  # the request model the service started with
+
+    def served(changed: TableSchema) -> Served:
+        meta = ModelVersion(name="m", version="c", created_at=0, path=".", labels={}, metadata={})
+        return Served(meta, changed, model=None, classes=tuple(changed.classes))
+
+    assert _not_a_shadow(None, served(trained[0]["v3"][1])) is None  # 'worst area' left out: fine
+    other = schema.model_copy(deep=True)
+    other.features["shoe size"] = "numeric"
+    retyped = schema.model_copy(deep=True)
+    retyped.features["mean radius"] = "categorical"
+    for changed, column in ((other, "shoe size"), (retyped, "mean radius")):
+        problem = _not_a_shadow(None, served(changed))
+        assert problem.startswith("m:c cannot shadow this service") and repr(column) in problem

@@ -48,6 +48,11 @@ def test_list_show_promote_rollback(model_name):
     assert rolled.returncode == 0 and f"{v2} -> {v1}" in rolled.stdout
     assert Registry().get(model_name).version == v1
 
+    # the shadow slot: --to (or --alias) moves another alias, the champion stays
+    challenged = llmops("models", "promote", f"{model_name}:{v2}", "--to", "challenger")
+    assert challenged.returncode == 0 and f"{model_name}@challenger: (unset) -> {v2}" in challenged.stdout
+    assert Registry().aliases(model_name) == {"champion": v1, "challenger": v2}
+
 
 def test_errors_are_messages_not_tracebacks(model_name):
     register(model_name, 0.9)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,7 +28,18 @@ def test_a_named_point_fails_the_first_attempt_only_unless_all(monkeypatch):
         fault_point("finetune.step.7", attempt=2)
 
 
-@pytest.mark.parametrize("value", ["soon", "finetune.step.7:twice", "finetune..step"])
+def test_a_sleeping_point_delays_instead_of_failing(monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, "shadow.answer:sleep=0.2, finetune.step.3:all")
+    began = time.perf_counter()
+    fault_point("shadow.answer")  # no error: a slow dependency, not a broken one
+    assert time.perf_counter() - began >= 0.2
+    assert armed_points() == {"shadow.answer": False, "finetune.step.3": True}
+
+
+BAD = ["soon", "finetune.step.7:twice", "finetune..step", "shadow.answer:sleep=", "shadow.answer:sleep=x"]
+
+
+@pytest.mark.parametrize("value", BAD)
 def test_a_bad_setting_is_an_error_naming_it(monkeypatch, value):
     monkeypatch.setenv(FAULTS_ENV, value)
     with pytest.raises(FaultSettingError, match=rf"^{FAULTS_ENV}: '{value}'") as raised:

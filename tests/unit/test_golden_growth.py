@@ -90,6 +90,16 @@ def test_a_correction_becomes_a_candidate_with_its_reference_and_sources(log, go
     assert report.corrections == 1
 
 
+def test_a_shadow_challengers_row_of_the_same_request_is_not_what_was_corrected(log, golden):
+    seen = [{"source": "registry.md", "chunk": 2, "score": 0.7}]
+    rated = request("How do I undo a promotion?", sources=seen)
+    other = [{"source": "gate.md", "chunk": 0, "score": 0.2}]
+    shadow = rated | {"role": "shadow", "model_version": "v2", "sources": other}
+    log(rated, shadow, feedback(rated["request_id"], -1, "Run llmops models rollback rag."))
+    (candidate,) = golden_candidates(golden, RELEASE).candidates
+    assert candidate.sources == ["registry.md"]  # the champion's answer, which the user saw
+
+
 def test_a_positive_rating_or_one_without_a_correction_is_no_candidate(log, golden):
     good, bare, commented = request("What is PSI?"), request("What is KS?"), request("What is JS?")
     log(good, bare, commented, feedback(good["request_id"], 1, "PSI is a drift statistic."))

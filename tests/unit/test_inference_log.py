@@ -102,6 +102,22 @@ def test_read_log_round_trip_and_window(tmp_path):
     assert list(window["request_id"]) == ["b", "b"]  # since inclusive, until exclusive
 
 
+def test_read_log_gives_the_champions_rows_unless_asked_for_the_shadows(tmp_path):
+    """A shadow challenger's rows share the champion's request ids; the frame has no role column,
+    so only the champion's rows are traffic unless ``roles`` asks (a row without a role is the
+    champion's: written before roles existed)."""
+    logger = InferenceLogger(tmp_path, "clf")
+    logger.log(rows("old", timestamp="2024-03-01T10:00:00+00:00"))
+    logger.log([r | {"role": "champion"} for r in rows("a", timestamp="2024-03-01T10:01:00+00:00")])
+    shadow = rows("a", timestamp="2024-03-01T10:01:01+00:00")
+    logger.log([r | {"role": "shadow", "model_version": "v2"} for r in shadow])
+    logger.close()
+    assert list(read_log(tmp_path, "clf")["request_id"]) == ["old", "old", "a", "a"]
+    shadow = read_log(tmp_path, "clf", roles=["shadow"])
+    assert list(shadow["request_id"]) == ["a", "a"] and set(shadow["model_version"]) == {"v2"}
+    assert len(read_log(tmp_path, "clf", roles=["champion", "shadow"])) == 6
+
+
 def test_read_log_skips_a_torn_last_line(tmp_path):
     logger = InferenceLogger(tmp_path, "clf")
     logger.log(rows("a", timestamp="2024-03-01T10:00:00+00:00"))

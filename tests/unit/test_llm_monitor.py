@@ -51,6 +51,12 @@ def logged(tmp_path, rows) -> LlmWindow:
     return read_llm_window(tmp_path, "llm", None, None)
 
 
+def test_a_shadow_challengers_rows_are_not_traffic(tmp_path):
+    shadow = [request(i, status=500) | {"role": "shadow", "model_version": "v2"} for i in range(4)]
+    window = logged(tmp_path, [request(0), *shadow, rating(0, 1)])
+    assert [r.request_id for r in window.requests] == ["r0"] and [f.rating for f in window.feedback] == [1]
+
+
 def test_a_thin_window_is_not_enough_traffic_and_triggers_nothing(tmp_path):
     window = logged(tmp_path, [request(i, total=90_000, status=500) for i in range(3)])
     verdict = measure_window(window, RULES, NO_DRIFT)

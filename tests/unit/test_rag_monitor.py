@@ -97,6 +97,12 @@ def test_rows_split_by_kind_and_the_latest_feedback_per_request_counts():
     assert window.unreadable == 1  # a rag_request without its fields; a row of another kind is skipped
 
 
+def test_a_shadow_challengers_rows_are_not_traffic():
+    shadow = [request(i) | {"role": "shadow", "model_version": "v2"} for i in range(3)]
+    window = window_from_rows([request(1), *shadow, rating(1, -1)])
+    assert [r.request_id for r in window.requests] == ["r1"] and len(window.feedback) == 1
+
+
 def test_a_thin_window_is_not_enough_traffic_and_triggers_nothing():
     requests = window_from_rows([request(i, status=503) for i in range(5)]).requests
     measures = [*measure_latency(requests, RULES), measure_corpus(corpus_change({"a.md": "1"}, {}))]

@@ -162,6 +162,22 @@ def test_a_pinned_version_never_moves_and_a_ref_without_a_version_does_not_start
         ReleaseFollower(model_name, "challenger", Loaded).start()  # nothing to serve: no start
 
 
+def test_an_optional_follower_serves_nothing_until_its_ref_resolves(versions, model_name, caplog):
+    """A shadow challenger's follower: a ref that does not resolve is logged once, not raised."""
+    _, v2, _ = versions
+    follower = ReleaseFollower(model_name, "challenger", Loaded, required=False)
+    with caplog.at_level(logging.WARNING, logger="bentoml.llmops.release_follower"):
+        assert follower.start() is None and follower.current is None
+        assert follower.reload().status == HTTPStatus.NOT_FOUND
+    assert [r.getMessage() for r in caplog.records] == [f"nothing to serve: {follower.problem}"]
+    assert "challenger not found" in follower.problem
+    Registry().promote(model_name, v2.version, alias="challenger")
+    outcome = follower.reload()
+    assert (outcome.previous, outcome.current, outcome.reloaded) == (None, v2.version, True)
+    assert follower.current.release.payload == "two" and follower.problem is None
+    follower.close()
+
+
 def test_the_poll_follows_a_moved_alias(versions, model_name):
     v1, v2, v3 = versions
     follower = ReleaseFollower(model_name, None, Loaded, poll_s=0.05)

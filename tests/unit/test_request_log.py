@@ -15,6 +15,7 @@ from llmops.llm.answered import CLIENT_GONE, AnsweredRequest, reported
 from llmops.llm.types import Completion
 from llmops.request_log import (
     RequestLogSettings,
+    champion_rows,
     feedback_row,
     latest_feedback,
     llm_request_row,
@@ -26,6 +27,7 @@ from llmops.request_log import (
 
 COMMON = {"request_id", "row", "timestamp", "model", "model_version", "kind"}
 ANSWERED = {
+    "role",
     "route",
     "answer",
     "answer_sha256",
@@ -243,6 +245,41 @@ def test_a_request_log_takes_feedback_and_a_restart_keeps_the_answered_ids(tmp_p
     assert again.index.get("a1").model_version == "v1"  # rebuilt from the log
     since = datetime.now(timezone.utc) + timedelta(hours=1)
     assert read_rows(tmp_path, "rag", since=since) == []
+    again.logger.close()
+
+
+def test_a_shadow_row_shares_the_request_id_and_is_never_rated_nor_traffic(tmp_path):
+    """The contract of the rows a shadow challenger writes (llmops.shadow): the same kind and
+    request_id, its own version and latency; feedback rates the champion's answer, and the
+    readers a monitor uses leave shadow rows out."""
+    settings = RequestLogSettings()
+    logger = InferenceLogger(tmp_path, "rag", flush_interval=60)
+    log = RequestLog(logger, "rag", settings)
+    champion = rag_row(request_id="r1")
+    shadow = rag_row(request_id="r1", model_version="v2", role="shadow", status=500, error="boom",
+                     latency_ms={"retrieve": None, "generate": None, "total": 40.0})  # fmt: skip
+    assert (champion["role"], shadow["role"], shadow["kind"]) == ("champion", "shadow", champion["kind"])
+    with pytest.raises(ValidationError, match="role"):
+        rag_row(role="canary")
+    log.request(champion)
+    log.shadow(shadow)
+    assert log.feedback(Feedback(request_id="r1", rating=1)).model_version == "v1"  # the champion's
+    logger.close()
+
+    rows = read_rows(tmp_path, "rag")  # every row as written, shadow ones included
+    assert [(r["role"], r["model_version"]) for r in rows if r["kind"] == "rag_request"] == [
+        ("champion", "v1"),
+        ("shadow", "v2"),
+    ]
+    assert [r["kind"] for r in read_rows(tmp_path, "rag", roles=["champion"])] == ["rag_request", "feedback"]
+    assert [r["model_version"] for r in read_rows(tmp_path, "rag", roles=["shadow"])] == ["v2"]
+    old = {k: v for k, v in champion.items() if k != "role"}  # written before roles: the champion's
+    assert champion_rows([old, shadow, champion]) == [old, champion]
+    index = AnsweredIndex(window_days=7)
+    assert index.rebuild([shadow]) == 0 and index.rebuild(rows) == 1  # rebuilt from champion rows only
+    assert index.get("r1").model_version == "v1"
+    again = RequestLog(InferenceLogger(tmp_path, "rag", flush_interval=60), "rag", settings)
+    assert again.index.get("r1").model_version == "v1"
     again.logger.close()
 
 

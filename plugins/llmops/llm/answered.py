@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
-from llmops.llm.types import Backend, Completion
+from llmops.llm.types import Backend, Completion, SamplingParams
 from llmops.tracing import FIRST_TOKEN, finish
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ class AnsweredRequest:
     prompt: str  # what the model was given: chat messages rendered by its template
     backend: Backend  # the backend that answered: the service knows which release it is
     prompt_tokens: int | None = None
+    # the request as asked, for a shadow challenger to answer it again (llmops.shadow): the chat
+    # messages (None: a text completion, whose prompt is ``prompt``) and the sampling settings
+    messages: list[dict[str, str]] | None = None
+    params: SamplingParams | None = None
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None  # perf_counter at the first piece of text
     pieces: list[str] = field(default_factory=list)

@@ -69,9 +69,11 @@ class LlmWindow(BaseModel):
 
 
 def window_from_rows(rows: Iterable[dict[str, Any]]) -> LlmWindow:
-    from llmops.request_log import FEEDBACK, LLM_REQUEST, latest_feedback
+    """Requests and the standing feedback of raw log rows; a shadow challenger's rows are not
+    traffic: they are left out (:func:`llmops.request_log.champion_rows`)."""
+    from llmops.request_log import FEEDBACK, LLM_REQUEST, champion_rows, latest_feedback
 
-    rows = list(rows)
+    rows = champion_rows(rows)
     requests, feedback, unreadable = [], [], 0
     for row in rows:
         if row.get("kind") != LLM_REQUEST:
@@ -95,11 +97,12 @@ def window_from_rows(rows: Iterable[dict[str, Any]]) -> LlmWindow:
 def read_llm_window(
     root: Path | str | None, release: str, since: datetime | str | None, until: datetime | str | None
 ) -> LlmWindow:
-    """The ``llm_request`` and ``feedback`` rows of ``<root>/<release>`` with
+    """The champion's ``llm_request`` and ``feedback`` rows of ``<root>/<release>`` with
     ``since <= timestamp < until``."""
-    from llmops.request_log import FEEDBACK, LLM_REQUEST, read_rows
+    from llmops.request_log import CHAMPION_ROLE, FEEDBACK, LLM_REQUEST, read_rows
 
-    return window_from_rows(read_rows(root, release, since, until, kinds={LLM_REQUEST, FEEDBACK}))
+    rows = read_rows(root, release, since, until, kinds={LLM_REQUEST, FEEDBACK}, roles=[CHAMPION_ROLE])
+    return window_from_rows(rows)
 
 
 _CHATML_USER = re.compile(r"<\|im_start\|>user\s*\n(.*?)(?:<\|im_end\|>|$)", re.S)

@@ -184,7 +184,9 @@ def openai_app(
             return _error(400, "the JSON body nests too deep", None, "json_too_deep")
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         kind = "chat.completion" if chat else "text_completion"
-        answered = AnsweredRequest(ident, request.url.path, body.stream, prompt, backend, prompt_tokens)
+        messages = [m.model_dump() for m in body.messages] if chat else None
+        answered = AnsweredRequest(ident, request.url.path, body.stream, prompt, backend, prompt_tokens,
+                                   messages=messages, params=params)  # fmt: skip
         if tracer() is not None:
             release = traced(backend) if traced is not None else {}
             annotate(request_id=ident, **release)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import LlmopsError
-from llmops.request_log import FEEDBACK, RAG_REQUEST, latest_feedback
+from llmops.request_log import CHAMPION_ROLE, FEEDBACK, RAG_REQUEST, latest_feedback
 from llmops.text import terms
 
 DEFAULT_MIN_CLUSTER = 3
@@ -272,8 +272,9 @@ def find_candidates(
 
     A candidate is left out (``hidden``) when its id is in ``decided``, or when one of the
     questions it covers is in ``known_questions`` (the golden set's, and those decided before),
-    so a rejected cluster stays away when its central question changes as it grows."""
-    rows = list(rows)
+    so a rejected cluster stays away when its central question changes as it grows. A shadow
+    challenger's rows (same request ids) are left out: users saw, and rated, the champion's answer."""
+    rows = [r for r in rows if _value(r, "role") in (None, CHAMPION_ROLE)]
     requests = {
         str(_value(r, "request_id")): r
         for r in rows
@@ -296,7 +297,8 @@ def find_candidates(
 def read_rows(
     release: str, since: datetime | str | None = None, root: Path | str | None = None
 ) -> list[dict[str, Any]]:
-    """The release's request and feedback rows since ``since`` (default: all), as written."""
+    """The release's request and feedback rows since ``since`` (default: all), as written; the
+    champion's only."""
     from llmops.request_log import read_rows as read_log_rows
 
     if isinstance(since, str):
@@ -304,4 +306,4 @@ def read_rows(
             datetime.fromisoformat(since)
         except ValueError:
             raise GrowthError(f"--since: {since!r} is not an ISO date or time (2026-01-31T12:00)") from None
-    return read_log_rows(root, release, since, kinds=(RAG_REQUEST, FEEDBACK))
+    return read_log_rows(root, release, since, kinds=(RAG_REQUEST, FEEDBACK), roles=[CHAMPION_ROLE])

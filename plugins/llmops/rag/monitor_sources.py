@@ -70,12 +70,14 @@ class Window(BaseModel):
 
 def window_from_rows(rows: Sequence[dict[str, Any]]) -> Window:
     """Split raw log rows by ``kind``; the latest feedback on a request id stands
-    (:func:`llmops.request_log.latest_feedback`)."""
+    (:func:`llmops.request_log.latest_feedback`). A shadow challenger's rows are not traffic:
+    they are left out (:func:`llmops.request_log.champion_rows`)."""
     from pydantic import ValidationError
 
     from llmops.live_measures import Rating
-    from llmops.request_log import latest_feedback
+    from llmops.request_log import champion_rows, latest_feedback
 
+    rows = champion_rows(rows)
     requests, feedback, unreadable = [], [], 0
     for row in rows:
         if row.get("kind") != "rag_request":
@@ -101,11 +103,12 @@ def window_from_rows(rows: Sequence[dict[str, Any]]) -> Window:
 def read_window(
     root: Path | str | None, release: str, since: datetime | str | None, until: datetime | str | None
 ) -> Window:
-    """The ``rag_request`` and ``feedback`` rows of ``<root>/<release>`` with
+    """The champion's ``rag_request`` and ``feedback`` rows of ``<root>/<release>`` with
     ``since <= timestamp < until``, read whole (:func:`llmops.request_log.read_rows`)."""
-    from llmops.request_log import FEEDBACK, RAG_REQUEST, read_rows
+    from llmops.request_log import CHAMPION_ROLE, FEEDBACK, RAG_REQUEST, read_rows
 
-    return window_from_rows(read_rows(root, release, since, until, kinds={RAG_REQUEST, FEEDBACK}))
+    rows = read_rows(root, release, since, until, kinds={RAG_REQUEST, FEEDBACK}, roles=[CHAMPION_ROLE])
+    return window_from_rows(rows)
 
 
 def index_manifest(collection: Any, page: int = 5000) -> dict[str, str]:
