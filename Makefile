@@ -14,9 +14,22 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := True
 export METAFLOW_USER ?= llmops
 
-.PHONY: setup demo demo-loop demo-rag-loop demo-shadow test test-fast lint format bench clean
+.PHONY: setup browser demo demo-loop demo-rag-loop demo-shadow test test-fast lint format bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# llmops ui's browser tests drive Debian's chromium + chromium-driver (tests/ui_browser.py). Checked on
+# every setup, outside the stamp (two file tests when they are there); installed only as root.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "==> installing chromium + chromium-driver (the browser tests of llmops ui)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "note: apt-get could not install chromium: the browser tests of llmops ui will skip"; \
+	else echo "note: no /usr/bin/chromium + /usr/bin/chromedriver and not root (or no apt-get):" \
+	  "the browser tests of llmops ui will skip; as root: apt-get install -y chromium chromium-driver"; fi
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,11 +84,13 @@ format: setup
 bench: setup
 	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS),bench]"   # evidently, the drift baseline
 	$(PY) bench/serve_classifier.py
+	$(PY) bench/shadow.py
 	$(PY) bench/drift.py
 	$(PY) bench/rag_index.py
 	$(PY) bench/rag_quality.py
 	$(PY) bench/rag_candidates.py
 	$(PY) bench/llm_serve.py
+	$(PY) bench/ui.py
 
 clean:
 	rm -rf .metaflow .llmops .pytest_cache

@@ -2,7 +2,7 @@
 
 llmops models list [NAME]
 llmops models show NAME[:VERSION|:ALIAS]
-llmops models promote NAME:VERSION [--alias champion]
+llmops models promote NAME:VERSION [--alias champion | --to challenger]
 llmops models rollback NAME [--alias champion]
 llmops models decide NAME [--policy evals/NAME.yaml] [--since T] [--until T] [--log-dir DIR] [--feedback FILE]
 llmops models export NAME[:VERSION|:ALIAS] s3://bucket/prefix|FOLDER
@@ -13,6 +13,7 @@ llmops index export INDEX_VERSION s3://bucket/prefix|FOLDER [--chroma PATH|URL]
 llmops index import s3://bucket/prefix/INDEX_VERSION|FOLDER [--chroma PATH|URL]
 llmops rag golden init --docs DIR [--out evals/my_golden.yaml] [--max-questions N] [--force]
 llmops rag golden candidates|accept|reject ... (llmops.rag.golden_cli)
+llmops ui [--host 127.0.0.1] [--port 8080] [--service NAME=URL]... (llmops.ui.command)
 """
 
 from __future__ import annotations
@@ -310,7 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmds.add_parser("promote", help="point an alias (default: champion) at a version")
     p.add_argument("ref", metavar="NAME:VERSION")
-    p.add_argument("--alias", default=CHAMPION, help="alias to move (default: %(default)s)")
+    p.add_argument(
+        "--alias",
+        "--to",
+        dest="alias",
+        default=CHAMPION,
+        help="alias to move (default: %(default)s); --to challenger puts the version in the services' "
+        "shadow slot (LLMOPS_<SERVICE>_SHADOW=challenger)",
+    )
     p.set_defaults(func=models_promote)
 
     p = cmds.add_parser("rollback", help="move an alias back to where it pointed before")
@@ -439,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A", help="a version (prompt-…) seen before, or 'current'")
     p.add_argument("b", metavar="B", help="a version (prompt-…) seen before, or 'current'")
     p.set_defaults(func=prompts_diff)
+    from llmops.ui.command import add_ui_command
+
+    add_ui_command(groups)
     return parser
 
 

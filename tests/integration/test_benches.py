@@ -74,6 +74,11 @@ def bench_args(script: str, tmp_path: Path) -> tuple[list[str], list[str]]:
             rf"vs best baseline hit@1 {NUMBER} hit@5 {NUMBER} answer {NUMBER}"
         )
         return ["--docs", str(docs), "--golden", str(tmp_path / "golden.yaml")], [line]
+    if script == "ui.py":
+        return ["--quick"], [rf"ui start: {NUMBER} s", rf"slowest page: \S+ {NUMBER} ms median"]
+    if script == "shadow.py":
+        overhead = rf"shadow overhead: p50 {RATIO} p99 {RATIO}"
+        return ["--quick"], [overhead, rf"saturating load .* {NUMBER} shadowed, {NUMBER} dropped"]
     if script == "serve_classifier.py":
         return ["--quick"], [rf"service / bare throughput: {RATIO} \(target >= 0\.7x\)"]
     raise AssertionError(f"bench/{script} has no smoke run in this test: add its tiny size here")

@@ -19,6 +19,7 @@ from tests.conftest import REPO, run_flow, serve_bento
 from tests.integration.test_train_flow import card_content
 from tests.llm_endpoint import Behaviour, chat_endpoint
 from tests.otlp_receiver import otlp_receiver
+from tests.ui_browser import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 API_KEY = "rag-key-" + uuid.uuid4().hex
@@ -135,21 +136,29 @@ def test_evaluation_passes_the_gate_and_registers_a_release(release, built):
     assert "hit_rate" in card and "Per question" in card
 
 
-def test_a_release_that_fails_the_gate_is_not_promoted(tmp_path, release, essays):
-    """The shipped golden set (questions about this project's docs) on an index of essays about
-    something else: retrieval finds nothing relevant, and the gate keeps the champion."""
+@pytest.fixture(scope="module")
+def failed_gate(tmp_path_factory, release, essays):
+    """(champion before, run): the shipped golden set (questions about this project's docs) on an
+    index of essays about something else, under the release's name: the gate fails."""
     name, _ = release
     champion = Registry().get(name).version
     _, index, chroma = essays
-    run = flow_run(tmp_path, "evaluate_rag.py", "--index", index, "--chroma", chroma,
-                   "--release-name", name, "--generators", "extractive")  # fmt: skip
+    run = flow_run(tmp_path_factory.mktemp("failed-gate"), "evaluate_rag.py", "--index", index,
+                   "--chroma", chroma, "--release-name", name, "--generators", "extractive")  # fmt: skip
+    return champion, run
+
+
+def test_a_release_that_fails_the_gate_is_not_promoted(release, failed_gate):
+    """Retrieval finds nothing relevant in the essays, and the gate keeps the champion."""
+    name, _ = release
+    champion, run = failed_gate
     decision = run["evaluate"].task["gate_decision"].data
     failed = {r["rule"] for r in decision["rules"] if not r["passed"]}
     assert not decision["passed"] and "metrics.hit_rate.min" in failed and "regression.hit_rate" in failed
     assert {"metrics.reference_coverage.min", "metrics.context_precision.min"} <= failed
     assert not run["end"].task["promoted"].data
     assert Registry().get(name).version == champion  # the champion is untouched
-    assert "gate:failed" in run.tags
+    assert "gate:failed" in run.tags and f"model:{name}" in run.tags  # the UI finds a name's decisions by it
 
 
 def test_bad_evaluation_input_fails_before_any_work(tmp_path, chroma):
@@ -543,10 +552,13 @@ def _register_copy(name: str, release, prompt, run: str, champion: str | None) -
     return version
 
 
-def test_the_rag_service_follows_its_champion_under_load(release, essays, log_dir):
+def test_the_rag_service_follows_its_champion_under_load(release, essays, log_dir, rag_server):
     """A promoted release with another index, retrieval mode, k and generator settings is served
     after POST /reload while queries keep coming: none fails, each answer comes whole from one
-    release (its index, its k), and after the reload only the new one answers."""
+    release (its index, its k), and after the reload only the new one answers. Meanwhile that
+    release shadows every query (LLMOPS_RAG_SHADOW, pinned): the client gets the champion's
+    answer, the same as a service without a shadow gives, and the challenger's answer is logged
+    beside it under the same request id, with its own versions."""
     from concurrent.futures import ThreadPoolExecutor
     from threading import Event
 
@@ -565,7 +577,14 @@ def test_the_rag_service_follows_its_champion_under_load(release, essays, log_di
     expected = {v1: (first.index.version, "hybrid", 4), v2: (index.version, "dense", 2)}
 
     stop, sent = Event(), []
-    with serve_bento("services.rag:Rag", log_dir, LLMOPS_RAG_RELEASE=name) as client:
+    shadow = {"LLMOPS_RAG_SHADOW": v2, "LLMOPS_SHADOW_SAMPLE": "1", "LLMOPS_SHADOW_QUEUE": "4"}
+    with serve_bento("services.rag:Rag", log_dir, LLMOPS_RAG_RELEASE=name, **shadow) as client:
+        question = {"question": "How does the gate decide about a regression?"}
+        shadowed = client.post("/query", json=question).json()
+        alone = rag_server.post("/query", json=question).json()  # the same release, without a shadow
+        assert (shadowed["answer"], shadowed["sources"]) == (alone["answer"], alone["sources"])
+        rated = client.post("/feedback", json={"request_id": shadowed["request_id"], "rating": -1}).json()
+        assert rated["model_version"] == v1  # the champion's answer, not its shadow's
 
         def send() -> None:
             while not stop.is_set():
@@ -609,3 +628,147 @@ def test_the_rag_service_follows_its_champion_under_load(release, essays, log_di
         served.append((started, done, version))
     assert {v for _, done, v in served if done < reloaded_at} == {v1}
     assert {v for started, _, v in served if started > reload_answered} == {v2}
+
+    shadow_info = info["shadow"]
+    assert (shadow_info["ref"], shadow_info["version"], shadow_info["sample"]) == (v2, v2, 1.0)
+    assert shadow_info["answered"] >= 1 and shadow_info["failed"] == 0
+    counted = ("answered", "failed", "dropped", "queued", "in_flight")
+    assert shadow_info["sampled"] == sum(shadow_info[k] for k in counted) == len(sent) + 1
+    rows = read_rows(log_dir, name, kinds=["rag_request"])
+    champions = {r["request_id"]: r for r in rows if r["role"] == "champion"}
+    shadows = [r for r in rows if r["role"] == "shadow"]
+    assert shadows and all(r["request_id"] in champions for r in shadows)  # the same request ids
+    for row in shadows:
+        assert (row["model_version"], row["status"], row["versions"]["index"]) == (v2, 200, index.version)
+        assert row["versions"]["retrieval_mode"] == "dense" and row["latency_ms"]["total"] > 0
+    first_shadowed = champions[shadowed["request_id"]]  # answered by v1, shadowed by v2
+    assert (first_shadowed["model_version"], first_shadowed["versions"]["index"]) == (v1, first.index.version)
+    assert shadowed["request_id"] in {r["request_id"] for r in shadows}
+
+
+# ---- llmops ui in a real browser, over this module's runs and service (tests/ui_browser.py) ------------
+
+
+@pytest.fixture(scope="module")
+def ui(release, failed_gate, rag_server, log_dir, tmp_path_factory):
+    """(driver, UI url, screenshot folder, monitor run): a monitor run of the release over the
+    service's log (the earlier tests' queries), `llmops ui` with the key and two playground services
+    (the running RAG service twice), and one Chromium session for every browser test."""
+    from tests.ui_browser import browser_missing, chromium, ui_server
+
+    if (why := browser_missing()) is not None:
+        pytest.skip(f"no browser for the UI tests: {why}")
+    name, _ = release
+    base = tmp_path_factory.mktemp("ui")
+    for question in ("What does the gate check?", "How is drift measured?", "How do I roll back?"):
+        assert rag_server.post("/query", json={"question": question}).status_code == 200  # a window to judge
+    run_id_file = base / "monitor-run-id"
+    result = run_flow("monitor_rag.py", "--release-name", name, "--log-dir", str(log_dir),
+                      "--run-id-file", str(run_id_file))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    monitor = Run(f"MonitorRagFlow/{run_id_file.read_text().strip()}")
+    golden = base / "rag_golden.yaml"  # a copy: the page must not touch the project's own
+    shutil.copy(REPO / "evals" / "rag_golden.yaml", golden)
+    url = str(rag_server.base_url).rstrip("/")
+    args = ("--service", f"champion={url}", "--service", f"challenger={url}", "--golden", str(golden))
+    env = {"LLMOPS_API_KEY": API_KEY, "LLMOPS_INFERENCE_LOG_DIR": str(log_dir)}
+    with ui_server(REPO, base / "ui.log", *args, env=env) as address, chromium() as driver:
+        yield driver, address, base, monitor
+
+
+def shot(ui, page: str) -> None:
+    driver, _, folder, _ = ui
+    driver.save_screenshot(str(folder / f"{page}.png"))
+    print(f"screenshot: {folder / page}.png")
+
+
+def test_ui_models_page_lists_the_champion_with_its_version(ui, release):
+    driver, address, _, _ = ui
+    name, run = release
+    driver.get(f"{address}/models")
+    row = driver.find_element("css selector", f"#model-{name} tr[data-version]")
+    assert row.get_attribute("data-version") == run["end"].task["release_version"].data
+    assert "champion" in row.text and run.pathspec in row.text
+    shot(ui, "models")
+    driver.get(f"{address}/models/no-such-model")
+    assert "model 'no-such-model' is not registered" in driver.page_source  # a 404 page, no traceback
+
+
+def test_ui_gate_page_shows_a_failed_rule_with_its_value_and_limit(ui, release, failed_gate):
+    driver, address, _, _ = ui
+    _, run = failed_gate
+    rules = {r["rule"]: r for r in run["evaluate"].task["gate_decision"].data["rules"]}
+    driver.get(f"{address}/gates/{release[0]}?status=failed")
+    decision = driver.find_element("css selector", "details.decision.failed")
+    assert run.pathspec in decision.text and "FAILED" in decision.text
+    cells = decision.find_element("xpath", ".//tr[td/code[text()='metrics.hit_rate.min']]").text
+    assert f"{rules['metrics.hit_rate.min']['value']:.4g}" in cells and "FAIL" in cells
+    assert f"{rules['metrics.hit_rate.min']['limit']:.4g}" in cells
+    shot(ui, "gates")
+    driver.get(f"{address}/runs/{run.pathspec}")
+    driver.find_element("link text", "gate card").click()
+    frame = driver.find_element("css selector", "iframe.card")
+    driver.switch_to.frame(frame)
+    wait_for(driver, "return document.body && document.body.innerText.includes('metrics.hit_rate.min')")
+    driver.switch_to.default_content()
+    shot(ui, "card")
+
+
+def test_ui_monitoring_draws_the_verdicts_over_time(ui, release):
+    driver, address, _, monitor = ui
+    driver.get(f"{address}/monitoring/{release[0]}")
+    drawn = "figure[data-drawn] svg"
+    marks = wait_for(driver, f"return document.querySelectorAll('{drawn} .mark-symbol path').length")
+    assert marks >= 5  # a point per measure of the run
+    assert monitor.pathspec in driver.page_source
+    shot(ui, "monitoring")
+    driver.get(f"{address}/golden?release={release[0]}")
+    assert "Candidates from" in driver.page_source
+    shot(ui, "golden")
+
+
+def test_ui_playground_answers_side_by_side_with_sources_and_takes_a_rating(ui, release, log_dir):
+    driver, address, _, _ = ui
+    driver.get(f"{address}/playground")
+    driver.find_element("id", "question").send_keys(
+        "How does the gate compare a candidate with the champion?"
+    )
+    driver.find_element("id", "ask-button").click()
+    wait_for(
+        driver, "return [...document.querySelectorAll('.answer')].every(p => p.dataset.state === 'done')"
+    )
+    for side in ("left", "right"):
+        panel = driver.find_element("id", f"answer-{side}")
+        assert panel.find_element("css selector", ".text").text.strip()
+        sources = panel.find_elements("css selector", "li.source")
+        assert sources and "score " in sources[0].text and ".md #" in sources[0].text
+    assert release[0] in driver.find_element("css selector", "#answer-left .release").text
+    request_id = driver.find_element("id", "answer-left").get_attribute("data-request-id")
+    driver.find_element("css selector", "#answer-left .up").click()
+    wait_for(driver, "return document.querySelector('#answer-left .rated').textContent")
+    assert "rated good" in driver.find_element("css selector", "#answer-left .rated").text
+    assert logged(log_dir, release[0], request_id, kind="feedback")["rating"] == 1
+    shot(ui, "playground")
+
+
+def test_ui_promote_moves_the_alias_only_with_the_key(ui, release):
+    driver, address, _, _ = ui
+    name, _ = release
+    champion = Registry().get(name).version
+    driver.get(f"{address}/models/{name}")
+    assert not driver.find_elements("css selector", "button.promote")  # no key given yet
+    refused = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"fetch('/models/{name}/promote', {{method: 'POST', body: new URLSearchParams("
+        f"{{version: '{champion}', alias: 'challenger'}})}}).then(r => done(r.status));"
+    )
+    assert refused == 401 and "challenger" not in Registry().aliases(name)
+    driver.find_element("link text", "log in to promote or roll back").click()
+    driver.find_element("id", "key").send_keys(API_KEY)
+    driver.find_element("id", "login").click()
+    button = f"tr[data-version='{champion}'] button[data-alias='challenger']"
+    wait_for(driver, f'return document.querySelector("{button}")')  # back on the page, with the key
+    driver.find_element("css selector", button).click()
+    wait_for(driver, 'return document.querySelector("tr[data-version] .alias.challenger")')
+    assert Registry().aliases(name)["challenger"] == champion
+    shot(ui, "model")

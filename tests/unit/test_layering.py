@@ -6,7 +6,9 @@
 - a piece two pipelines need lives in the core (``llmops.text``, ``llmops.gates``, ...).
 
 The ``llmops`` command (``cli.py``) is an entry point like the flows and the services: it wires
-every pipeline's commands together, so it may import them all. docs/overview.md says the same.
+every pipeline's commands together, so it may import them all. So is the web UI (``ui/``, ``llmops
+ui``), which reads every pipeline's state; nothing but the command imports it. docs/overview.md
+says the same.
 """
 
 import ast
@@ -18,6 +20,7 @@ ROOT = Path(llmops.__file__).parent
 DOMAINS = ("tabular", "rag", "llm")
 ALLOWED = {("rag", "llm")}  # (importer, imported) across pipelines
 ENTRY_POINTS = {"cli.py"}
+ENTRY_PACKAGES = ("ui",)  # entry points too: they may import every pipeline
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -67,3 +70,12 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("def f():\n    from llmops.rag.lexical import terms\n    import llmops.llm.types\n")
     assert imported_modules(sample) >= {"llmops.rag.lexical", "llmops.llm.types"}
+
+
+def test_only_the_command_imports_the_ui_package():
+    importers = []
+    for path in sorted(ROOT.rglob("*.py")):
+        inside = path.relative_to(ROOT).parts[0] in ENTRY_PACKAGES or path.name in ENTRY_POINTS
+        if not inside and any(m.split(".")[1] in ENTRY_PACKAGES for m in imported_modules(path)):
+            importers.append(str(path.relative_to(ROOT)))
+    assert importers == []

@@ -88,3 +88,16 @@ def test_the_installed_package_imports_from_the_wheel_and_finds_its_policy_secti
     assert Path(found["llmops"]).is_relative_to(site)  # not the checkout's plugins/
     assert Path(found["dist"]) == site
     assert found["sections"] == ["data", "drift"]
+
+
+def test_the_wheel_ships_the_uis_pages_and_browser_files(site):
+    """``llmops ui`` works from an installed wheel, offline: its templates and vendored scripts are
+    package data (pyproject.toml's ``[tool.setuptools.package-data]``)."""
+    shipped = {
+        p.relative_to(site / "llmops" / "ui").as_posix() for p in (site / "llmops" / "ui").rglob("*.*")
+    }
+    checkout = REPO / "plugins" / "llmops" / "ui"
+    wanted = {
+        p.relative_to(checkout).as_posix() for p in checkout.glob("*/*") if p.parent.name != "__pycache__"
+    }
+    assert wanted and wanted <= shipped, sorted(wanted - shipped)
