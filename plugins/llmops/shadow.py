@@ -38,12 +38,15 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.context import Context
 from pydantic import BaseModel, Field
 
 from llmops.faults import fault_point
 from llmops.registry import ModelVersion
 from llmops.release_follower import ReleaseFollower, ReloadOutcome, Served
 from llmops.settings import settings_from_env
+from llmops.tracing import annotate, handed_context, span
 
 T = TypeVar("T")  # a loaded release
 J = TypeVar("J")  # a job: what the challenger needs to answer one sampled request (or a batch's)
@@ -179,16 +182,23 @@ class Shadow(Generic[T, J]):
             if idle or full:
                 self._counts["dropped"] += requests
             else:
-                self._queue.put_nowait((job, requests))
+                self._queue.put_nowait((job, requests, handed_context()))  # its trace, for the span
                 self._jobs, self._waiting = self._jobs + 1, self._waiting + requests
         if full and (before == 0 or before // 1000 != (before + requests) // 1000):  # not per request
             self._log.warning("the queue is full (%d jobs): %d sampled requests dropped so far",
                               self.settings.shadow_queue, before + requests)  # fmt: skip
         return not (idle or full)
 
-    def answer_one(self, served: Served[T], job: J) -> bool:
+    def answer_one(self, served: Served[T], job: J, context: Context | None = None) -> bool:
         """The challenger ``served`` answers one job (on a worker thread): ``answer`` logs its row;
-        a failure goes to ``failed`` and is logged when it is new. Never raises."""
+        a failure goes to ``failed`` and is logged when it is new. Never raises. The work is a
+        ``shadow`` span (:mod:`llmops.tracing`) in the trace of the request that was sampled
+        (``context``, taken when it was submitted)."""
+        with span("shadow", parent=context, release=self.name, alias=self.ref,
+                  release_version=served.version.version) as traced:  # fmt: skip
+            return self._answer_one(served, job, traced)
+
+    def _answer_one(self, served: Served[T], job: J, traced: trace.Span) -> bool:
         started = time.perf_counter()
         try:
             fault_point("shadow.answer")
@@ -196,6 +206,7 @@ class Shadow(Generic[T, J]):
             self._answer(served, job)
             return True
         except Exception as exc:
+            annotate(traced, error=type(exc).__name__)
             self._note_failure(served, exc)
             if self._failed is not None:
                 latency_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -239,7 +250,7 @@ class Shadow(Generic[T, J]):
             self._closed = True
             while True:
                 try:
-                    _, requests = self._queue.get_nowait()
+                    _, requests, _ = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 self._counts["dropped"] += requests
@@ -254,13 +265,13 @@ class Shadow(Generic[T, J]):
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not _STOP:
-            job, requests = item
+            job, requests, context = item
             served = self.follower.current if self.follower is not None else None
             with self._lock:
                 self._jobs, self._waiting, self._in_flight = (
                     self._jobs - 1, self._waiting - requests, self._in_flight + requests
                 )  # fmt: skip
-            ok = served is not None and self.answer_one(served, job)
+            ok = served is not None and self.answer_one(served, job, context)
             with self._lock:
                 self._in_flight -= requests
                 self._counts["answered" if ok else "failed"] += requests

@@ -200,6 +200,12 @@ def test_a_streamed_chat_completion_is_one_trace_with_its_tokens_and_time_to_fir
     )
     trace = [s for s in spans if s.trace_id == request.trace_id]
     assert "Trace me" not in str([s.attributes for s in trace])  # a prompt is never an attribute
+    # the module's shadow challenger answers the request again, off its path, in the same trace
+    spans = traces.wait_for(
+        lambda spans: any(s.name == "shadow" and s.parent_id == request.span_id for s in spans)
+    )
+    (shadow,) = [s for s in spans if s.name == "shadow" and s.parent_id == request.span_id]
+    assert shadow.attributes["llmops.release.alias"] == shadow.attributes["llmops.release.version"]  # pinned
 
 
 def test_feedback_on_a_completion_is_logged_and_replaces_the_last(client, llm, llm_log):
