@@ -74,8 +74,11 @@ def test_index_flow_reports_the_corpus_and_skips_what_it_cannot_read(built, corp
     shipped = sorted(p.name for p in corpus.glob("*.md"))
     assert stats["files"] == len(shipped) and stats["chunks"] == len(write["chunks"].data)
     assert stats["tokens"] > stats["chunks"] > stats["files"]
-    assert [s["path"] for s in stats["skipped"]] == ["broken.pdf"]
-    assert "unreadable pdf" in stats["skipped"][0]["reason"]
+    skipped = {s["path"]: s["reason"] for s in stats["skipped"]}
+    images = sorted(p.name for p in corpus.glob("*.png"))  # the docs' screenshots: listed, not read
+    assert sorted(skipped) == sorted(["broken.pdf", *images])
+    assert "unreadable pdf" in skipped["broken.pdf"]
+    assert all(skipped[name] == "unsupported file type .png" for name in images)
     unique = {c["content_hash"] for c in write["chunks"].data}
     assert write["embedded_chunks"].data == len(unique)  # identical chunk texts are embedded once
     assert write["reused_chunks"].data == stats["chunks"] - len(unique)
