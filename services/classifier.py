@@ -210,6 +210,8 @@ class ShadowBatch(NamedTuple):
 
     columns: list[str]  # the served schema's features, the order of each row's values
     rows: list[tuple[str, int, tuple[Any, ...]]]  # (request id, row, values)
+    frame: Any  # the champion's normalized frame of the batch (the challenger's types are the same)
+    positions: list[int]  # each row's position in ``frame``
 
 
 def _out_of_range(served: Served, row: int, values: dict[str, Any]) -> Exception | None:
@@ -368,36 +370,37 @@ class Classifier:
             )
         with span("log", records=len(log_rows)):
             self.inference_log.log(log_rows)
-        self._offer_shadow(columns, records, values, failed)
+        self._offer_shadow(columns, records, values, failed, frame, scored)
         return results
 
     def _offer_shadow(self, columns: list[str], records: list[RecordBase], values: list[tuple[Any, ...]],
-                      failed: dict[str, Exception]) -> None:  # fmt: skip
+                      failed: dict[str, Exception], frame: Any, scored: list[int]) -> None:  # fmt: skip
         """Hand the batch's sampled requests (a draw per answered request) to the shadow challenger
-        as one job: a queue put, never a wait."""
+        as one job: a queue put, never a wait. The job holds the champion's normalized frame (no
+        copy), so the challenger does not normalize the same values again."""
         if self.shadow.challenger is None:  # no shadow: not even a draw
             return
+        position = {i: n for n, i in enumerate(scored)}
         drawn: dict[str, bool] = {}
-        rows = []
-        for record, row_values in zip(records, values, strict=True):
+        rows, positions = [], []
+        for i, (record, row_values) in enumerate(zip(records, values, strict=True)):
             if record._request_id in failed:
                 continue
             if record._request_id not in drawn:
                 drawn[record._request_id] = self.shadow.wants()
             if drawn[record._request_id]:
                 rows.append((record._request_id, record._row, row_values))
+                positions.append(position[i])
         if rows:
-            self.shadow.submit(ShadowBatch(columns, rows), requests=sum(drawn.values()))
+            self.shadow.submit(ShadowBatch(columns, rows, frame, positions), requests=sum(drawn.values()))
 
     def _shadow_answer(self, served: "ReleaseServed[Served]", batch: ShadowBatch) -> None:
         """The challenger scores a batch's sampled requests on a shadow worker thread (their
         clients have the champion's answers) and logs a row per record (``role: "shadow"``, the
         same request id and row; no features: they are in the champion's row)."""
         import numpy as np
-        import pandas as pd
 
         from llmops.tabular.classifier import predict_proba_rows
-        from llmops.tabular.data import normalize
 
         started, challenger = time.perf_counter(), served.release
         why: dict[int, str] = {}  # record -> why the challenger could not score it
@@ -405,8 +408,7 @@ class Classifier:
             if problem := _out_of_range(challenger, row, dict(zip(batch.columns, row_values, strict=True))):
                 why[i] = problem.errors()[0]["msg"]
         scored = [i for i in range(len(batch.rows)) if i not in why]
-        table = pd.DataFrame([batch.rows[i][2] for i in scored], columns=batch.columns)
-        frame = normalize(table[list(challenger.schema.features)], challenger.schema)
+        frame = batch.frame.iloc[[batch.positions[i] for i in scored]][list(challenger.schema.features)]
         proba, failures = (predict_proba_rows(challenger.model, frame) if scored
                            else (np.empty((0, len(challenger.classes))), {}))  # fmt: skip
         for i, reason in failures.items():
