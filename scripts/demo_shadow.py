@@ -86,7 +86,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         banner(f"Traffic: {args.rows} records to {url}/predict, champion {champion}, shadow {challenger}")
         answers = send(url, traffic, "target", batch=10)
-        labels = log_dir / "labels.csv"
+        labels = log_dir.parent / "labels.csv"  # beside the log, which the service may not have written yet
+        labels.parent.mkdir(parents=True, exist_ok=True)
         # the labels come back later, as a labelling team would send them
         answers.rename(columns={"target": "label"})[["request_id", "row", "label"]].to_csv(
             labels, index=False
