@@ -115,8 +115,11 @@ def models_decide(args: argparse.Namespace) -> int:
 
     from llmops.errors import ParameterError
     from llmops.paths import project_dir
+    from llmops.tabular.monitoring import parse_instant
 
     check_name(args.name)
+    for field, given in (("--since", args.since), ("--until", args.until)):
+        parse_instant(given or "", field)  # a bad time is refused here, by name, not in the run
     flow = project_dir() / "flows" / "decide_challenger.py"
     policy = Path(args.policy or f"evals/{args.name}.yaml")
     if not flow.is_file():
@@ -339,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="policy YAML with an online: section (default: evals/NAME.yaml)")
     p.add_argument("--since", help="window start, ISO-8601 UTC (default: when the challenger alias was set)")
     p.add_argument("--until", help="window end, ISO-8601 UTC (default: now)")
-    p.add_argument("--log-dir", help="inference log root (default: $LLMOPS_INFERENCE_LOG_DIR)")
+    p.add_argument(
+        "--log-dir",
+        help="inference log root, a folder or s3:// (default: $LLMOPS_INFERENCE_LOG_DIR, else "
+        "$LLMOPS_HOME/inference-log)",
+    )
     p.add_argument("--feedback", help="classifier: labels (request_id, row, label) for the accuracy rule")
     p.set_defaults(func=models_decide)
 

@@ -202,3 +202,11 @@ def test_the_online_section_is_checked_like_any_field():
         parse_policy("model: rag\nonline: {min_agreement: 2}")
     with pytest.raises(PolicyError, match=r"online\.max_p99"):
         parse_policy("model: rag\nonline: {max_p99: 2}")
+
+
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_decide_refuses_a_bad_window_by_name_before_any_run(option, capsys):
+    from llmops.cli import main
+
+    assert main(["models", "decide", "rag", option, "yesterday"]) == 2
+    assert f"{option}: 'yesterday' is not an ISO-8601 time" in capsys.readouterr().out

@@ -120,6 +120,19 @@ def test_the_challenger_answers_off_the_caller_and_counts(versions, model_name):
     assert balanced(info)
 
 
+@pytest.mark.parametrize(
+    ("variable", "given"),
+    [("LLMOPS_SHADOW_SAMPLE", "1.5"), ("LLMOPS_SHADOW_SAMPLE", "-0.1"), ("LLMOPS_SHADOW_QUEUE", "0")],
+)
+def test_a_setting_out_of_range_is_refused_by_name(monkeypatch, variable, given):
+    from llmops.settings import SettingsError
+    from llmops.shadow import shadow_settings
+
+    monkeypatch.setenv(variable, given)
+    with pytest.raises(SettingsError, match=f"{variable}: Input should be"):
+        shadow_settings()
+
+
 def test_a_full_queue_drops_and_counts_and_never_waits(versions, model_name):
     gate = threading.Event()
     answers = Answers(gate)
