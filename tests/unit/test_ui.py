@@ -283,3 +283,44 @@ def test_an_llm_services_answer_streams_token_by_token_and_is_rated():
     assert [e["text"] for e in events if e["type"] == "token"] == ["Hel", "lo", "!"]
     assert events[-1] == {"type": "done", "request_id": "chatcmpl-abc"}
     assert rated.status_code == 200 and rated.json()["rating"] == -1
+
+
+def test_bad_parameters_are_a_400_naming_the_field(model, tmp_path):
+    name = model[0]
+    golden = tmp_path / "rag_golden.yaml"
+    golden.write_text("questions: []\n")
+    with client(KEY, golden=[golden]) as ui:
+        status = ui.get(f"/gates/{name}?status=maybe")
+        page = ui.get(f"/models/{name}?page=two")
+        bearer = {"Authorization": f"Bearer {KEY}"}
+        form = {"golden": golden.name, "release": "rag", "id": "c1", "decision": "maybe"}
+        decision = ui.post("/golden/decide", data=form, headers=bearer)
+        no_version = ui.post(f"/models/{name}/promote", data={"alias": "champion"}, headers=bearer)
+    assert status.status_code == 400 and "status: 'maybe' is not passed or failed" in html.unescape(
+        status.text
+    )
+    assert page.status_code == 400 and "page: 'two' is not a number" in html.unescape(page.text)
+    assert decision.status_code == 400 and "decision: 'maybe'" in decision.json()["error"]
+    assert no_version.status_code == 400 and "version: required" in html.unescape(no_version.text)
+    assert Registry().aliases(name)["champion"] == model[1][0]
+
+
+def test_the_command_names_a_bad_port_service_or_golden_set(monkeypatch, tmp_path):
+    from llmops.errors import ParameterError
+    from llmops.ui.command import build_config, serve
+
+    with pytest.raises(ParameterError, match="--port: 70000 is not a port number"):
+        serve("127.0.0.1", 70000, [], None)
+    with pytest.raises(ParameterError, match=r"--golden: no such file: .*missing\.yaml"):
+        build_config([], [str(tmp_path / "missing.yaml")])
+    monkeypatch.setenv("LLMOPS_UI_SERVICES", "champion=http://127.0.0.1:3000,broken")
+    with pytest.raises(ParameterError, match="LLMOPS_UI_SERVICES: 'broken' is not NAME=http"):
+        build_config([], [])
+    monkeypatch.setenv("LLMOPS_UI_SERVICES", "champion=http://127.0.0.1:3000")
+    with pytest.raises(ParameterError, match="--service: champion given twice"):
+        build_config(["champion=http://127.0.0.1:3001"], [])
+    config = build_config(["challenger=http://127.0.0.1:3001/"], [])
+    assert [(s.name, s.url) for s in config.services] == [
+        ("champion", "http://127.0.0.1:3000"),
+        ("challenger", "http://127.0.0.1:3001"),
+    ]

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from llmops.errors import LlmopsError
+from llmops.errors import LlmopsError, ParameterError
 from llmops.registry import CHAMPION, AliasConflict
 from llmops.ui.config import Service
 from llmops.ui.runs import NotFound
@@ -103,7 +103,7 @@ def _done(request: Request, message: str, status: int = 200, refresh: bool = Tru
 def _field(form: Any, key: str, default: str | None = None) -> str:
     value = form.get(key, default)
     if value is None or not str(value).strip():
-        raise LlmopsError(f"{key}: required")
+        raise ParameterError(f"{key}: required")
     return str(value).strip()
 
 
@@ -176,9 +176,9 @@ async def _json(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
     except ValueError:
-        raise LlmopsError("the body must be JSON") from None
+        raise ParameterError("the body must be JSON") from None
     if not isinstance(body, dict):
-        raise LlmopsError("the body must be a JSON object")
+        raise ParameterError("the body must be a JSON object")
     return body
 
 
@@ -195,10 +195,10 @@ async def ask(request: Request) -> Response:
     service = _service(request, body.get("service"))
     question = str(body.get("question") or "").strip()
     if not question or len(question) > MAX_QUESTION_CHARS:
-        raise LlmopsError(f"question: give 1 to {MAX_QUESTION_CHARS} characters")
+        raise ParameterError(f"question: give 1 to {MAX_QUESTION_CHARS} characters")
     k = body.get("k")
     if k is not None and (not isinstance(k, int) or not 1 <= k <= 50):
-        raise LlmopsError("k: must be a whole number from 1 to 50")
+        raise ParameterError("k: must be a whole number from 1 to 50")
     events = stream(request.app.state.http, service, question, _service_key(request), k)
     return StreamingResponse(events, media_type="application/x-ndjson")
 
@@ -210,10 +210,10 @@ async def feedback(request: Request) -> Response:
     service = _service(request, body.get("service"))
     rating = body.get("rating")
     if rating not in (1, -1) or isinstance(rating, bool):
-        raise LlmopsError("rating: 1 or -1")
+        raise ParameterError("rating: 1 or -1")
     request_id = str(body.get("request_id") or "")
     if not request_id:
-        raise LlmopsError("request_id: required")
+        raise ParameterError("request_id: required")
     correction = body.get("correction") if isinstance(body.get("correction"), str) else None
     status, answer = await rate(
         request.app.state.http, service, request_id, rating, _service_key(request), correction

@@ -29,7 +29,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from llmops.errors import LlmopsError
+from llmops.errors import LlmopsError, ParameterError
+from llmops.ui.auth import COOKIE
 from llmops.ui.config import UiConfig
 from llmops.ui.runs import NotFound
 
@@ -50,7 +51,7 @@ def _int(request: Request, key: str, default: int = 1) -> int:
     try:
         return max(1, int(request.query_params.get(key, default)))
     except ValueError:
-        raise LlmopsError(f"{key}: {request.query_params[key]!r} is not a number") from None
+        raise ParameterError(f"{key}: {request.query_params[key]!r} is not a number") from None
 
 
 def _card_index(request: Request) -> int:
@@ -98,7 +99,7 @@ def gate_history(request: Request) -> HTMLResponse:
 
     status = request.query_params.get("status") or None
     if status not in (None, "passed", "failed"):
-        raise LlmopsError(f"status: {status!r} is not passed or failed")
+        raise ParameterError(f"status: {status!r} is not passed or failed")
     name = request.path_params["name"]
     found = gate_page(name, status, _int(request, "page"), request.app.state.config.per_page)
     if not found.total and not status:
@@ -201,13 +202,13 @@ async def login(request: Request) -> Response:
     if not config.auth.check_key(str(form.get("key", ""))):
         return page(request, "login.html", 401, next=target, error="wrong key")
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie("llmops_ui", config.auth.session_token(), httponly=True, samesite="strict")
+    response.set_cookie(COOKIE, config.auth.session_token(), httponly=True, samesite="strict")
     return response
 
 
 async def logout(request: Request) -> Response:
     response = RedirectResponse("/models", status_code=303)
-    response.delete_cookie("llmops_ui")
+    response.delete_cookie(COOKIE)
     return response
 
 

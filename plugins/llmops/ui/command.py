@@ -20,11 +20,11 @@ logger = logging.getLogger("llmops.ui")
 
 def build_config(services: list[str], golden: list[str] | None):
     from llmops.ui.auth import Auth
-    from llmops.ui.config import UiConfig, golden_files, parse_services, ui_settings
+    from llmops.ui.config import UiConfig, golden_files, parse_services, ui_settings, unique_services
 
     settings = ui_settings()
-    specs = [s for s in settings.ui_services.split(",") if s.strip()] + list(services)
-    parsed = parse_services(specs)
+    from_env = [s for s in settings.ui_services.split(",") if s.strip()]
+    parsed = unique_services(parse_services(from_env, "LLMOPS_UI_SERVICES") + parse_services(services))
     files = [Path(g).resolve() for g in golden] if golden else golden_files(Path.cwd())
     missing = [str(f) for f in files if not f.is_file()]
     if missing:

@@ -30,15 +30,25 @@ class Service:
     url: str
 
 
-def parse_services(specs: list[str]) -> list[Service]:
-    """``NAME=URL`` pairs (``--service`` or ``LLMOPS_UI_SERVICES``, comma-separated)."""
+def parse_services(specs: list[str], source: str = "--service") -> list[Service]:
+    """``NAME=URL`` pairs (``--service`` or ``LLMOPS_UI_SERVICES``, comma-separated); an error names
+    ``source``, the option or setting the pair came from."""
     found = []
     for spec in specs:
         name, sep, url = spec.partition("=")
         if not sep or not name.strip() or not url.strip().startswith(("http://", "https://")):
-            raise ParameterError(f"--service: {spec!r} is not NAME=http(s)://HOST:PORT")
+            raise ParameterError(f"{source}: {spec!r} is not NAME=http(s)://HOST:PORT")
         found.append(Service(name.strip(), url.strip().rstrip("/")))
     return found
+
+
+def unique_services(services: list[Service]) -> list[Service]:
+    """The playground asks a service by its name: two services of one name would hide one."""
+    names = [s.name for s in services]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ParameterError(f"--service: {', '.join(twice)} given twice (with LLMOPS_UI_SERVICES)")
+    return services
 
 
 def golden_files(project: Path) -> list[Path]:

@@ -98,6 +98,8 @@ def decide(golden: Path, release: str, verdict: str, ids: list[str], reference: 
     from llmops.rag.golden_curation import accept, reject
     from llmops.rag.golden_growth import GrowthError
 
+    if verdict not in ("accept", "reject"):
+        raise GrowthError(f"decision: {verdict!r} is not accept or reject")
     report = candidates(golden, release)
     if verdict == "accept":
         done = accept(golden, report, ids, reference or None)
@@ -105,7 +107,5 @@ def decide(golden: Path, release: str, verdict: str, ids: list[str], reference: 
             f"golden {done.name}: {done.old_version} -> {done.new_version} "
             f"({done.old_items} -> {done.new_items} items)"
         )
-    if verdict == "reject":
-        rejected = reject(golden, report, ids)
-        return "rejected " + ", ".join(c.id for c in rejected)
-    raise GrowthError(f"decision: {verdict!r} is not accept or reject")
+    rejected = reject(golden, report, ids)
+    return "rejected " + ", ".join(c.id for c in rejected)
