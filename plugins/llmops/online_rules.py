@@ -32,12 +32,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from llmops.gates import PolicySection, RuleResult
+from llmops.inference_log import SHADOW_ROLE, row_role
 from llmops.live_measures import SERVER_ERROR, Measure, Verdict, decide, judged, not_applied
 from llmops.request_log import FEEDBACK, RAG_REQUEST, read_rows
 from llmops.text import terms
 
 CHALLENGER = "challenger"  # the registry alias of the version that shadows the champion
-SHADOW = "shadow"
 PREDICTION = "prediction"  # the evidence's kind for the classifier's rows (they have no ``kind``)
 TRAFFIC = "shadowed_requests"
 # what the measures read of a row (the evidence is an artifact: no features, questions or prompts)
@@ -135,7 +135,7 @@ def pair_rows(
         if row.get("kind") == FEEDBACK or not row.get("request_id"):
             continue
         key = (row.get("kind"), str(row["request_id"]), int(row.get("row") or 0))
-        shadow = row.get("role") == SHADOW
+        shadow = row_role(row) == SHADOW_ROLE
         wanted = challenger_version if shadow else champion_version
         if row.get("model_version") != wanted:
             other += 1
