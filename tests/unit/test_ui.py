@@ -296,6 +296,9 @@ def test_bad_parameters_are_a_400_naming_the_field(model, tmp_path):
         form = {"golden": golden.name, "release": "rag", "id": "c1", "decision": "maybe"}
         decision = ui.post("/golden/decide", data=form, headers=bearer)
         no_version = ui.post(f"/models/{name}/promote", data={"alias": "champion"}, headers=bearer)
+        for elsewhere in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+            login = ui.post("/login", params={"next": elsewhere}, data={"key": KEY})
+            assert login.headers["location"] == "/models", elsewhere  # never off this UI
     assert status.status_code == 400 and "status: 'maybe' is not passed or failed" in html.unescape(
         status.text
     )

@@ -191,7 +191,7 @@ def playground(request: Request) -> HTMLResponse:
 async def login(request: Request) -> Response:
     config: UiConfig = request.app.state.config
     target = request.query_params.get("next", "/models")
-    target = target if target.startswith("/") and not target.startswith("//") else "/models"
+    target = target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/models"
     if request.method == "GET":
         return page(request, "login.html", next=target, error=None)
     form = await request.form()
