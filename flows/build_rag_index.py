@@ -141,14 +141,8 @@ class BuildRagIndexFlow(FlowSpec):
                 # bfloat16 products where the CPU has them (LLMOPS_EMBED_PRECISION, llmops.rag.embeddings)
                 precision = settings_from_env(EmbeddingSettings).embed_precision
                 embedder = Embedder(self.embedding_model, batch_size=self.batch_size, precision=precision)
-                self.shard_embeddings = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
-                # longest first, a few batches at a time: the batches pad as little as in one call
-                order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-                step = 4 * self.batch_size
-                for start in range(0, len(order), step):
-                    part = order[start : start + step]
-                    self.shard_embeddings[part] = embedder.embed([texts[i] for i in part])
-                    progress.update(start + len(part))
+                # one call: length buckets over the whole shard, a progress line as batches finish
+                self.shard_embeddings = embedder.embed(texts, progress=progress.callback())
         else:
             print(f"shard {self.index}: nothing to embed")
         self.next(self.write)

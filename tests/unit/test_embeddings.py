@@ -159,3 +159,12 @@ def test_bfloat16_vectors_match_float32_and_a_bad_precision_is_named():
         EmbeddingError, match="LLMOPS_EMBED_PRECISION: 'int8' is not auto, float32 or bfloat16"
     ):
         Embedder(precision="int8")
+
+
+def test_embed_reports_progress_after_each_batch():
+    reports: list[tuple[int, int]] = []
+    texts = TEXTS[:6]
+    vectors = Embedder(batch_size=2).embed(texts, progress=lambda done, total: reports.append((done, total)))
+    assert np.allclose(vectors, Embedder().embed(texts), atol=1e-5)  # the same vectors
+    assert len(reports) >= 2 and reports[-1] == (6, 6)  # per batch, the last one all of them
+    assert [done for done, _ in reports] == sorted({done for done, _ in reports})  # growing

@@ -301,8 +301,9 @@ class Embedder:
 
         return forward
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dimension) float32, each row of unit length."""
+    def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(len(texts), dimension) float32, each row of unit length. ``progress(done, total)`` is
+        called after each batch (``llmops.progress.Progress.callback``)."""
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return vectors
@@ -314,6 +315,7 @@ class Embedder:
         prepared = [text.lower() for text in prepared] if layout.lower_case else prepared
         encodings = self._tokenizer.encode_batch(prepared)
         dtype = self.compute_dtype
+        done = 0
         with (
             torch.inference_mode(),
             torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32),
@@ -329,6 +331,9 @@ class Embedder:
                 ids, mask = ids.to(self.device), mask.to(self.device)
                 pooled = pool(self._encoder(ids, mask).float(), mask, layout.pooling)
                 vectors[batch] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(texts))
         return vectors
 
     def embed_query(self, text: str) -> np.ndarray:
