@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -211,48 +210,34 @@ def fill_runs(root: str, decisions: int, monitor_runs: int, made: dict[str, list
         write_run(monitor, [("start", {}), ("detect", {}), ("end", end)], ["model:classifier"])
 
 
-def measure(env: dict[str, str], workdir: Path, pages: list[str], repeat: int) -> tuple[float, dict]:
+def measure(
+    env: dict[str, str], workdir: Path, pages: list[str], repeat: int, log: Path
+) -> tuple[float, dict]:
+    """``llmops ui``'s start (process start to /healthz's first 200) and each page's load times."""
     import httpx
 
-    from llmops.server_process import free_port, stop
+    from llmops.server_process import ServerError, free_port, started_server
 
-    port = free_port()
+    port, times = free_port(), {}
+    command = [sys.executable, "-m", "llmops.cli", "ui", "--port", str(port)]
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmops.cli", "ui", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url, times = f"http://127.0.0.1:{port}", {}
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.perf_counter() - started > 60:
-                    raise SystemExit(f"llmops ui did not start:\n{process.stderr.read()[-3000:]}")
-                time.sleep(0.02)
+        with started_server(command, port, env=env, log=log, ready_s=60, cwd=workdir,
+                            ready_path="/healthz", poll_s=0.02) as server:  # fmt: skip
             start_s = time.perf_counter() - started
-            for page in pages:
-                loads = []
-                for _ in range(repeat + 1):
-                    began = time.perf_counter()
-                    reply = client.get(page)
-                    loads.append((time.perf_counter() - began) * 1000)
-                    if reply.status_code != 200:
-                        stop(process, grace_s=5)
-                        raise SystemExit(
-                            f"{page} answered {reply.status_code}:\n{process.stderr.read()[-3000:]}"
-                        )
-                times[page] = (loads[0], statistics.median(loads[1:]))
-    finally:
-        stop(process, grace_s=5)
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                for page in pages:
+                    loads = []
+                    for _ in range(repeat + 1):
+                        began = time.perf_counter()
+                        reply = client.get(page)
+                        loads.append((time.perf_counter() - began) * 1000)
+                        if reply.status_code != 200:
+                            raise SystemExit(f"{page} answered {reply.status_code}; {log} ends:\n"
+                                             f"{log.read_text(errors='replace')[-3000:]}")  # fmt: skip
+                    times[page] = (loads[0], statistics.median(loads[1:]))
+    except ServerError as exc:
+        raise SystemExit(f"llmops ui did not start: {exc}") from None
     return start_s, times
 
 
@@ -295,7 +280,7 @@ def main() -> None:
             "/golden",
             "/playground",
         ]
-        start_s, times = measure(env, REPO, pages, args.repeat)
+        start_s, times = measure(env, REPO, pages, args.repeat, home / "ui.log")
         print(f"ui start: {start_s:.2f} s (process start to the first answer; target < 3 s)")
         print(f"{'page':44} {'first ms':>9} {'median ms':>10}")
         for page, (first, median) in times.items():

@@ -8,16 +8,14 @@ to download a browser or a driver. Without them the browser tests skip, saying w
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from llmops.server_process import free_port, stop
+from llmops.server_process import ServerError, free_port, started_server
 from llmops.settings import child_environment
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium
@@ -61,27 +59,13 @@ def chromium(width: int = 1280, height: int = 1000) -> Iterator:
 def ui_server(cwd: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """``llmops ui --port P ARGS`` on 127.0.0.1; yields its URL once /healthz answers."""
     port = free_port()
-    with open(log, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmops.cli", "ui", "--port", str(port), *args],
-            cwd=cwd, env=child_environment(env), stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "llmops.cli", "ui", "--port", str(port), *args]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"llmops ui did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        stop(process, grace_s=10)
+        with started_server(command, port, env=child_environment(env), log=log, ready_s=60, cwd=cwd,
+                            ready_path="/healthz", poll_s=0.05) as server:  # fmt: skip
+            yield server.url
+    except ServerError as exc:
+        pytest.fail(f"llmops ui did not start: {exc}")
 
 
 def wait_for(driver, script: str, timeout: float = 60) -> object:

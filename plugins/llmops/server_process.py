@@ -76,9 +76,12 @@ def started_server(
     log: Path | None = None,
     ready_s: float = 90,
     cwd: Path | str | None = None,
+    ready_path: str = "/readyz",
+    poll_s: float = 0.3,
 ) -> Iterator[RunningServer]:
     """Start ``command`` (a server listening on ``port`` of 127.0.0.1) in a session of its own,
-    yield once ``/readyz`` answers 200, then stop it and every process under it (:func:`stop`)."""
+    yield once ``ready_path`` answers 200 (BentoML's ``/readyz``; ``llmops ui``'s ``/healthz``),
+    asking every ``poll_s`` seconds, then stop it and every process under it (:func:`stop`)."""
     import httpx
 
     def tail() -> str:
@@ -105,9 +108,9 @@ def started_server(
             if time.monotonic() > deadline:
                 raise ServerError(f"{name} not ready after {ready_s:g} s{tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
                     break
-            time.sleep(0.3)
+            time.sleep(poll_s)
         workers = descendants(process.pid)
         yield RunningServer(f"http://127.0.0.1:{port}", port, process, log, workers)
     finally:
