@@ -125,4 +125,8 @@ def promote_challenger(name: str, version: str, gate_decision: dict[str, Any]) -
             f"not promoted: {name}@{CHALLENGER} moved to {aliases.get(CHALLENGER)} since {version} "
             f"was judged; decide again on the new challenger's traffic"
         )
-    return _promote(registry, name, registry.get(name, version), gate_decision.get("champion_version"))
+    try:
+        registry.promote(name, version, expected=gate_decision.get("champion_version"))
+    except AliasConflict as exc:  # not _promote's note: this run registered nothing
+        return False, f"not promoted: {exc}"
+    return True, f"promoted {name}:{version} to {CHAMPION}"
