@@ -34,7 +34,10 @@ class Progress:
         every_s: float = 5.0,
         write: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        done: int = 0,
     ):
+        """``done``: already finished when this begins (a resumed run): the rate and the ETA count
+        only the work done from here."""
         if total < 0:
             raise ParameterError(f"progress total: must be 0 or more, got {total}")
         if every_s < 0:
@@ -43,7 +46,7 @@ class Progress:
         self.write = write or (lambda line: print(line, flush=True))
         self.clock = clock
         self.began = clock()
-        self.done = 0
+        self.done = self.first = min(max(done, 0), total)
         self._last: float | None = None  # when the last line was printed
 
     def advance(self, n: int = 1, note: str = "") -> None:
@@ -86,7 +89,7 @@ class Progress:
         tail = f"; {note}" if note else ""
         if elapsed < 1e-3:  # no time has passed: no rate to tell
             return f"{self.label} {self.done}/{self.total}{unit}{tail}"
-        rate = self.done / elapsed
+        rate = (self.done - self.first) / elapsed
         if self.done >= self.total:
             timing = f"{elapsed:.0f} s, {rate:.2f}/s"
         else:

@@ -51,3 +51,13 @@ def test_ticking_repeats_the_line_while_a_long_batch_moves_no_count():
     progress.update(6)
     assert len(lines) >= 3 and all(line.startswith("answered 0/6 questions (") for line in lines[:-1])
     assert "ETA ?" in lines[0] and lines[-1].startswith("answered 6/6 questions (")
+
+
+def test_a_resumed_count_takes_its_rate_from_the_work_done_since():
+    from llmops.progress import Progress
+
+    clock, lines = Clock(), []
+    progress = Progress("trained step", 100, every_s=0, write=lines.append, clock=clock, done=60)
+    clock.now += 10
+    progress.update(70)  # 10 steps in 10 s, not 70
+    assert lines == ["trained step 70/100 (10 s, 1.00/s, ETA 30 s)"]

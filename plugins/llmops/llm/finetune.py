@@ -189,8 +189,8 @@ def _callbacks(store: CheckpointStore | None, key: str | None, attempt: int) -> 
         progress: Progress | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.progress = Progress("trained step", state.max_steps)
-            self.progress.done = state.global_step  # a resumed run counts on from its checkpoint
+            # a resumed run counts on from its checkpoint; its rate and ETA from the steps it trains
+            self.progress = Progress("trained step", state.max_steps, done=state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             losses = [h["loss"] for h in state.log_history if "loss" in h]
