@@ -158,7 +158,7 @@ class EvaluateRagFlow(FlowSpec):
         from llmops.gates import policy_from_config
         from llmops.progress import Progress
         from llmops.prompts import PromptStore
-        from llmops.rag.candidates import answer_in_rounds, answer_order, limits, parse_rounds
+        from llmops.rag.candidates import answer_in_rounds, answer_order, limits, parse_rounds, round_schedule
         from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden, mean_scores
         from llmops.rag.pipeline import RagAnswer
         from llmops.rag.release import open_pipeline
@@ -198,10 +198,13 @@ class EvaluateRagFlow(FlowSpec):
         else:
             checks = limits({"answer_key": self.floor_answer_key}, policy_from_config(self.policy))
             below = ", ".join(f"{against} {metric} {limit:.3f}" for metric, limit, against in checks)
-            print(f"{name}: {total} questions in rounds ({self.rounds or 'all'}); stops below {below}")
+            sizes = parse_rounds(self.rounds)
+            schedule = ", ".join(map(str, round_schedule(total, sizes)))
+            print(f"{name}: {total} questions in rounds of {schedule}; stops below {below}" if sizes
+                  else f"{name}: all {total} questions (--rounds none: no early stop)")  # fmt: skip
             order = answer_order(total, self.golden_version)
             with progress.ticking():  # a round is one batch: the line again every 10 s while it runs
-                answered, stop = answer_in_rounds(answer, total, order, checks, parse_rounds(self.rounds),
+                answered, stop = answer_in_rounds(answer, total, order, checks, sizes,
                                                   self.confidence)  # fmt: skip
         rows = [row for _, row in answered]
         self.candidate = {
