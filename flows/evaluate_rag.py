@@ -156,10 +156,9 @@ class EvaluateRagFlow(FlowSpec):
     @step
     def answer(self):
         from llmops.gates import policy_from_config
-        from llmops.progress import Progress
         from llmops.prompts import PromptStore
-        from llmops.rag.candidates import answer_in_rounds, answer_order, limits, parse_rounds, round_schedule
-        from llmops.rag.evaluation import Judge, evaluate_pipeline, load_golden, mean_scores
+        from llmops.rag.candidates import evaluate_candidate, parse_rounds
+        from llmops.rag.evaluation import Judge, load_golden
         from llmops.rag.pipeline import RagAnswer
         from llmops.rag.release import open_pipeline
         from llmops.rag.retriever import Hit
@@ -172,51 +171,25 @@ class EvaluateRagFlow(FlowSpec):
             if self.judge_url
             else None
         )
-        hits = [[Hit(**h) for h in question] for question in self.contexts]
-        name, total = self.input["name"], len(hits)
-        notes: list[str] = []
+        name = self.input["name"]
         # the extractive floor's answers came from start: its task scores them
-        progress = Progress(f"{name}: {'scored' if name == 'extractive' else 'answered'}", total, "questions",
-                            every_s=10)  # fmt: skip
-
-        def answer(indices: list[int]) -> list[dict]:
-            part = golden.model_copy(update={"questions": [golden.questions[i] for i in indices]})
-            given = None
-            if name == "extractive":  # start answered every question already
-                given = [RagAnswer(**self.floor_answers[i]) for i in indices]
-            before = progress.done
-            result = evaluate_pipeline(pipeline, part, self.k, judge, hits=[hits[i] for i in indices],
-                                       progress=lambda done, _: progress.update(before + done),
-                                       answers=given)  # fmt: skip
-            progress.update(before + len(indices))
-            notes.extend(result.notes)
-            return result.rows
-
-        if name == "extractive":
-            with progress.ticking():
-                answered, stop = list(enumerate(answer(list(range(total))))), None
-        else:
-            checks = limits({"answer_key": self.floor_answer_key}, policy_from_config(self.policy))
-            below = ", ".join(f"{against} {metric} {limit:.3f}" for metric, limit, against in checks)
-            sizes = parse_rounds(self.rounds)
-            schedule = ", ".join(map(str, round_schedule(total, sizes)))
-            print(f"{name}: {total} questions in rounds of {schedule}; stops below {below}" if sizes
-                  else f"{name}: all {total} questions (--rounds none: no early stop)")  # fmt: skip
-            order = answer_order(total, self.golden_version)
-            with progress.ticking():  # a round is one batch: the line again every 10 s while it runs
-                answered, stop = answer_in_rounds(answer, total, order, checks, sizes,
-                                                  self.confidence)  # fmt: skip
-        rows = [row for _, row in answered]
+        floor = [RagAnswer(**a) for a in self.floor_answers] if name == "extractive" else None
         self.candidate = {
             **self.input,
             "position": self.index,
-            "settings": pipeline.generator.settings,
-            "scores": mean_scores([row["scores"] for row in rows]),
-            "rows": rows,
-            "notes": notes,
-            "answered": len(rows),
-            "stopped": stop.sentence(name) if stop else None,
-            "stop": stop.model_dump() if stop else None,
+            **evaluate_candidate(
+                name,
+                pipeline,
+                golden,
+                [[Hit(**h) for h in question] for question in self.contexts],
+                self.k,
+                floor_answer_key=self.floor_answer_key,
+                policy=policy_from_config(self.policy),
+                judge=judge,
+                floor_answers=floor,
+                rounds=parse_rounds(self.rounds),
+                confidence=self.confidence,
+            ),
         }
         print(self.candidate["stopped"] or f"{name}: {self.candidate['scores']}")
         self.next(self.evaluate)

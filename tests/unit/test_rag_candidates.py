@@ -132,3 +132,60 @@ def test_early_elimination_picks_the_winner_of_a_full_evaluation(corpus):
     assert stop is not None and len(answered) < total  # it lost, and answered fewer questions
     answered, stop = rounds("extractive", "base")  # the winner as the challenger: never stopped
     assert stop is None and len(answered) == total
+
+
+def test_evaluate_candidate_scores_the_floors_answers_and_stops_a_hopeless_candidate():
+    """The flow's answer step (llmops.rag.candidates.evaluate_candidate) on a fake pipeline: the
+    extractive floor's answers are scored, never asked again; an LLM candidate that states no key
+    fact stops after its first round, with the round sizes and the limits printed."""
+    from types import SimpleNamespace
+
+    from llmops.gates import parse_policy
+    from llmops.rag.candidates import evaluate_candidate
+    from llmops.rag.evaluation import GoldenItem, GoldenSet
+    from llmops.rag.pipeline import RagAnswer
+    from llmops.rag.retriever import Hit
+
+    facts = [f"Setting number {i} defaults to {i * 7} seconds." for i in range(24)]
+    golden = GoldenSet(questions=[GoldenItem(question=f"What is the default of setting {i}?", reference=fact,
+                                             reference_contexts=[fact], keys=[f"{i * 7} seconds"])
+                                  for i, fact in enumerate(facts)])  # fmt: skip
+    hits = [
+        [Hit(id=f"c{i}", text=fact, source="docs/x.md", position=i, score=0.9)]
+        for i, fact in enumerate(facts)
+    ]
+    asked: list[int] = []
+
+    def pipeline(answer):
+        def answer_many(questions, found, progress=None):
+            asked.append(len(questions))
+            return [RagAnswer(answer=answer(q), sources=[], versions={}) for q in questions]
+
+        return SimpleNamespace(
+            answer_many=answer_many, generator=SimpleNamespace(settings={"backend": "fake"})
+        )
+
+    policy = parse_policy("model: rag\nmetrics:\n  rouge_l: {min: 0.15}\n")
+    floor = [RagAnswer(answer=f"{fact} [1]", sources=[], versions={}) for fact in facts]
+    lines: list[str] = []
+    extractive = evaluate_candidate("extractive", pipeline(lambda q: "unused"), golden, hits, 1,
+                                    floor_answer_key=1.0, policy=policy, floor_answers=floor,
+                                    write=lines.append)  # fmt: skip
+    assert asked == [] and extractive["answered"] == 24 and extractive["stopped"] is None
+    assert extractive["scores"]["answer_key"] == 1.0 and extractive["settings"] == {"backend": "fake"}
+    hopeless = evaluate_candidate("base", pipeline(lambda q: "I cannot say."), golden, hits, 1,
+                                  floor_answer_key=1.0, policy=policy, write=lines.append)  # fmt: skip
+    assert asked == [6] and hopeless["answered"] == 6 and len(hopeless["rows"]) == 6
+    assert hopeless["stop"]["round"] == 1 and hopeless["stopped"].startswith(
+        "base stopped after round 1 (6/24"
+    )
+    assert lines[1] == (
+        "base: 24 questions in rounds of 6, 12, 24; stops below extractive floor answer_key 1.000, "
+        "policy min rouge_l 0.150"
+    )
+    asked.clear()
+    everything = evaluate_candidate("base", pipeline(lambda q: "I cannot say."), golden, hits, 1,
+                                    floor_answer_key=1.0, policy=policy, rounds=(),
+                                    write=lines.append)  # fmt: skip
+    assert asked == [24] and everything["stopped"] is None and everything["answered"] == 24
+    assert "base: all 24 questions (--rounds none: no early stop)" in lines

@@ -270,3 +270,69 @@ def answer_in_rounds(
         if stop is not None:
             return sorted(answered, key=lambda pair: pair[0]), stop
     return sorted(answered, key=lambda pair: pair[0]), None
+
+
+def evaluate_candidate(
+    name: str,
+    pipeline: Any,
+    golden: Any,
+    hits: list[list[Any]],
+    k: int,
+    *,
+    floor_answer_key: float,
+    policy: GatePolicy,
+    judge: Any = None,
+    floor_answers: list[Any] | None = None,
+    rounds: Sequence[int] = DEFAULT_ROUNDS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    write: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Score one candidate of flows/evaluate_rag.py on ``golden`` from the same retrieved ``hits``:
+    the extractive one scores ``floor_answers`` (the ``RagAnswer`` of each question, answered
+    once before), any other answers in ``rounds`` and may stop early (:func:`answer_in_rounds`,
+    its order seeded by the golden set's version). Returns the candidate's ``scores`` (means over
+    the questions it answered), ``rows``, ``notes``, ``answered``, ``settings`` and, when it
+    stopped, ``stopped`` (:meth:`Stop.sentence`) and ``stop``; progress lines go to ``write``."""
+    from llmops.progress import Progress
+    from llmops.rag.evaluation import evaluate_pipeline, mean_scores
+
+    total = len(hits)
+    notes: list[str] = []
+    extractive = floor_answers is not None
+    progress = Progress(f"{name}: {'scored' if extractive else 'answered'}", total, "questions",
+                        every_s=10, write=write)  # fmt: skip
+
+    def answer(indices: list[int]) -> list[dict[str, Any]]:
+        part = golden.model_copy(update={"questions": [golden.questions[i] for i in indices]})
+        given = [floor_answers[i] for i in indices] if floor_answers is not None else None
+        before = progress.done
+        result = evaluate_pipeline(pipeline, part, k, judge, hits=[hits[i] for i in indices],
+                                   progress=lambda done, _: progress.update(before + done),
+                                   answers=given)  # fmt: skip
+        progress.update(before + len(indices))
+        notes.extend(result.notes)
+        return result.rows
+
+    stop: Stop | None = None
+    if extractive:
+        with progress.ticking():
+            answered = list(enumerate(answer(list(range(total)))))
+    else:
+        checks = limits({"answer_key": floor_answer_key}, policy)
+        below = ", ".join(f"{against} {metric} {limit:.3f}" for metric, limit, against in checks)
+        schedule = ", ".join(map(str, round_schedule(total, rounds)))
+        write(f"{name}: {total} questions in rounds of {schedule}; stops below {below}" if rounds
+              else f"{name}: all {total} questions (--rounds none: no early stop)")  # fmt: skip
+        with progress.ticking():  # a round is one batch: the line again every 10 s while it runs
+            answered, stop = answer_in_rounds(answer, total, answer_order(total, golden.content_version),
+                                              checks, rounds, confidence)  # fmt: skip
+    rows = [row for _, row in answered]
+    return {
+        "settings": pipeline.generator.settings,
+        "scores": mean_scores([row["scores"] for row in rows]),
+        "rows": rows,
+        "notes": notes,
+        "answered": len(rows),
+        "stopped": stop.sentence(name) if stop else None,
+        "stop": stop.model_dump() if stop else None,
+    }
