@@ -52,8 +52,11 @@ class TransformersBackend:
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from llmops.llm.batching import BatchEngine
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in every task's or server's log
 
         local = Path(model).expanduser()
         source = str(local) if local.exists() else model
